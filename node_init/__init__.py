@@ -1,0 +1,73 @@
+"""Typed node initialization for Ray Serve LLM, on the ``eventbus``.
+
+Layering: ``eventbus`` (generic bus) <- ``node_init`` (this package: events,
+ctx, config, callbacks, downloads, placement, engine, the flow, Ray Serve
+integration) <- ``handlers`` (ready-made subscribers, loaded by import path;
+this package never imports them).
+
+Start with :func:`initialize_node` and :func:`load_config`; subscribe to the
+events (``BeforeInit``, ``BeforeDownload``, ``DownloadProgress``,
+``BeforeEngineInit``, ``AfterInit``, ``InitFailed``) with an
+``eventbus.HandlerSet`` or write a class-style :class:`RayServeLLMCallback`.
+``node_init.ray_serve`` (imported on demand) plugs into ``ray.serve.llm``.
+"""
+
+from ._callback import RayServeLLMCallback as RayServeLLMCallback
+from ._callback import get_or_create_callback as get_or_create_callback
+from ._config import DownloadConfig as DownloadConfig
+from ._config import EngineConfig as EngineConfig
+from ._config import NodeInitConfig as NodeInitConfig
+from ._config import PlacementConfig as PlacementConfig
+from ._config import S3Config as S3Config
+from ._config import load_config as load_config
+from ._config import parse_config as parse_config
+from ._ctx import CallbackCtx as CallbackCtx
+from ._errors import CallbackLoadError as CallbackLoadError
+from ._errors import ConfigError as ConfigError
+from ._errors import DownloadError as DownloadError
+from ._errors import EngineError as EngineError
+from ._errors import NodeInitError as NodeInitError
+from ._errors import PhaseError as PhaseError
+from ._events import AfterInit as AfterInit
+from ._events import BeforeDownload as BeforeDownload
+from ._events import BeforeEngineInit as BeforeEngineInit
+from ._events import BeforeInit as BeforeInit
+from ._events import DownloadProgress as DownloadProgress
+from ._events import ErrorInfo as ErrorInfo
+from ._events import InitFailed as InitFailed
+from ._events import NodeReport as NodeReport
+from ._init import InitResult as InitResult
+from ._init import initialize_node as initialize_node
+from ._logging import configure_logging as configure_logging
+from ._modes import DownloadMode as DownloadMode
+
+__all__ = [
+    "AfterInit",
+    "BeforeDownload",
+    "BeforeEngineInit",
+    "BeforeInit",
+    "CallbackCtx",
+    "CallbackLoadError",
+    "ConfigError",
+    "DownloadConfig",
+    "DownloadError",
+    "DownloadMode",
+    "DownloadProgress",
+    "EngineConfig",
+    "EngineError",
+    "ErrorInfo",
+    "InitFailed",
+    "InitResult",
+    "NodeInitConfig",
+    "NodeInitError",
+    "NodeReport",
+    "PhaseError",
+    "PlacementConfig",
+    "RayServeLLMCallback",
+    "S3Config",
+    "configure_logging",
+    "get_or_create_callback",
+    "initialize_node",
+    "load_config",
+    "parse_config",
+]

@@ -1,0 +1,174 @@
+"""``node-init``: run node initialization from a config file and print what happened."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from eventbus import Event, EventBus
+
+from ._config import load_config, parse_config
+from ._errors import NodeInitError
+from ._events import DownloadProgress
+from ._init import InitResult, initialize_node
+from ._logging import configure_logging
+
+
+class Timeline:
+    """Records every event with its time; draws per-node progress bars on a TTY."""
+
+    def __init__(self, out: Any = sys.stderr) -> None:
+        self.start = time.monotonic()
+        self.events: list[tuple[float, Event]] = []
+        self.out = out
+        self._bars: dict[str, tuple[int, int]] = {}
+        self._last_print = 0.0
+
+    def attach(self, bus: EventBus) -> None:
+        # Highest priority: record before any handler can fail the publish.
+        bus.subscribe(Event, self.record, priority=1_000_000)
+
+    def record(self, event: Event, ctx: object) -> None:
+        now = time.monotonic() - self.start
+        if isinstance(event, DownloadProgress):
+            self._bars[event.node_id] = (event.bytes_done, event.bytes_total)
+            if now - self._last_print > 0.5 or event.bytes_done == event.bytes_total:
+                self._last_print = now
+                self._draw()
+            if self.events and isinstance(self.events[-1][1], DownloadProgress) and \
+                    self.events[-1][1].node_id == event.node_id:
+                self.events[-1] = (now, event)  # keep one progress line per node run
+                return
+        self.events.append((now, event))
+
+    def _draw(self) -> None:
+        for node_id, (done, total) in self._bars.items():
+            frac = done / total if total else 1.0
+            bar = "#" * int(frac * 30)
+            print(f"  download {node_id[:12]} [{bar:<30}] {done / 1e6:8.1f}/{total / 1e6:.1f} MB",
+                  file=self.out, flush=True)
+
+    def render(self) -> str:
+        lines = ["timeline (s since start):"]
+        for t, event in self.events:
+            fields = {k: v for k, v in msgspec.structs.asdict(event).items()
+                      if k not in ("reports", "files", "engine_kwargs")}
+            text = ", ".join(f"{k}={_short(v)}" for k, v in fields.items())
+            lines.append(f"  {t:7.3f}  {type(event).__name__:<17} {text}")
+        return "\n".join(lines)
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, str) and len(value) > 40:
+        return "..." + value[-37:]
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {round(v, 3) if isinstance(v, float) else _short(v)}"
+                               for k, v in value.items()) + "}"
+    return repr(value) if isinstance(value, str) else str(value)
+
+
+def render_reports(result: InitResult) -> str:
+    lines = [f"model path: {result.model_path}", "nodes:"]
+    for r in result.reports:
+        lines.append(
+            f"  {r.node_id[:16]}  mode={r.mode.value:<19} fetched={len(r.files)} files "
+            f"{r.bytes / 1e6:.1f} MB  cached={r.cached_bytes / 1e6:.1f} MB  {r.seconds:.2f}s"
+            f"{'  VETOED' if r.vetoed else ''}  custom_data={r.custom_data}"
+        )
+    lines.append("timings: " + ", ".join(f"{k}={v:.3f}s" for k, v in result.timings.items()))
+    return "\n".join(lines)
+
+
+async def _run(config_path: str | None, config_data: dict[str, Any] | None, prompt: str | None) -> int:
+    config = load_config(config_path) if config_path else parse_config(config_data)
+    bus = EventBus()
+    timeline = Timeline()
+    timeline.attach(bus)
+    try:
+        result = await initialize_node(config, bus=bus)
+    except NodeInitError as exc:
+        print(timeline.render(), file=sys.stdout)
+        print(f"\nnode init failed: {type(exc).__name__}: {exc}", file=sys.stdout)
+        return 1
+    try:
+        print(timeline.render())
+        print(render_reports(result))
+        if result.engine is not None and prompt:
+            text = await result.engine.complete(prompt, max_tokens=16)
+            print(f"completion for {prompt!r}: {text!r}")
+    finally:
+        await result.close()
+    return 0
+
+
+def _start_ray(address: str | None) -> None:
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address=address, include_dashboard=False, log_to_driver=False,
+                 logging_level=logging.WARNING, configure_logging=False)
+
+
+def _demo(workdir: Path, engine: bool) -> dict[str, Any]:
+    from .testing import build_tiny_llama
+
+    source = workdir / "source" / "tiny-llama"
+    if not (source / "model.safetensors").exists():
+        print(f"building a tiny Llama in {source}", file=sys.stderr)
+        build_tiny_llama(source, tie_word_embeddings=True)
+    return {
+        "model_id": "tiny-llama",
+        "model_source": str(source),
+        "handlers": ["handlers.timing:handlers", "handlers.event_log:handlers"],
+        "download": {"cache_dir": str(workdir / "cache"), "timeout_s": 120},
+        "placement": {"bundles": [{"CPU": 1}], "ready_timeout_s": 60},
+        "engine": {
+            "kind": "vllm" if engine else "none", "overlap": "on",
+            "kwargs": {"dtype": "float32", "max_model_len": 256, "enforce_eager": True},
+        },
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``node-init`` command."""
+    parser = argparse.ArgumentParser(prog="node-init", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run node init from a YAML, JSON or TOML config")
+    run.add_argument("config")
+    run.add_argument("--address", help="Ray address to join (default: start a local Ray)")
+    run.add_argument("--prompt", help="complete this prompt once the engine is up")
+    demo = sub.add_parser("demo", help="node init on a tiny model built locally, on a local Ray")
+    demo.add_argument("--workdir", default=".demo", type=Path)
+    demo.add_argument("--no-engine", action="store_true", help="stop after the downloads")
+    for p in (run, demo):
+        p.add_argument("--json-logs", action="store_true", help="JSON log lines (default on a non-TTY)")
+    args = parser.parse_args(argv)
+    configure_logging(json=True if args.json_logs else None)
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    if args.command == "run":
+        config_path, data, prompt, address = args.config, None, args.prompt, args.address
+    else:
+        config_path, prompt, address = None, "the quick brown fox", None
+        data = _demo(args.workdir.resolve(), engine=not args.no_engine)
+        # Workers inherit PYTHONPATH from the Ray we start, so our handlers import on every node.
+        os.environ["PYTHONPATH"] = os.pathsep.join(
+            p for p in [str(Path(__file__).resolve().parent.parent), os.environ.get("PYTHONPATH", "")] if p
+        )
+    try:
+        _start_ray(address)
+        return asyncio.run(_run(config_path, data, prompt))
+    except NodeInitError as exc:
+        print(f"node-init: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

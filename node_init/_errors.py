@@ -1,0 +1,106 @@
+"""The error tree of node initialization. Every error pickles, so it crosses Ray tasks intact."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class NodeInitError(Exception):
+    """Base of every node-initialization error."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Subclasses take keyword-style fields: rebuild from __dict__, not from args.
+        return (_rebuild, (type(self), str(self), self.__dict__))
+
+
+def _rebuild(cls: type[NodeInitError], message: str, state: dict[str, Any]) -> NodeInitError:
+    err = cls.__new__(cls)
+    Exception.__init__(err, message)
+    err.__dict__.update(state)
+    return err
+
+
+class ConfigError(NodeInitError):
+    """A config file or value is invalid.
+
+    Attributes:
+        file: The config file, or ``None`` for a config built in code.
+        field: The field path, e.g. ``download.retries``, or ``None`` for the whole file.
+    """
+
+    def __init__(self, message: str, *, file: str | None = None, field: str | None = None) -> None:
+        self.file = file
+        self.field = field
+        self.reason = message
+        where = ", ".join(p for p in (file and f"file {file}", field and f"field {field}") if p)
+        super().__init__(f"{where}: {message}" if where else message)
+
+
+class CallbackLoadError(NodeInitError):
+    """An import path named in config did not load.
+
+    Attributes:
+        path: The import path (``pkg.mod:attr``).
+        node_id: The Ray node where it failed, or ``None`` outside Ray.
+    """
+
+    def __init__(self, message: str, *, path: str, node_id: str | None = None) -> None:
+        self.path = path
+        self.node_id = node_id
+        where = f" on node {node_id}" if node_id else ""
+        super().__init__(f"cannot load {path!r}{where}: {message}")
+
+
+class PhaseError(NodeInitError):
+    """A phase of node initialization failed.
+
+    ``__cause__`` is the underlying error (a handler's ``HandlerError``, an I/O error...).
+
+    Attributes:
+        phase: ``before_init``, ``placement``, ``download``, ``before_engine_init``,
+            ``engine``, ``after_init``.
+        node_id: The node where it failed, or ``None`` for the replica itself.
+        cause: ``"Type: message"`` of the underlying error (kept as text so it pickles).
+    """
+
+    def __init__(self, message: str, *, phase: str, node_id: str | None = None, cause: str = "") -> None:
+        self.phase = phase
+        self.node_id = node_id
+        self.cause = cause
+        where = f" on node {node_id}" if node_id else ""
+        super().__init__(f"{phase} failed{where}: {message}")
+
+
+class DownloadError(PhaseError):
+    """A download failed (after its retries), timed out or was refused.
+
+    Attributes:
+        source: The model source URI.
+        file: The file (relative key) that failed, if one did.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        node_id: str | None = None,
+        source: str = "",
+        file: str | None = None,
+        cause: str = "",
+    ) -> None:
+        self.source = source
+        self.file = file
+        detail = f"{message} (source {source}" + (f", file {file})" if file else ")")
+        super().__init__(detail, phase="download", node_id=node_id, cause=cause)
+
+
+class EngineError(PhaseError):
+    """The engine failed to boot, to load its weights, or was left on dummy weights."""
+
+    def __init__(self, message: str, *, node_id: str | None = None, cause: str = "") -> None:
+        super().__init__(message, phase="engine", node_id=node_id, cause=cause)
+
+
+def describe(exc: BaseException) -> str:
+    """``Type: message`` of an exception, for the ``cause`` fields."""
+    return f"{type(exc).__name__}: {exc}"

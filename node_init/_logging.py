@@ -1,0 +1,41 @@
+"""structlog set-up for our CLI and our own Ray tasks (never on import: a user's config stays theirs)."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+import structlog
+
+_configured = False
+
+
+def configure_logging(*, json: bool | None = None, level: int = logging.INFO, force: bool = False) -> None:
+    """Console lines for humans on a TTY, JSON lines otherwise.
+
+    Args:
+        json: Force JSON (``True``) or console (``False``); ``None`` picks by TTY.
+        level: Minimum level.
+        force: Reconfigure even if this process already configured structlog.
+    """
+    global _configured
+    if (_configured or structlog.is_configured()) and not force:
+        return
+    use_json = (not sys.stderr.isatty()) if json is None else json
+    processors: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+    if use_json:
+        processors += [structlog.processors.dict_tracebacks, structlog.processors.JSONRenderer()]
+    else:
+        processors += [structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())]
+    structlog.configure(
+        processors=processors,
+        wrapper_class=structlog.make_filtering_bound_logger(level),
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        cache_logger_on_first_use=False,
+    )
+    _configured = True

@@ -1,0 +1,184 @@
+"""The replica <-> node protocol: one Ray streaming task per node, progress then a NodeReport."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
+
+import anyio
+import structlog
+
+from ._config import NodeInitConfig
+from ._ctx import CallbackCtx
+from ._download import Progress
+from ._errors import DownloadError, NodeInitError, PhaseError, describe
+from ._events import NodeReport
+from ._logging import configure_logging
+
+_log = structlog.get_logger("node_init.remote")
+
+#: Seconds between progress items streamed from a node.
+PROGRESS_EVERY_S = 0.25
+
+
+def node_task(config: NodeInitConfig, snapshot: dict[str, Any], local_node_id: str) -> Iterator[Any]:
+    """Body of the per-node Ray task: yields ``(done, total)`` progress tuples, then a NodeReport."""
+    import ray
+
+    from ._node import node_download
+    from ._wiring import node_bus
+
+    configure_logging()
+    node_id = ray.get_runtime_context().get_node_id()
+    structlog.contextvars.bind_contextvars(node_id=node_id, model_id=config.model_id, phase="download")
+    bus = node_bus(config, node_id)  # CallbackLoadError names this node
+    ctx = CallbackCtx.from_snapshot(config, snapshot)
+    progress, cancel = Progress(), threading.Event()
+    box: dict[str, Any] = {}
+
+    def work() -> None:
+        try:
+            box["report"] = node_download(config, ctx, bus, node_id=node_id,
+                                          is_local=node_id == local_node_id, progress=progress, cancel=cancel)
+        except BaseException as exc:
+            box["error"] = exc
+
+    worker = threading.Thread(target=work, name="node-init-download", daemon=True)
+    worker.start()
+    try:
+        last = (-1, -1)
+        while worker.is_alive():
+            worker.join(PROGRESS_EVERY_S)
+            now = (progress.done, progress.total)
+            if now != last and progress.total:
+                last = now
+                yield now
+    except BaseException:
+        # ray.cancel() lands here (KeyboardInterrupt): stop the download, let it remove its temp files.
+        cancel.set()
+        worker.join(30)
+        raise
+    if "error" in box:
+        raise box["error"]
+    if progress.total and last != (progress.done, progress.total):
+        yield (progress.done, progress.total)
+    yield box["report"]
+
+
+OnProgress = Callable[[str, int, int], Awaitable[None]]
+
+
+async def run_on_nodes(
+    config: NodeInitConfig,
+    ctx: CallbackCtx,
+    nodes: list[str],
+    local_node_id: str,
+    on_progress: OnProgress,
+) -> list[NodeReport]:
+    """Run :func:`node_task` pinned to each node, concurrently; cancel all if one fails.
+
+    Raises:
+        NodeInitError: the first node's typed error (``DownloadError``,
+            ``CallbackLoadError``, ``PhaseError``), or a ``DownloadError`` for a
+            node that died or did not finish within its bound.
+    """
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    remote = ray.remote(node_task)
+    snapshot = ctx.snapshot()
+    reports: dict[str, NodeReport] = {}
+    # The node enforces its own bounds; this one catches a node that never answers.
+    bound = config.download.timeout_s + config.download.lock_timeout_s + 60.0
+
+    async def one(node_id: str) -> None:
+        options: dict[str, Any] = {
+            "num_cpus": 0, "num_returns": "streaming", "max_retries": 0,
+            "scheduling_strategy": NodeAffinitySchedulingStrategy(node_id=node_id, soft=False),
+        }
+        if ctx.runtime_env:
+            options["runtime_env"] = ctx.runtime_env
+        gen: Any = remote.options(**options).remote(config, snapshot, local_node_id)
+        finished = False
+        try:
+            with anyio.fail_after(bound):
+                async for ref in gen:
+                    item = await ref
+                    if isinstance(item, NodeReport):
+                        reports[node_id] = item
+                    else:
+                        await on_progress(node_id, item[0], item[1])
+            finished = True
+        except TimeoutError:
+            raise DownloadError(f"node task did not finish within {bound}s", node_id=node_id,
+                                source=config.model_source or "") from None
+        except ray.exceptions.RayTaskError as exc:
+            raise _unwrap(exc, node_id, config) from None
+        except ray.exceptions.RayError as exc:  # node died, worker crashed, task cancelled
+            raise DownloadError(f"node task failed: {describe(exc)}", node_id=node_id,
+                                source=config.model_source or "", cause=describe(exc)) from None
+        finally:
+            if not finished:
+                await _cancel(gen)
+
+    try:
+        async with anyio.create_task_group() as tg:
+            for node_id in nodes:
+                tg.start_soon(one, node_id)
+    except BaseExceptionGroup as group:
+        raise first_error(group) from None
+    return [reports[n] for n in nodes]
+
+
+def first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The error to raise for a task group: the first typed node error, else the first error."""
+    leaves: list[BaseException] = []
+
+    def walk(exc: BaseException) -> None:
+        if isinstance(exc, BaseExceptionGroup):
+            for inner in exc.exceptions:
+                walk(inner)
+        else:
+            leaves.append(exc)
+
+    walk(group)
+    for exc in leaves:
+        if isinstance(exc, NodeInitError):
+            return exc
+    return next((e for e in leaves if isinstance(e, Exception)), leaves[0])
+
+
+def _unwrap(exc: Any, node_id: str, config: NodeInitConfig) -> NodeInitError:
+    cause = getattr(exc, "cause", None)
+    if isinstance(cause, NodeInitError):
+        return cause
+    if cause is not None:
+        return PhaseError(f"node task raised {describe(cause)}", phase="download", node_id=node_id,
+                          cause=describe(cause))
+    return DownloadError(f"node task failed: {exc}", node_id=node_id, source=config.model_source or "")
+
+
+async def _cancel(gen: Any) -> None:
+    """Cancel a node's task and wait (bounded) until it has stopped, so none is left behind."""
+    import ray
+
+    with anyio.CancelScope(shield=True):
+        try:
+            ray.cancel(gen)
+        except Exception as exc:  # already finished, or the node is gone
+            _log.debug("cancel failed", error=describe(exc))
+            return
+        deadline = time.monotonic() + 30
+        with anyio.move_on_after(30):
+            try:
+                async for ref in gen:
+                    try:
+                        await ref
+                    except Exception:
+                        break
+                    if time.monotonic() > deadline:
+                        break
+            except Exception:
+                pass

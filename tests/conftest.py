@@ -1,0 +1,80 @@
+"""Session-wide fixtures: one Ray cluster (head + 2 nodes, a cache root each) for the Ray tiers."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class SimNode:
+    """One simulated node: its name (NODE_NAME there), Ray node id and cache root."""
+
+    name: str
+    node_id: str
+    cache: Path
+
+
+@dataclass(frozen=True)
+class RayCluster:
+    address: str
+    nodes: tuple[SimNode, ...]
+
+    def by_id(self, node_id: str) -> SimNode:
+        return next(n for n in self.nodes if n.node_id == node_id)
+
+    @property
+    def head(self) -> SimNode:
+        return self.nodes[0]
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayCluster]:
+    """A real 3-node Ray cluster on this machine, shared by the whole session.
+
+    Each node has its own ``NODE_INIT_CACHE_DIR`` (simulated nodes share one
+    disk: without this every node but the first would reuse the first's files)
+    and a ``NODE_NAME`` the test hooks read. ``PYTHONPATH`` is set first, so
+    workers import ``tests.*`` hook modules by path.
+    """
+    import ray
+    from ray.cluster_utils import Cluster
+
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        p for p in [str(REPO), os.environ.get("PYTHONPATH", "")] if p
+    )
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    root = tmp_path_factory.mktemp("nodes")
+    specs = [("head", 2), ("node1", 1), ("node2", 1)]
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args={
+            "num_cpus": specs[0][1], "resources": {"head": 1},
+            "env_vars": {"NODE_INIT_CACHE_DIR": str(root / "head"), "NODE_NAME": "head"},
+            "include_dashboard": False,
+        },
+    )
+    for name, cpus in specs[1:]:
+        cluster.add_node(num_cpus=cpus, resources={name: 1},
+                         env_vars={"NODE_INIT_CACHE_DIR": str(root / name), "NODE_NAME": name})
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address, log_to_driver=False, logging_level="WARNING")
+    os.environ["NODE_INIT_CACHE_DIR"] = str(root / "head")  # the driver lives on the head node
+    os.environ["NODE_NAME"] = "head"
+    ids: dict[str, str] = {}
+    for node in ray.nodes():
+        for name, _ in specs:
+            if node["Alive"] and name in node["Resources"]:
+                ids[name] = node["NodeID"]
+    nodes = tuple(SimNode(name, ids[name], root / name) for name, _ in specs)
+    try:
+        yield RayCluster(cluster.address, nodes)
+    finally:
+        ray.shutdown()
+        cluster.shutdown()

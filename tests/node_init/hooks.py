@@ -1,0 +1,89 @@
+"""Handlers and callbacks the Ray tests name by import path (imported on every node)."""
+
+from __future__ import annotations
+
+import os
+import time
+
+from eventbus import HandlerSet
+from node_init import BeforeDownload, CallbackCtx
+
+# Records where BeforeDownload ran: pid, node id, the event's fields.
+record = HandlerSet()
+
+
+@record.on(BeforeDownload)
+def where(event: BeforeDownload, ctx: CallbackCtx) -> None:
+    ctx.custom_data["seen"] = {
+        "pid": os.getpid(), "node_id": event.node_id, "node_name": os.environ.get("NODE_NAME"),
+        "mode": event.mode.value, "files": list(event.files), "expected_bytes": event.expected_bytes,
+        "destination": event.destination, "from_replica": ctx.custom_data.get("from_replica"),
+    }
+
+
+# The original note's CustomDownload: worker nodes fetch only the tokenizer.
+custom_download = HandlerSet()
+
+
+@custom_download.on(BeforeDownload)
+def tokenizer_only_on_workers(event: BeforeDownload, ctx: CallbackCtx) -> None:
+    ctx.worker_node_download_model = "TOKENIZER_ONLY"  # a string converts
+
+
+# Vetoes the download on the node named node1.
+veto_node1 = HandlerSet()
+
+
+@veto_node1.on(BeforeDownload)
+def skip_node1(event: BeforeDownload, ctx: CallbackCtx) -> bool:
+    return os.environ.get("NODE_NAME") != "node1"
+
+
+# Fails on node2.
+fail_node2 = HandlerSet()
+
+
+@fail_node2.on(BeforeDownload)
+def boom_on_node2(event: BeforeDownload, ctx: CallbackCtx) -> None:
+    if os.environ.get("NODE_NAME") == "node2":
+        raise RuntimeError("disk on fire")
+
+
+class Metrics:
+    """The original note's Metrics example, plus a count of constructions."""
+
+    instances = 0
+
+    def __init__(self, label: str = "x") -> None:
+        Metrics.instances += 1
+        self.label = label
+        self.start: float | None = None
+        self.took: float | None = None
+
+    def on_before_init(self, ctx: CallbackCtx) -> None:
+        self.start = time.time()
+
+    def on_before_download(self, ctx: CallbackCtx) -> None:
+        ctx.custom_data["metrics_label"] = self.label
+
+    def on_after_init(self, ctx: CallbackCtx) -> None:
+        assert self.start is not None
+        self.took = time.time() - self.start
+        ctx.custom_data["took"] = self.took
+
+
+class SkipInit:
+    """Vetoes BeforeInit: no placement group, no downloads."""
+
+    def on_before_init(self, ctx: CallbackCtx) -> bool:
+        return False
+
+
+def not_a_class() -> None: ...
+
+
+class NeedsKwargs:
+    def __init__(self, threshold: int) -> None:
+        self.threshold = threshold
+
+
