@@ -126,6 +126,12 @@ def missing(dest: Path, source_uri: str, files: list[RemoteFile]) -> list[Remote
     return [f for f in files if not is_cached(dest, manifest, f)]
 
 
+def brief(exc: BaseException) -> str:
+    """``Type: first line`` of an error (obstore appends a long debug dump)."""
+    text = describe(exc).split("\n\nDebug source:", 1)[0]
+    return text.splitlines()[0] if text else text
+
+
 class _Transient(Exception):
     """A read error worth retrying (5xx, throttling, reset, short read)."""
 
@@ -171,8 +177,8 @@ class Downloader:
         self.cancel = cancel or threading.Event()
         self._sleep = sleep
         self._part = cfg.part_size_mb * 1024 * 1024
-        self._failure: BaseException | None = None
-        self._failed_key: str | None = None
+        self._inflight: dict[str, int] = {}  # key -> ranges being read, to name a stalled file
+        self._inflight_lock = threading.Lock()
 
     def _error(self, message: str, *, file: str | None = None, cause: BaseException | None = None) -> DownloadError:
         return DownloadError(message, node_id=self.node_id, source=self.source.uri, file=file,
@@ -270,11 +276,25 @@ class Downloader:
                                   f"({self.progress.done}/{self.progress.total} bytes)")
             if now - self.progress.last_change > self.cfg.stall_timeout_s:
                 self.cancel.set()
+                with self._inflight_lock:
+                    stalled = sorted(k for k, n in self._inflight.items() if n)
                 raise self._error(f"stalled: no bytes for {self.cfg.stall_timeout_s}s "
-                                  f"({self.progress.done}/{self.progress.total} bytes)")
+                                  f"({self.progress.done}/{self.progress.total} bytes)",
+                                  file=", ".join(stalled) or None)
 
     def _fetch_range(self, state: _FileState, lo: int, hi: int, manifest: Manifest,
                      mlock: threading.Lock) -> None:
+        key = state.file.key
+        with self._inflight_lock:
+            self._inflight[key] = self._inflight.get(key, 0) + 1
+        try:
+            self._fetch_range_once(state, lo, hi, manifest, mlock)
+        finally:
+            with self._inflight_lock:
+                self._inflight[key] -= 1
+
+    def _fetch_range_once(self, state: _FileState, lo: int, hi: int, manifest: Manifest,
+                          mlock: threading.Lock) -> None:
         key = state.file.key
         attempt = 0
         while True:

@@ -100,6 +100,9 @@ def _list(config: NodeInitConfig, uri: str, node_id: str) -> tuple[Source, list[
     except UnsafeKeyError as exc:
         raise DownloadError(str(exc), node_id=node_id, source=uri, cause=describe(exc)) from exc
     except Exception as exc:
+        if type(exc).__name__ == "InvalidPathError":  # obstore refuses '..' segments itself
+            raise DownloadError(f"refused an object key that would escape the destination: {exc}",
+                                node_id=node_id, source=uri, cause=describe(exc)) from exc
         raise DownloadError(f"cannot list the model: {describe(exc)}", node_id=node_id, source=uri,
                             cause=describe(exc)) from exc
 

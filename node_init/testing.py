@@ -131,4 +131,9 @@ def build_tiny_llama(
     return root
 
 
-__all__ = ["SMALL_FILES", "build_tiny_llama", "write_model_files"]
+from ._testing_s3 import Fault as Fault  # noqa: E402
+from ._testing_s3 import FaultProxy as FaultProxy  # noqa: E402
+from ._testing_s3 import S3Server as S3Server  # noqa: E402
+from ._testing_s3 import iter_files as iter_files  # noqa: E402
+
+__all__ = ["SMALL_FILES", "Fault", "FaultProxy", "S3Server", "build_tiny_llama", "iter_files", "write_model_files"]

@@ -6,8 +6,12 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from node_init.testing import FaultProxy, S3Server
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -78,3 +82,27 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayCluster
     finally:
         ray.shutdown()
         cluster.shutdown()
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[S3Server]:
+    """One real S3-compatible server (moto over HTTP) on 127.0.0.1 for the session."""
+    from node_init.testing import S3Server
+
+    server = S3Server().start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def fault_proxy(s3_server: S3Server) -> Iterator[FaultProxy]:
+    """A fault-injecting, bandwidth-capping proxy in front of the session's S3 server."""
+    from node_init.testing import FaultProxy
+
+    proxy = FaultProxy(s3_server.endpoint).start()
+    try:
+        yield proxy
+    finally:
+        proxy.stop()

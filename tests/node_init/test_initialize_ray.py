@@ -208,3 +208,27 @@ async def test_unsatisfiable_placement_group_fails_within_its_bound(ray_cluster:
     assert time.monotonic() - start < 10
     assert info.value.phase == "placement" and "not ready within 1.0s" in str(info.value)
     assert cfg.model_id not in str(our_pgs())
+
+
+async def test_s3_download_on_every_node_with_per_role_modes(ray_cluster: RayCluster, s3_server: Any,
+                                                              model_dir: Path) -> None:
+    s3_server.upload_dir(model_dir, "models", "ray-s3")
+    cfg = config(
+        model_dir, model_source="s3://models/ray-s3",
+        download={"timeout_s": 60, "part_size_mb": 1, "local_node": "MODEL_AND_TOKENIZER",
+                  "worker_nodes": "EXCLUDE_SAFETENSORS",
+                  "s3": {"endpoint_url": s3_server.endpoint, "access_key_id": "testing",
+                         "secret_access_key": "testing"}},
+    )
+    result = await initialize_node(cfg)
+    await result.close()
+    everything = {p.name for p in model_dir.iterdir()}
+    for node in ray_cluster.nodes:
+        got = files_under(node.cache / cfg.model_id)
+        if node is ray_cluster.head:
+            assert got == everything
+        else:
+            assert got == {f for f in everything if not f.endswith(".safetensors")}
+    assert sum(r.bytes for r in result.reports) == sum(
+        (model_dir / f).stat().st_size for f in everything) + 2 * sum(
+        (model_dir / f).stat().st_size for f in everything if not f.endswith(".safetensors"))
