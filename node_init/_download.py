@@ -77,6 +77,39 @@ class Progress:
             self.last_change = time.monotonic()
 
 
+RATES = ".node-init-rates.json"
+
+
+def _rate_key(source_uri: str) -> str:
+    from urllib.parse import urlparse
+
+    parsed = urlparse(source_uri)
+    endpoint = os.environ.get("AWS_ENDPOINT_URL", "")
+    return f"{parsed.scheme}://{parsed.netloc}@{endpoint}"
+
+
+def read_rate(root: Path, source_uri: str) -> float | None:
+    """The last download rate (MB/s) this node measured from ``source_uri``'s store, if any."""
+    try:
+        rates = msgspec.json.decode((root / RATES).read_bytes(), type=dict[str, float])
+    except (OSError, msgspec.DecodeError):
+        return None
+    return rates.get(_rate_key(source_uri))
+
+
+def record_rate(root: Path, source_uri: str, mb_s: float) -> None:
+    """Remember a measured rate for ``overlap: auto`` (best effort: a cache may be read-only)."""
+    try:
+        rates = msgspec.json.decode((root / RATES).read_bytes(), type=dict[str, float])
+    except (OSError, msgspec.DecodeError):
+        rates = {}
+    rates[_rate_key(source_uri)] = mb_s
+    tmp = root / f"{RATES}.{os.getpid()}"
+    with contextlib.suppress(OSError):
+        tmp.write_bytes(msgspec.json.encode(rates))
+        os.replace(tmp, root / RATES)
+
+
 def model_dir_name(model_id: str) -> str:
     """A directory name for a model id (``org/name`` -> ``org--name``)."""
     name = model_id.strip().replace("/", "--").replace("\\", "--")
@@ -124,12 +157,6 @@ def missing(dest: Path, source_uri: str, files: list[RemoteFile]) -> list[Remote
     if manifest.source != source_uri:
         manifest = Manifest()
     return [f for f in files if not is_cached(dest, manifest, f)]
-
-
-def brief(exc: BaseException) -> str:
-    """``Type: first line`` of an error (obstore appends a long debug dump)."""
-    text = describe(exc).split("\n\nDebug source:", 1)[0]
-    return text.splitlines()[0] if text else text
 
 
 class _Transient(Exception):
@@ -227,6 +254,8 @@ class Downloader:
         with contextlib.suppress(OSError):
             (dest / PARTIAL).rmdir()
         seconds = time.monotonic() - start
+        if self.progress.total >= 8 * 1024 * 1024 and seconds > 0:
+            record_rate(dest.parent, self.source.uri, self.progress.total / 1e6 / seconds)
         _log.info("download finished", node_id=self.node_id, files=len(todo),
                   bytes=self.progress.total, seconds=round(seconds, 3))
         return DownloadResult(path=str(dest), fetched=tuple(f.key for f in todo),

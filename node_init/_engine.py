@@ -1,13 +1,141 @@
-"""Engine boot. ``kind: vllm`` arrives with the engine layer; ``none`` runs node init alone."""
+"""The engine layer: boot vLLM (``AsyncLLM``), possibly on dummy weights, and hand it real ones.
+
+vLLM is imported lazily, here only: ``import node_init`` works without it.
+"""
 
 from __future__ import annotations
 
+import threading
+import time
+import uuid
 from typing import Any
 
+import anyio
+import anyio.to_thread
+import structlog
+
 from ._config import NodeInitConfig
-from ._errors import EngineError
+from ._errors import EngineError, brief
+
+_log = structlog.get_logger("node_init.engine")
+WORKER_EXTENSION = "node_init._vllm_worker.NodeInitWorkerExtension"
 
 
-async def boot_engine(config: NodeInitConfig, model_path: str, kwargs: dict[str, Any]) -> Any:
-    """Boot the configured engine on ``model_path``."""
-    raise EngineError(f"engine kind {config.engine.kind!r} is not available in this build")
+class VLLMEngine:
+    """A running vLLM ``AsyncLLM`` and what node init knows about it.
+
+    Attributes:
+        llm: The ``vllm.v1.engine.async_llm.AsyncLLM``.
+        model_path: Where it loaded (or will load) its weights from.
+        on_dummy_weights: Whether it still runs on dummy weights (overlap, before the hand-off).
+        load_format: The configured ``load_format`` it takes the real weights with.
+    """
+
+    def __init__(self, llm: Any, model_path: str, *, on_dummy_weights: bool, load_format: str) -> None:
+        self.llm = llm
+        self.model_path = model_path
+        self.on_dummy_weights = on_dummy_weights
+        self.load_format = load_format
+        self._closed = False
+
+    async def load_weights(self, weights_path: str) -> float:
+        """Take the real weights in place (``update_config`` + ``reload_weights`` + tied re-pack).
+
+        Returns:
+            Seconds it took.
+
+        Raises:
+            EngineError: when the reload fails (the engine is then useless: shut it down).
+        """
+        start = time.monotonic()
+        try:
+            await self.llm.collective_rpc("update_config", args=({"load_config": {"load_format": self.load_format}},))
+            await self.llm.collective_rpc("reload_weights", kwargs={"weights_path": weights_path})
+            await self.llm.collective_rpc("node_init_repack_lm_head")
+        except Exception as exc:
+            raise EngineError(f"loading the weights from {weights_path} failed: {brief(exc)}",
+                              cause=brief(exc)) from exc
+        self.model_path = weights_path
+        self.on_dummy_weights = False
+        return time.monotonic() - start
+
+    async def generate_ids(self, prompt: str, max_tokens: int = 16) -> list[int]:
+        """Greedy token ids for ``prompt`` (temperature 0)."""
+        from vllm import SamplingParams
+
+        final = None
+        params = SamplingParams(max_tokens=max_tokens, temperature=0.0)
+        async for out in self.llm.generate(prompt, params, request_id=uuid.uuid4().hex):
+            final = out
+        assert final is not None
+        return list(final.outputs[0].token_ids)
+
+    async def complete(self, prompt: str, max_tokens: int = 16) -> str:
+        """Greedy completion text for ``prompt``."""
+        from vllm import SamplingParams
+
+        final = None
+        params = SamplingParams(max_tokens=max_tokens, temperature=0.0)
+        async for out in self.llm.generate(prompt, params, request_id=uuid.uuid4().hex):
+            final = out
+        assert final is not None
+        return str(final.outputs[0].text)
+
+    async def shutdown(self) -> None:
+        """Stop the engine and its EngineCore process. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        llm, self.llm = self.llm, None
+        await anyio.to_thread.run_sync(llm.shutdown)
+        # Dropped here, not at interpreter exit, where vLLM's __del__ would fail noisily.
+        del llm
+
+
+def engine_args(config: NodeInitConfig, model_path: str, kwargs: dict[str, Any], *, dummy: bool) -> dict[str, Any]:
+    """vLLM engine arguments: the merged kwargs, our worker extension, dummy weights if asked."""
+    args = {"model": model_path, "served_model_name": config.model_id, **kwargs}
+    args.setdefault("worker_extension_cls", WORKER_EXTENSION)
+    if dummy:
+        args["load_format"] = "dummy"
+    return args
+
+
+async def boot_engine(config: NodeInitConfig, model_path: str, kwargs: dict[str, Any], *,
+                      dummy: bool = False) -> VLLMEngine:
+    """Build an ``AsyncLLM`` on ``model_path`` (config + tokenizer suffice when ``dummy``).
+
+    The build blocks (it spawns vLLM's EngineCore), so it runs in a thread. If
+    the caller is cancelled meanwhile, the thread is left to finish and shuts
+    the engine it built down itself: no engine process outlives a failed init.
+
+    Raises:
+        EngineError: when vLLM is missing or the engine fails to start.
+    """
+    try:
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
+    except ImportError as exc:
+        raise EngineError(f"vLLM is not installed ({exc}); install the [cpu] or [gpu] extra",
+                          cause=brief(exc)) from exc
+    args = engine_args(config, model_path, kwargs, dummy=dummy)
+    abandoned = threading.Event()
+
+    def build() -> Any:
+        llm = AsyncLLM.from_engine_args(AsyncEngineArgs(**args))
+        if abandoned.is_set():
+            llm.shutdown()
+        return llm
+
+    _log.info("engine booting", model_path=model_path, dummy=dummy)
+    start = time.monotonic()
+    try:
+        llm = await anyio.to_thread.run_sync(build, abandon_on_cancel=True)
+    except BaseException as exc:
+        abandoned.set()
+        if isinstance(exc, Exception):
+            raise EngineError(f"the engine failed to start on {model_path}: {brief(exc)}",
+                              cause=brief(exc)) from exc
+        raise
+    _log.info("engine up", seconds=round(time.monotonic() - start, 3), dummy=dummy)
+    return VLLMEngine(llm, model_path, on_dummy_weights=dummy, load_format=str(kwargs.get("load_format", "auto")))

@@ -104,3 +104,28 @@ class EngineError(PhaseError):
 def describe(exc: BaseException) -> str:
     """``Type: message`` of an exception, for the ``cause`` fields."""
     return f"{type(exc).__name__}: {exc}"
+
+
+def brief(exc: BaseException, *, lines: int = 4, limit: int = 500) -> str:
+    """``Type: message`` cut to its first few lines (obstore and vLLM append long debug dumps)."""
+    text = describe(exc).split("\n\nDebug source:", 1)[0]
+    kept = [line.strip() for line in text.splitlines() if line.strip()][:lines]
+    return " | ".join(kept)[:limit]
+
+
+def first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The error to raise for a task group: the first typed node error, else the first error."""
+    leaves: list[BaseException] = []
+
+    def walk(exc: BaseException) -> None:
+        if isinstance(exc, BaseExceptionGroup):
+            for inner in exc.exceptions:
+                walk(inner)
+        else:
+            leaves.append(exc)
+
+    walk(group)
+    for exc in leaves:
+        if isinstance(exc, NodeInitError):
+            return exc
+    return next((e for e in leaves if isinstance(e, Exception)), leaves[0])

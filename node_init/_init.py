@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import attrs
@@ -13,7 +13,7 @@ from eventbus import EventBus, HandlerError
 
 from ._config import NodeInitConfig
 from ._ctx import CallbackCtx
-from ._errors import NodeInitError, PhaseError, describe
+from ._errors import NodeInitError, PhaseError, describe, first_error
 from ._events import (
     AfterInit,
     BeforeEngineInit,
@@ -23,10 +23,19 @@ from ._events import (
     InitFailed,
     NodeReport,
 )
-from ._node import local_model_path
+from ._modes import DownloadMode
+from ._node import Decision, local_model_path
 from ._wiring import wire
 
+if TYPE_CHECKING:
+    from ._engine import VLLMEngine
+
 _log = structlog.get_logger("node_init")
+
+#: ``overlap: auto`` overlaps when the weights would take longer than this to arrive.
+OVERLAP_MIN_S = 2.0
+#: How long ``auto`` samples the live download rate when none was measured before.
+OVERLAP_PROBE_S = 0.5
 
 
 @attrs.frozen
@@ -75,6 +84,7 @@ class _Run:
         self.owns_pg = False
         self.engine: Any = None
         self.reports: tuple[NodeReport, ...] = ()
+        self.marks: dict[str, float] = {}  # monotonic instants, for the overlap timing
 
     async def publish(self, event: Any) -> Any:
         try:
@@ -129,31 +139,21 @@ async def initialize_node(
 
 
 async def _flow(run: _Run, start: float, log: Any) -> InitResult:
-    config, ctx = run.config, run.ctx
+    config = run.config
     t = time.monotonic()
     outcome = await run.publish(BeforeInit(model_id=config.model_id))
-    t = run.timed("before_init", t)
-    model_path = local_model_path(config)
+    run.timed("before_init", t)
     if outcome.vetoed:
         log.info("node init vetoed: no placement group, no downloads", vetoed_by=list(outcome.vetoed_by))
-    elif config.model_source:
-        model_path = await _placement_and_downloads(run, log)
-        t = time.monotonic()
-    run.phase = "before_engine_init"
-    engine_kwargs = {**config.engine.kwargs, **ctx.extra_init_kwargs}
-    outcome = await run.publish(
-        BeforeEngineInit(model_id=config.model_id, model_path=model_path, engine_kwargs=engine_kwargs)
-    )
-    t = run.timed("before_engine_init", t)
-    if config.engine.kind != "none" and not outcome.vetoed:
-        run.phase = "engine"
-        from ._engine import boot_engine
-
-        with anyio.fail_after(config.engine.boot_timeout_s):
-            run.engine = await boot_engine(config, model_path, {**config.engine.kwargs, **ctx.extra_init_kwargs})
-        t = run.timed("engine_boot", t)
+    if outcome.vetoed or not config.model_source:
+        model_path = local_model_path(config)
+        if await _before_engine_init(run, model_path):
+            await _boot(run, model_path, dummy=False)
+    else:
+        model_path = await _with_downloads(run, log)
     run.phase = "after_init"
     run.timings["total"] = time.monotonic() - start
+    t = time.monotonic()
     outcome = await run.publish(
         AfterInit(model_id=config.model_id, model_path=model_path, timings=dict(run.timings),
                   reports=run.reports)
@@ -165,10 +165,65 @@ async def _flow(run: _Run, start: float, log: Any) -> InitResult:
     run.timings["total"] = time.monotonic() - start
     log.info("node init finished", model_path=model_path, seconds=round(run.timings["total"], 3))
     return InitResult(model_path=model_path, reports=run.reports, timings=run.timings, engine=run.engine,
-                      ctx=ctx, placement_group=run.pg, owns_placement_group=run.owns_pg)
+                      ctx=run.ctx, placement_group=run.pg, owns_placement_group=run.owns_pg)
 
 
-async def _placement_and_downloads(run: _Run, log: Any) -> str:
+def _engine_kwargs(run: _Run) -> dict[str, Any]:
+    return {**run.config.engine.kwargs, **run.ctx.extra_init_kwargs}
+
+
+async def _before_engine_init(run: _Run, model_path: str) -> bool:
+    """Publish BeforeEngineInit; whether an engine should boot."""
+    run.phase = "before_engine_init"
+    t = time.monotonic()
+    outcome = await run.publish(BeforeEngineInit(model_id=run.config.model_id, model_path=model_path,
+                                                 engine_kwargs=_engine_kwargs(run)))
+    run.timed("before_engine_init", t)
+    return run.config.engine.kind != "none" and not outcome.vetoed
+
+
+async def _boot(run: _Run, model_path: str, *, dummy: bool) -> VLLMEngine:
+    from ._engine import boot_engine
+
+    run.phase = "engine"
+    t = time.monotonic()
+    with anyio.fail_after(run.config.engine.boot_timeout_s):
+        engine = await boot_engine(run.config, model_path, _engine_kwargs(run), dummy=dummy)
+    run.engine = engine
+    run.timed("engine_boot", t)
+    run.marks["boot_end"] = time.monotonic()
+    return engine
+
+
+class _Replica:
+    """The replica's side of the node tasks: re-publishes progress, tracks its own node."""
+
+    def __init__(self, run: _Run, local: str) -> None:
+        self.run = run
+        self.local = local
+        self.decided = anyio.Event()
+        self.done = anyio.Event()
+        self.decision: Decision | None = None
+        self.report: NodeReport | None = None
+        self.samples: list[tuple[float, int]] = []  # (time, bytes) of the local node
+
+    async def on_decision(self, decision: Decision) -> None:
+        if decision.node_id == self.local:
+            self.decision = decision
+            self.decided.set()
+
+    async def on_progress(self, node_id: str, done: int, total: int) -> None:
+        if node_id == self.local:
+            self.samples.append((time.monotonic(), done))
+        await self.run.publish(DownloadProgress(node_id=node_id, bytes_done=done, bytes_total=total))
+
+    async def on_report(self, report: NodeReport) -> None:
+        if report.node_id == self.local:
+            self.report = report
+            self.done.set()
+
+
+async def _with_downloads(run: _Run, log: Any) -> str:
     import ray
 
     from ._placement import placement_nodes, resolve_placement_group
@@ -184,22 +239,114 @@ async def _placement_and_downloads(run: _Run, log: Any) -> str:
     nodes = placement_nodes(run.pg) if run.pg is not None else []
     if local not in nodes:
         nodes.append(local)  # the engine loads on the replica's own node
-    t = run.timed("placement", t)
+    run.timed("placement", t)
     run.phase = "download"
     log.info("downloading on nodes", nodes=nodes, source=config.model_source)
+    replica = _Replica(run, local)
+    # Bounds every wait on the local node (it enforces its own download bounds too).
+    bound = config.download.timeout_s + config.download.lock_timeout_s + 60.0
 
-    async def on_progress(node_id: str, done: int, total: int) -> None:
-        await run.publish(DownloadProgress(node_id=node_id, bytes_done=done, bytes_total=total))
+    async def downloads() -> None:
+        start = time.monotonic()
+        run.reports = tuple(await run_on_nodes(config, ctx, nodes, local, replica))
+        run.timed("download", start)
+        run.marks["download_end"] = time.monotonic()
 
-    reports = await run_on_nodes(config, ctx, nodes, local, on_progress)
-    run.timed("download", t)
-    run.reports = tuple(reports)
+    async def engine() -> None:
+        with anyio.fail_after(bound):
+            await replica.decided.wait()
+        assert replica.decision is not None
+        path = replica.decision.path or local_model_path(config)
+        if not await _before_engine_init(run, path):
+            return
+        overlap = await _should_overlap(run, replica, log)
+        if not overlap:
+            with anyio.fail_after(bound):
+                await replica.done.wait()
+            await _boot(run, (replica.report.path if replica.report else "") or path, dummy=False)
+            return
+        boot_dir = await _config_and_tokenizer(run)
+        engine = await _boot(run, boot_dir, dummy=True)
+        with anyio.fail_after(bound):
+            await replica.done.wait()
+        assert replica.report is not None
+        run.phase = "engine"
+        t = time.monotonic()
+        run.timings["weights_load"] = await engine.load_weights(replica.report.path)
+        run.marks["weights_loaded"] = t
+
+    download_start = time.monotonic()
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(downloads)
+            tg.start_soon(engine)
+    except BaseExceptionGroup as group:
+        raise first_error(group) from None
+    if "boot_end" in run.marks and "boot_start" in run.marks:
+        # Seconds the engine boot and the downloads ran at the same time.
+        run.timings["overlap"] = max(0.0, min(run.marks["boot_end"], run.marks["download_end"])
+                                     - max(run.marks["boot_start"], download_start))
     merged = ctx.custom_data.get("nodes") or {}
-    for report in reports:
+    for report in run.reports:
         merged[report.node_id] = report.custom_data
     ctx.custom_data["nodes"] = merged
-    mine = next(r for r in reports if r.node_id == local)
+    mine = next(r for r in run.reports if r.node_id == local)
     return mine.path or local_model_path(config)
+
+
+async def _should_overlap(run: _Run, replica: _Replica, log: Any) -> bool:
+    """Whether to boot on dummy weights while the local node downloads (see ``engine.overlap``)."""
+    config, decision = run.config, replica.decision
+    assert decision is not None
+    setting = config.engine.overlap
+    possible = (decision.mode is DownloadMode.MODEL_AND_TOKENIZER and not decision.vetoed
+                and not config.streaming and decision.missing_bytes > 0)
+    if setting == "off" or not possible:
+        run.marks["boot_start"] = time.monotonic()
+        return False
+    if setting == "on":
+        run.marks["boot_start"] = time.monotonic()
+        return True
+    remote = bool(config.model_source and config.model_source.startswith(("s3://", "s3a://")))
+    rate = decision.rate_mb_s or config.download.expected_rate_mb_s
+    if remote and rate is None:
+        # Nothing measured yet: sample the live rate briefly (a fast link finishes meanwhile).
+        with anyio.move_on_after(OVERLAP_PROBE_S):
+            await replica.done.wait()
+        if replica.done.is_set() or len(replica.samples) < 1:
+            rate = None
+        else:
+            t0, b0 = replica.samples[0]
+            t1, b1 = replica.samples[-1]
+            rate = (b1 - b0) / 1e6 / (t1 - t0) if t1 > t0 and b1 > b0 else b1 / 1e6 / OVERLAP_PROBE_S
+    estimate = decision.missing_bytes / 1e6 / rate if (remote and rate) else 0.0
+    overlap = remote and not replica.done.is_set() and estimate > OVERLAP_MIN_S
+    log.info("overlap decision", overlap=overlap, missing_bytes=decision.missing_bytes,
+             rate_mb_s=round(rate, 1) if rate else None, estimated_s=round(estimate, 2))
+    run.marks["boot_start"] = time.monotonic()
+    return overlap
+
+
+async def _config_and_tokenizer(run: _Run) -> str:
+    """A directory with the model's config and tokenizer in this process, to boot on dummy weights."""
+    config = run.config
+    uri = config.model_source or ""
+    if not uri.startswith(("s3://", "s3a://")):
+        return local_model_path(config)  # a local source has them already
+    from ._download import Downloader, cache_root, model_dir_name, select
+    from ._sources import open_source
+
+    t = time.monotonic()
+
+    def fetch() -> str:
+        source = open_source(uri, config.download.s3, request_timeout_s=config.download.stall_timeout_s)
+        dest = cache_root(config.download) / f"{model_dir_name(config.model_id)}--tokenizer"
+        files = select(source.list_files(), DownloadMode.TOKENIZER_ONLY)
+        return Downloader(source, dest, config.download).run(files).path
+
+    path = await anyio.to_thread.run_sync(fetch)
+    run.timed("tokenizer_fetch", t)
+    return path
 
 
 async def _fail(run: _Run, exc: BaseException, log: Any) -> None:

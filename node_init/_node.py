@@ -4,21 +4,34 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
+import msgspec
 import structlog
 
 from eventbus import EventBus, HandlerError
 
 from ._config import NodeInitConfig
 from ._ctx import CallbackCtx
-from ._download import Downloader, Progress, cache_root, missing, model_dir_name, select
+from ._download import Downloader, Progress, cache_root, missing, model_dir_name, read_rate, select
 from ._errors import DownloadError, NodeInitError, PhaseError, describe
 from ._events import BeforeDownload, ErrorInfo, NodeReport
 from ._modes import DownloadMode
 from ._sources import RemoteFile, Source, UnsafeKeyError, hf_snapshot, open_source
 
 _log = structlog.get_logger("node_init.node")
+
+
+class Decision(msgspec.Struct, frozen=True, kw_only=True):
+    """What a node decided after ``BeforeDownload``, sent before it downloads (for overlap)."""
+
+    node_id: str
+    mode: DownloadMode
+    vetoed: bool
+    path: str
+    missing_bytes: int
+    rate_mb_s: float | None = None
 
 
 def _mode(ctx: CallbackCtx, is_local: bool) -> DownloadMode:
@@ -34,6 +47,7 @@ def node_download(
     is_local: bool,
     progress: Progress | None = None,
     cancel: threading.Event | None = None,
+    on_decision: Callable[[Decision], None] | None = None,
 ) -> NodeReport:
     """Publish ``BeforeDownload`` on this node, then fetch the model per the mode in force.
 
@@ -47,14 +61,13 @@ def node_download(
     dest = cache_root(config.download) / model_dir_name(config.model_id)
     source: Source | None = None
     listing: list[RemoteFile] = []
+    mode = _mode(ctx, is_local)
     if uri.startswith("hf://"):
         dest_path = _hf_path(uri, node_id)
     else:
         dest_path = str(dest)
-        mode = _mode(ctx, is_local)
         if mode is not DownloadMode.NONE and uri:
             source, listing = _list(config, uri, node_id)
-    mode = _mode(ctx, is_local)
     wanted = select(listing, mode)
     todo = missing(dest, uri, wanted) if wanted else []
     event = BeforeDownload(
@@ -72,11 +85,18 @@ def node_download(
                         custom_data=dict(ctx.custom_data), errors=errors)
     if outcome.vetoed:
         log.info("download vetoed", vetoed_by=list(outcome.vetoed_by))
-    if outcome.vetoed or new_mode is DownloadMode.NONE or uri.startswith("hf://") or not uri:
-        return _finish(report, start, path=dest_path if uri.startswith("hf://") else "")
-    if source is None or new_mode is not mode:
+    skip = outcome.vetoed or new_mode is DownloadMode.NONE or uri.startswith("hf://") or not uri
+    if not skip and (source is None or new_mode is not mode):
         source, listing = (source, listing) if source is not None else _list(config, uri, node_id)
         wanted = select(listing, new_mode)
+        todo = missing(dest, uri, wanted)
+    final_path = dest_path if (uri.startswith("hf://") or not skip) else ""
+    if on_decision is not None:
+        on_decision(Decision(node_id=node_id, mode=new_mode, vetoed=outcome.vetoed, path=final_path,
+                             missing_bytes=0 if skip else sum(f.size for f in todo),
+                             rate_mb_s=read_rate(dest.parent, uri) if uri else None))
+    if skip or source is None:
+        return _finish(report, start, path=final_path)
     result = Downloader(source, dest, config.download, node_id=node_id, progress=progress,
                         cancel=cancel).run(wanted)
     return _finish(report, start, path=result.path, files=result.fetched, nbytes=result.bytes,
@@ -85,8 +105,6 @@ def node_download(
 
 def _finish(report: NodeReport, start: float, *, path: str, files: tuple[str, ...] = (),
             nbytes: int = 0, cached: int = 0) -> NodeReport:
-    import msgspec
-
     return msgspec.structs.replace(report, path=path, files=files, bytes=nbytes, cached_bytes=cached,
                                    seconds=time.monotonic() - start)
 

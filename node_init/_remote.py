@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator
-from typing import Any
+from collections.abc import Iterator
+from typing import Any, Protocol
 
 import anyio
 import structlog
@@ -13,9 +13,10 @@ import structlog
 from ._config import NodeInitConfig
 from ._ctx import CallbackCtx
 from ._download import Progress
-from ._errors import DownloadError, NodeInitError, PhaseError, describe
+from ._errors import DownloadError, NodeInitError, PhaseError, describe, first_error
 from ._events import NodeReport
 from ._logging import configure_logging
+from ._node import Decision
 
 _log = structlog.get_logger("node_init.remote")
 
@@ -37,11 +38,12 @@ def node_task(config: NodeInitConfig, snapshot: dict[str, Any], local_node_id: s
     ctx = CallbackCtx.from_snapshot(config, snapshot)
     progress, cancel = Progress(), threading.Event()
     box: dict[str, Any] = {}
+    decisions: list[Any] = []
 
     def work() -> None:
         try:
-            box["report"] = node_download(config, ctx, bus, node_id=node_id,
-                                          is_local=node_id == local_node_id, progress=progress, cancel=cancel)
+            box["report"] = node_download(config, ctx, bus, node_id=node_id, is_local=node_id == local_node_id,
+                                          progress=progress, cancel=cancel, on_decision=decisions.append)
         except BaseException as exc:
             box["error"] = exc
 
@@ -49,8 +51,13 @@ def node_task(config: NodeInitConfig, snapshot: dict[str, Any], local_node_id: s
     worker.start()
     try:
         last = (-1, -1)
+        sent_decision = False
         while worker.is_alive():
-            worker.join(PROGRESS_EVERY_S)
+            # Poll fast until the decision is out: the replica may boot the engine on it.
+            worker.join(PROGRESS_EVERY_S if sent_decision else 0.02)
+            if not sent_decision and decisions:
+                sent_decision = True
+                yield decisions[0]
             now = (progress.done, progress.total)
             if now != last and progress.total:
                 last = now
@@ -62,12 +69,21 @@ def node_task(config: NodeInitConfig, snapshot: dict[str, Any], local_node_id: s
         raise
     if "error" in box:
         raise box["error"]
+    if not sent_decision and decisions:
+        yield decisions[0]
     if progress.total and last != (progress.done, progress.total):
         yield (progress.done, progress.total)
     yield box["report"]
 
 
-OnProgress = Callable[[str, int, int], Awaitable[None]]
+class NodeObserver(Protocol):
+    """What the replica does with each item a node streams."""
+
+    async def on_decision(self, decision: Decision) -> None: ...
+
+    async def on_progress(self, node_id: str, done: int, total: int) -> None: ...
+
+    async def on_report(self, report: NodeReport) -> None: ...
 
 
 async def run_on_nodes(
@@ -75,7 +91,7 @@ async def run_on_nodes(
     ctx: CallbackCtx,
     nodes: list[str],
     local_node_id: str,
-    on_progress: OnProgress,
+    observer: NodeObserver,
 ) -> list[NodeReport]:
     """Run :func:`node_task` pinned to each node, concurrently; cancel all if one fails.
 
@@ -108,8 +124,11 @@ async def run_on_nodes(
                     item = await ref
                     if isinstance(item, NodeReport):
                         reports[node_id] = item
+                        await observer.on_report(item)
+                    elif isinstance(item, Decision):
+                        await observer.on_decision(item)
                     else:
-                        await on_progress(node_id, item[0], item[1])
+                        await observer.on_progress(node_id, item[0], item[1])
             finished = True
         except TimeoutError:
             raise DownloadError(f"node task did not finish within {bound}s", node_id=node_id,
@@ -130,24 +149,6 @@ async def run_on_nodes(
     except BaseExceptionGroup as group:
         raise first_error(group) from None
     return [reports[n] for n in nodes]
-
-
-def first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    """The error to raise for a task group: the first typed node error, else the first error."""
-    leaves: list[BaseException] = []
-
-    def walk(exc: BaseException) -> None:
-        if isinstance(exc, BaseExceptionGroup):
-            for inner in exc.exceptions:
-                walk(inner)
-        else:
-            leaves.append(exc)
-
-    walk(group)
-    for exc in leaves:
-        if isinstance(exc, NodeInitError):
-            return exc
-    return next((e for e in leaves if isinstance(e, Exception)), leaves[0])
 
 
 def _unwrap(exc: Any, node_id: str, config: NodeInitConfig) -> NodeInitError:

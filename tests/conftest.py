@@ -14,6 +14,8 @@ if TYPE_CHECKING:
     from node_init.testing import FaultProxy, S3Server
 
 REPO = Path(__file__).resolve().parent.parent
+# vLLM on CPU: a small KV cache (GB) is plenty for the tiny test models.
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,141 @@
+"""A real vLLM engine on CPU: overlapped boot vs normal boot, and failures that leave nothing behind."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from eventbus import Event, EventBus
+from node_init import (
+    BeforeEngineInit,
+    CallbackCtx,
+    DownloadError,
+    EngineError,
+    InitFailed,
+    initialize_node,
+    parse_config,
+)
+from node_init.testing import Fault, FaultProxy, S3Server, build_tiny_llama
+
+pytestmark = [pytest.mark.engine, pytest.mark.ray, pytest.mark.anyio]
+PROMPTS = ["the quick brown fox", "ray serve runs large"]
+ENGINE_KWARGS = {"dtype": "float32", "max_model_len": 256, "enforce_eager": True}
+_ids = itertools.count()
+
+
+@pytest.fixture(scope="module")
+def tiny_models(tmp_path_factory: pytest.TempPathFactory, s3_server: S3Server) -> dict[bool, str]:
+    """A tiny random Llama, untied and tied, uploaded to the session's S3 server."""
+    root = tmp_path_factory.mktemp("tiny")
+    uris = {}
+    for tied in (False, True):
+        path = build_tiny_llama(root / f"tiny-{tied}", tie_word_embeddings=tied)
+        s3_server.upload_dir(path, "models", f"tiny-{tied}")
+        uris[tied] = f"s3://models/tiny-{tied}"
+    return uris
+
+
+def config(uri: str, endpoint: str, *, overlap: str, **engine: Any) -> Any:
+    return parse_config({
+        "model_id": f"tiny{next(_ids)}-{os.getpid()}",
+        "model_source": uri,
+        "placement": None,
+        "download": {"timeout_s": 60, "retries": 0, "s3": {"endpoint_url": endpoint, "access_key_id": "testing",
+                                                            "secret_access_key": "testing"}},
+        "engine": {"kind": "vllm", "overlap": overlap, "kwargs": {**ENGINE_KWARGS, **engine}},
+    })
+
+
+def engine_processes() -> list[psutil.Process]:
+    found = []
+    for child in psutil.Process().children(recursive=True):
+        try:
+            if "EngineCore" in child.name() or "EngineCore" in " ".join(child.cmdline()):
+                found.append(child)
+        except psutil.Error:
+            pass
+    return found
+
+
+def wait_no_engine_process(bound: float = 60.0) -> None:
+    deadline = time.monotonic() + bound
+    while engine_processes() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert engine_processes() == []
+
+
+async def greedy(result: Any) -> list[list[int]]:
+    return [await result.engine.generate_ids(p, max_tokens=12) for p in PROMPTS]
+
+
+@pytest.mark.parametrize("tied", [False, True], ids=["untied", "tied"])
+async def test_overlapped_load_gives_the_same_greedy_tokens_as_a_normal_load(
+        ray_cluster: Any, s3_server: S3Server, tiny_models: dict[bool, str], tied: bool) -> None:
+    normal = await initialize_node(config(tiny_models[tied], s3_server.endpoint, overlap="off"))
+    try:
+        assert not normal.engine.on_dummy_weights and "weights_load" not in normal.timings
+        expected = await greedy(normal)
+    finally:
+        await normal.close()
+    overlapped = await initialize_node(config(tiny_models[tied], s3_server.endpoint, overlap="on"))
+    try:
+        assert not overlapped.engine.on_dummy_weights
+        assert {"weights_load", "tokenizer_fetch", "overlap"} <= set(overlapped.timings)
+        assert overlapped.engine.model_path == overlapped.model_path  # real weights, from the node's cache
+        assert await greedy(overlapped) == expected
+    finally:
+        await overlapped.close()
+    wait_no_engine_process()
+
+
+async def test_before_engine_init_changes_kwargs_or_vetoes(ray_cluster: Any, s3_server: S3Server,
+                                                           tiny_models: dict[bool, str]) -> None:
+    bus = EventBus()
+    seen: list[Event] = []
+
+    def veto(event: BeforeEngineInit, ctx: CallbackCtx) -> bool:
+        seen.append(event)
+        ctx.extra_init_kwargs["max_model_len"] = 128
+        return False
+
+    bus.subscribe(BeforeEngineInit, veto)
+    result = await initialize_node(config(tiny_models[False], s3_server.endpoint, overlap="on"), bus=bus)
+    assert result.engine is None and engine_processes() == []
+    assert seen[0].engine_kwargs["max_model_len"] == 256  # the configured kwargs, before the handler's change
+    assert result.ctx.extra_init_kwargs["max_model_len"] == 128
+
+
+async def test_a_failed_boot_is_an_engine_error_and_leaves_no_process(ray_cluster: Any, s3_server: S3Server,
+                                                                      tiny_models: dict[bool, str]) -> None:
+    bus = EventBus()
+    failed: list[InitFailed] = []
+    bus.subscribe(InitFailed, lambda e, c: failed.append(e))
+    cfg = config(tiny_models[False], s3_server.endpoint, overlap="off", max_model_len=100_000)
+    with pytest.raises(EngineError) as info:
+        await initialize_node(cfg, bus=bus)
+    assert info.value.phase == "engine" and "max_model_len" in str(info.value)
+    assert failed and failed[0].phase == "engine"
+    wait_no_engine_process()
+
+
+async def test_a_failed_download_shuts_the_overlapped_engine_down(ray_cluster: Any, s3_server: S3Server,
+                                                                  tiny_models: dict[bool, str],
+                                                                  tmp_path: Path) -> None:
+    proxy = FaultProxy(s3_server.endpoint, rate_mb_s=0.5).start()  # slow: the boot starts first
+    proxy.add(Fault(kind="status", status=500, match="model.safetensors", count=1000))
+    try:
+        cfg = config(tiny_models[False], proxy.endpoint, overlap="on")
+        with pytest.raises(DownloadError) as info:
+            await initialize_node(cfg)
+        assert "model.safetensors" in str(info.value)
+    finally:
+        proxy.stop()
+    wait_no_engine_process()
+    cache = Path(os.environ["NODE_INIT_CACHE_DIR"]) / cfg.model_id
+    assert not (cache / "model.safetensors").exists()
