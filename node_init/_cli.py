@@ -150,7 +150,15 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--no-engine", action="store_true", help="stop after the downloads")
     for p in (run, demo):
         p.add_argument("--json-logs", action="store_true", help="JSON log lines (default on a non-TTY)")
+    build = sub.add_parser("build-model", help="write a tiny random Llama (with a tokenizer) to DIR")
+    build.add_argument("dir", type=Path)
+    build.add_argument("--tied", action="store_true", help="tie the input and output embeddings")
     args = parser.parse_args(argv)
+    if args.command == "build-model":
+        from .testing import build_tiny_llama
+
+        print(build_tiny_llama(args.dir, tie_word_embeddings=args.tied))
+        return 0
     configure_logging(json=True if args.json_logs else None)
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     if args.command == "run":

@@ -86,6 +86,8 @@ class NodeInitConfig(_Strict, kw_only=True, forbid_unknown_fields=True, frozen=T
         callback_kwargs: Keyword arguments for the callback class.
         callback_timeout_s: Bound on each class-style hook (runs it in a thread).
         handlers: Import paths of ``HandlerSet``s.
+        handler_options: Settings for handlers, by handler module name
+            (``{disk_guard: {margin_mb: 512}}``); handlers read ``ctx.llm_config.handler_options``.
         runtime_env: Ray runtime env of the node tasks (``py_modules`` for handlers).
     """
 
@@ -95,6 +97,7 @@ class NodeInitConfig(_Strict, kw_only=True, forbid_unknown_fields=True, frozen=T
     callback_kwargs: dict[str, Any] = {}
     callback_timeout_s: float | None = None
     handlers: list[str] = []
+    handler_options: dict[str, dict[str, Any]] = {}
     runtime_env: dict[str, Any] | None = None
     download: DownloadConfig = DownloadConfig()
     placement: PlacementConfig | None = PlacementConfig()

@@ -108,10 +108,10 @@ class CallbackCtx:
     runtime_env: dict[str, Any] | None = attrs.field(
         default=None, converter=_runtime_env, on_setattr=_convert
     )
-    extra_init_kwargs: JsonDict = attrs.field(
+    extra_init_kwargs: dict[str, Any] = attrs.field(
         factory=lambda: JsonDict("ctx.extra_init_kwargs"), converter=_extra_kwargs, on_setattr=_convert
     )
-    custom_data: JsonDict = attrs.field(
+    custom_data: dict[str, Any] = attrs.field(
         factory=lambda: JsonDict("ctx.custom_data"), converter=_custom_data, on_setattr=_convert
     )
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import anyio
@@ -101,28 +102,44 @@ def engine_args(config: NodeInitConfig, model_path: str, kwargs: dict[str, Any],
     return args
 
 
+#: Builds an ``AsyncLLM`` from engine arguments; blocking (runs in a thread).
+EngineBuilder = Callable[[dict[str, Any]], Any]
+
+
+def build_async_llm(args: dict[str, Any]) -> Any:
+    """The default :data:`EngineBuilder`: ``AsyncLLM.from_engine_args``."""
+    from vllm.engine.arg_utils import AsyncEngineArgs
+    from vllm.v1.engine.async_llm import AsyncLLM
+
+    return AsyncLLM.from_engine_args(AsyncEngineArgs(**args))
+
+
 async def boot_engine(config: NodeInitConfig, model_path: str, kwargs: dict[str, Any], *,
-                      dummy: bool = False) -> VLLMEngine:
+                      dummy: bool = False, builder: EngineBuilder | None = None) -> VLLMEngine:
     """Build an ``AsyncLLM`` on ``model_path`` (config + tokenizer suffice when ``dummy``).
 
     The build blocks (it spawns vLLM's EngineCore), so it runs in a thread. If
     the caller is cancelled meanwhile, the thread is left to finish and shuts
     the engine it built down itself: no engine process outlives a failed init.
 
+    Args:
+        builder: How to build the engine from its arguments (Ray Serve passes
+            its own, to keep its engine config); default ``AsyncLLM.from_engine_args``.
+
     Raises:
         EngineError: when vLLM is missing or the engine fails to start.
     """
     try:
-        from vllm.engine.arg_utils import AsyncEngineArgs
-        from vllm.v1.engine.async_llm import AsyncLLM
+        import vllm  # noqa: F401
     except ImportError as exc:
         raise EngineError(f"vLLM is not installed ({exc}); install the [cpu] or [gpu] extra",
                           cause=brief(exc)) from exc
     args = engine_args(config, model_path, kwargs, dummy=dummy)
     abandoned = threading.Event()
+    make = builder or build_async_llm
 
     def build() -> Any:
-        llm = AsyncLLM.from_engine_args(AsyncEngineArgs(**args))
+        llm = make(args)
         if abandoned.is_set():
             llm.shutdown()
         return llm

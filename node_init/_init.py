@@ -28,7 +28,7 @@ from ._node import Decision, local_model_path
 from ._wiring import wire
 
 if TYPE_CHECKING:
-    from ._engine import VLLMEngine
+    from ._engine import EngineBuilder, VLLMEngine
 
 _log = structlog.get_logger("node_init")
 
@@ -74,17 +74,28 @@ class InitResult:
 class _Run:
     """State of one initialization (so failure handling can undo exactly what was done)."""
 
-    def __init__(self, config: NodeInitConfig, bus: EventBus, ctx: CallbackCtx) -> None:
+    def __init__(self, config: NodeInitConfig, bus: EventBus, ctx: CallbackCtx,
+                 builder: EngineBuilder | None = None) -> None:
         self.config = config
+        self.builder = builder
         self.bus = bus
         self.ctx = ctx
-        self.phase = "before_init"
+        self._phase = "before_init"
         self.timings: dict[str, float] = {}
         self.pg: Any = None
         self.owns_pg = False
         self.engine: Any = None
         self.reports: tuple[NodeReport, ...] = ()
         self.marks: dict[str, float] = {}  # monotonic instants, for the overlap timing
+
+    @property
+    def phase(self) -> str:
+        return self._phase
+
+    @phase.setter
+    def phase(self, value: str) -> None:
+        self._phase = value
+        structlog.contextvars.bind_contextvars(phase=value)  # on every log line of this init
 
     async def publish(self, event: Any) -> Any:
         try:
@@ -103,6 +114,7 @@ async def initialize_node(
     *,
     bus: EventBus | None = None,
     ray_llm_config: Any = None,
+    engine_builder: EngineBuilder | None = None,
 ) -> InitResult:
     """Initialize this replica's node(s): hooks, placement group, downloads, engine.
 
@@ -114,6 +126,8 @@ async def initialize_node(
         config: What to initialize.
         bus: A bus to publish on; subscribe your own handlers to it first.
         ray_llm_config: Ray's ``LLMConfig`` on the Serve paths (``ctx.ray_llm_config``).
+        engine_builder: Builds the ``AsyncLLM`` from engine arguments (the Serve
+            integration passes one that keeps Ray's engine config).
 
     Returns:
         The :class:`InitResult`.
@@ -126,16 +140,18 @@ async def initialize_node(
     """
     bus = wire(config, bus)
     ctx = CallbackCtx.for_config(config, ray_llm_config)
-    run = _Run(config, bus, ctx)
-    log = _log.bind(model_id=config.model_id)
+    run = _Run(config, bus, ctx, engine_builder)
+    log = _log
     start = time.monotonic()
-    try:
-        return await _flow(run, start, log)
-    except BaseException as exc:
-        await _fail(run, exc, log)
-        if isinstance(exc, NodeInitError) or not isinstance(exc, Exception):
-            raise
-        raise PhaseError(describe(exc), phase=run.phase, cause=describe(exc)) from exc
+    # Restored on return, so the caller's own log context stays theirs.
+    with structlog.contextvars.bound_contextvars(model_id=config.model_id, phase=run.phase):
+        try:
+            return await _flow(run, start, log)
+        except BaseException as exc:
+            await _fail(run, exc, log)
+            if isinstance(exc, NodeInitError) or not isinstance(exc, Exception):
+                raise
+            raise PhaseError(describe(exc), phase=run.phase, cause=describe(exc)) from exc
 
 
 async def _flow(run: _Run, start: float, log: Any) -> InitResult:
@@ -188,7 +204,7 @@ async def _boot(run: _Run, model_path: str, *, dummy: bool) -> VLLMEngine:
     run.phase = "engine"
     t = time.monotonic()
     with anyio.fail_after(run.config.engine.boot_timeout_s):
-        engine = await boot_engine(run.config, model_path, _engine_kwargs(run), dummy=dummy)
+        engine = await boot_engine(run.config, model_path, _engine_kwargs(run), dummy=dummy, builder=run.builder)
     run.engine = engine
     run.timed("engine_boot", t)
     run.marks["boot_end"] = time.monotonic()

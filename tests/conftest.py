@@ -6,7 +6,7 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -31,6 +31,8 @@ class SimNode:
 class RayCluster:
     address: str
     nodes: tuple[SimNode, ...]
+    cluster: Any = None  # ray.cluster_utils.Cluster, for tests that add and remove their own nodes
+    root: Path = Path()
 
     def by_id(self, node_id: str) -> SimNode:
         return next(n for n in self.nodes if n.node_id == node_id)
@@ -57,13 +59,18 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayCluster
     )
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     root = tmp_path_factory.mktemp("nodes")
-    specs = [("head", 2), ("node1", 1), ("node2", 1)]
+    # Logical CPUs: each Serve LLM replica takes 2 on one node (bundle + actor), each ingress 1.
+    specs = [("head", 8), ("node1", 1), ("node2", 1)]
     cluster = Cluster(
         initialize_head=True,
         head_node_args={
             "num_cpus": specs[0][1], "resources": {"head": 1},
             "env_vars": {"NODE_INIT_CACHE_DIR": str(root / "head"), "NODE_NAME": "head"},
             "include_dashboard": False,
+            # Export metrics every second, so tests read them back from Prometheus promptly.
+            # Faster node-death detection, for the node-removal fault.
+            "_system_config": {"metrics_report_interval_ms": 1000, "health_check_period_ms": 1000,
+                               "health_check_failure_threshold": 3},
         },
     )
     for name, cpus in specs[1:]:
@@ -80,7 +87,7 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayCluster
                 ids[name] = node["NodeID"]
     nodes = tuple(SimNode(name, ids[name], root / name) for name, _ in specs)
     try:
-        yield RayCluster(cluster.address, nodes)
+        yield RayCluster(cluster.address, nodes, cluster, root)
     finally:
         ray.shutdown()
         cluster.shutdown()

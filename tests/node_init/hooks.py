@@ -6,7 +6,7 @@ import os
 import time
 
 from eventbus import HandlerSet
-from node_init import BeforeDownload, CallbackCtx
+from node_init import AfterInit, BeforeDownload, BeforeInit, CallbackCtx
 
 # Records where BeforeDownload ran: pid, node id, the event's fields.
 record = HandlerSet()
@@ -87,3 +87,35 @@ class NeedsKwargs:
         self.threshold = threshold
 
 
+
+
+# For the Serve tests: BeforeInit (replica) sets data the nodes' BeforeDownload must see; both
+# append a JSON line (pid, node, what they saw) to $NODE_INIT_TEST_LOG.
+serve_hooks = HandlerSet()
+
+
+def _append(record: dict[str, object]) -> None:
+    import json
+
+    path = os.environ.get("NODE_INIT_TEST_LOG")
+    if path:
+        with open(path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+@serve_hooks.on(BeforeInit)
+def mark_replica(event: BeforeInit, ctx: CallbackCtx) -> None:
+    ctx.custom_data["from_replica"] = os.getpid()
+    _append({"event": "BeforeInit", "pid": os.getpid()})
+
+
+@serve_hooks.on(BeforeDownload)
+def seen_on_node(event: BeforeDownload, ctx: CallbackCtx) -> None:
+    _append({"event": "BeforeDownload", "pid": os.getpid(), "node_id": event.node_id,
+             "from_replica": ctx.custom_data.get("from_replica"), "files": len(event.files)})
+
+
+@serve_hooks.on(AfterInit)
+def mark_done(event: AfterInit, ctx: CallbackCtx) -> None:
+    _append({"event": "AfterInit", "pid": os.getpid(), "model_path": event.model_path,
+             "reports": len(event.reports), "timings": sorted(event.timings)})

@@ -1,0 +1,40 @@
+"""Example handlers for the Serve configs in this folder (shipped to every node by runtime_env)."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import structlog
+
+from eventbus import HandlerSet
+from node_init import AfterInit, BeforeDownload, BeforeInit, CallbackCtx
+
+handlers = HandlerSet()
+log = structlog.get_logger("examples.hooks")
+
+
+@handlers.on(BeforeInit)
+def started(event: BeforeInit, ctx: CallbackCtx) -> None:
+    ctx.custom_data["started_at"] = time.time()
+
+
+@handlers.on(BeforeDownload)
+def on_node(event: BeforeDownload, ctx: CallbackCtx) -> None:
+    # Runs on each node of the placement group, in that node's process.
+    log.info("before download", node_id=event.node_id, mode=event.mode, files=len(event.files),
+             expected_mb=round(event.expected_bytes / 1e6, 1), pid=os.getpid())
+
+
+@handlers.on(AfterInit)
+def finished(event: AfterInit, ctx: CallbackCtx) -> None:
+    log.info("node init done", model_path=event.model_path,
+             seconds=round(time.time() - ctx.custom_data.get("started_at", time.time()), 2),
+             timings={k: round(v, 3) for k, v in event.timings.items()})
+
+
+class CustomDownload:
+    """The original design note's class-style example: worker nodes fetch only the tokenizer."""
+
+    def on_before_download(self, ctx: CallbackCtx) -> None:
+        ctx.worker_node_download_model = "TOKENIZER_ONLY"
