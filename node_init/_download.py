@@ -272,8 +272,12 @@ class Downloader:
                 temps.append(tmp)
                 ranges = [(s, min(s + self._part, f.size)) for s in range(0, f.size, self._part)] or [(0, 0)]
                 state = _FileState(f, tmp, len(ranges))
-                with open(tmp, "wb") as out:
-                    out.truncate(f.size)
+                try:
+                    with open(tmp, "wb") as out:
+                        out.truncate(f.size)  # sized up front: ranges land with pwrite
+                except OSError as exc:
+                    raise self._error(f"cannot write to the cache: {describe(exc)}", file=f.key,
+                                      cause=exc) from exc
                 for lo, hi in ranges:
                     futures.append(pool.submit(self._fetch_range, state, lo, hi, manifest, mlock))
             self._wait(futures)

@@ -241,6 +241,14 @@ class FaultProxy:
             code = "SlowDown" if fault.status == 503 else "InternalError"
             body = f"<Error><Code>{code}</Code><Message>injected</Message></Error>"
             return web.Response(status=fault.status, text=body, content_type="application/xml")
+        try:
+            return await self._forward(request, fault)
+        except ConnectionError:
+            return None  # the client hung up mid-body (a reset, a stalled read given up): nothing to answer
+
+    async def _forward(self, request: Any, fault: Fault | None) -> Any:
+        from aiohttp import web
+
         body = await request.read()
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP}
         async with self._session.request(request.method, self.upstream + request.path_qs,
