@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -167,16 +168,33 @@ class Subscription:
 
     def _in_thread(self, fn: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
         timeout = self.timeout
+        name = self.name
 
         async def run_in_thread(event: Any, ctx: Any) -> Any:
             if timeout is None:
                 return await anyio.to_thread.run_sync(fn, event, ctx)
-            with anyio.move_on_after(timeout) as scope:
-                # abandon_on_cancel: a thread cannot be interrupted, only left behind.
-                return await anyio.to_thread.run_sync(fn, event, ctx, abandon_on_cancel=True)
-            if scope.cancelled_caught:
+            # A thread we may abandon gets its own daemon thread: an abandoned worker thread of
+            # anyio's pool would keep the process from exiting while the handler hangs.
+            done = threading.Event()
+            box: list[Any] = []
+
+            def target() -> None:
+                try:
+                    box.append((True, fn(event, ctx)))
+                except BaseException as exc:  # handed back to the publishing task below
+                    box.append((False, exc))
+                finally:
+                    done.set()
+
+            threading.Thread(target=target, name=f"eventbus:{name}", daemon=True).start()
+            # The wait itself ends within the timeout, so abandoning it on cancellation is safe.
+            finished = await anyio.to_thread.run_sync(done.wait, timeout, abandon_on_cancel=True)
+            if not finished:
                 raise self._timeout_error(event)
-            return None  # pragma: no cover - unreachable: the with block returned
+            ok, value = box[0]
+            if not ok:
+                raise value
+            return value
 
         return run_in_thread
 

@@ -1,12 +1,15 @@
 """Phase timing: per-phase and per-node durations as Ray metrics, and one structured log line.
 
-Config: ``handlers: [handlers.timing:handlers]``. On ``AfterInit`` it sets the
-gauges below (labelled by model, phase and node), which reach Ray's Prometheus
-endpoint; on ``InitFailed`` it counts the failure by phase.
+Config: ``handlers: [handlers.timing:handlers]``. On ``AfterInit`` it records the
+metrics below (labelled by model, phase and node) through ``ray.util.metrics``,
+so they reach Ray's Prometheus endpoint (prefixed ``ray_``); on ``InitFailed``
+it counts the failure by phase. Durations are histograms, not gauges: an init
+happens once per replica start, and Ray drops gauge series nobody re-sets.
 
-- ``node_init_phase_seconds{model, phase}``
-- ``node_init_node_download_seconds{model, node}`` and ``node_init_node_download_bytes{model, node}``
-- ``node_init_failures_total{model, phase}``
+- ``node_init_phase_seconds{model, phase}`` (histogram)
+- ``node_init_node_download_seconds{model, node}`` (histogram)
+- ``node_init_node_download_bytes{model, node}`` (counter)
+- ``node_init_failures{model, phase}`` (counter)
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ from node_init import AfterInit, InitFailed
 handlers = HandlerSet()
 _log = structlog.get_logger("handlers.timing")
 _metrics: dict[str, Any] = {}
+#: Histogram buckets (seconds): from a cached tiny model to a large cold download.
+BUCKETS_S = [0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 50, 100, 250, 500, 1000]
 _lock = threading.Lock()
 
 
@@ -31,8 +36,11 @@ def _metric(kind: str, name: str, description: str, tags: tuple[str, ...]) -> An
         if name not in _metrics:
             from ray.util import metrics
 
-            cls = {"gauge": metrics.Gauge, "counter": metrics.Counter}[kind]
-            _metrics[name] = cls(name, description=description, tag_keys=tags)
+            if kind == "histogram":
+                _metrics[name] = metrics.Histogram(name, description=description, boundaries=BUCKETS_S,
+                                                   tag_keys=tags)
+            else:
+                _metrics[name] = metrics.Counter(name, description=description, tag_keys=tags)
         return _metrics[name]
 
 
@@ -53,23 +61,23 @@ def record_timings(event: AfterInit, ctx: Any) -> None:
               nodes={r.node_id[:12]: round(r.seconds, 3) for r in event.reports})
     if not _ray_ready():
         return
-    phase = _metric("gauge", "node_init_phase_seconds", "Seconds per node-init phase", ("model", "phase"))
+    phase = _metric("histogram", "node_init_phase_seconds", "Seconds per node-init phase", ("model", "phase"))
     for name, seconds in event.timings.items():
-        phase.set(seconds, tags={"model": event.model_id, "phase": name})
-    node_s = _metric("gauge", "node_init_node_download_seconds", "Seconds of a node's download task",
+        phase.observe(seconds, tags={"model": event.model_id, "phase": name})
+    node_s = _metric("histogram", "node_init_node_download_seconds", "Seconds of a node's download task",
                      ("model", "node"))
-    node_b = _metric("gauge", "node_init_node_download_bytes", "Bytes a node fetched", ("model", "node"))
+    node_b = _metric("counter", "node_init_node_download_bytes", "Bytes a node fetched", ("model", "node"))
     for report in event.reports:
         tags = {"model": event.model_id, "node": report.node_id}
-        node_s.set(report.seconds, tags=tags)
-        node_b.set(report.bytes, tags=tags)
+        node_s.observe(report.seconds, tags=tags)
+        node_b.inc(float(report.bytes), tags=tags)
 
 
 @handlers.on(InitFailed, on_error="log")
 def count_failure(event: InitFailed, ctx: Any) -> None:
     """Count a failed init by phase."""
     if _ray_ready():
-        counter = _metric("counter", "node_init_failures_total", "Failed node inits", ("model", "phase"))
+        counter = _metric("counter", "node_init_failures", "Failed node inits", ("model", "phase"))
         counter.inc(1.0, tags={"model": event.model_id, "phase": event.phase})
 
 

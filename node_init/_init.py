@@ -49,7 +49,8 @@ class InitResult:
             ``before_engine_init``, ``engine_boot``, ``overlap``, ``after_init``, ``total``).
         engine: The running engine, or ``None`` (``engine.kind: none`` or vetoed).
         ctx: The shared :class:`CallbackCtx`, as the handlers left it.
-        placement_group: The placement group used, if any.
+        placement_group: The placement group the engine runs in, if any (one node init created
+            is removed before returning when no engine was started).
         owns_placement_group: Whether node init created it (and :meth:`close` removes it).
     """
 
@@ -180,6 +181,12 @@ async def _flow(run: _Run, start: float, log: Any) -> InitResult:
     run.timed("after_init", t)
     run.timings["total"] = time.monotonic() - start
     log.info("node init finished", model_path=model_path, seconds=round(run.timings["total"], 3))
+    if run.engine is None and run.owns_pg and run.pg is not None:
+        # Nothing runs in the group we made once init ends without an engine: give it back now.
+        import ray.util
+
+        ray.util.remove_placement_group(run.pg)
+        run.pg, run.owns_pg = None, False
     return InitResult(model_path=model_path, reports=run.reports, timings=run.timings, engine=run.engine,
                       ctx=run.ctx, placement_group=run.pg, owns_placement_group=run.owns_pg)
 

@@ -354,3 +354,23 @@ def test_handler_errors_pickle_intact() -> None:
     back = pickle.loads(pickle.dumps(err))
     assert type(back) is HandlerTimeout and back.handler == "m.h" and back.event == Base(n=2)
     assert str(back) == str(err)
+
+
+def test_an_abandoned_hung_thread_does_not_keep_the_process_alive() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import time\n"
+        "from eventbus import Event, EventBus, HandlerTimeout\n"
+        "bus = EventBus()\n"
+        "bus.subscribe(Event, lambda e, c: time.sleep(3600), timeout=0.2, to_thread=True)\n"
+        "try:\n"
+        "    bus.publish_sync(Event())\n"
+        "except HandlerTimeout:\n"
+        "    print('timed out')\n"
+    )
+    start = time.monotonic()
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+    assert out.stdout.strip() == "timed out" and out.returncode == 0
+    assert time.monotonic() - start < 10

@@ -143,7 +143,7 @@ def scrape(ray_cluster: Any, name: str, bound: float = 30.0) -> list[str]:
 async def test_timing_metrics_reach_rays_prometheus_endpoint(ray_cluster: Any, model_dir: Path) -> None:
     cfg = config(model_dir, handlers=["handlers.timing:handlers"])
     await initialize_node(cfg)
-    lines = [line for line in scrape(ray_cluster, "node_init_phase_seconds") if cfg.model_id in line]
+    lines = [line for line in scrape(ray_cluster, "node_init_phase_seconds_count") if cfg.model_id in line]
     phases = {line.split('phase="')[1].split('"')[0] for line in lines if 'phase="' in line}
     assert {"placement", "download", "total"} <= phases, lines
     node_lines = [line for line in scrape(ray_cluster, "node_init_node_download_bytes") if cfg.model_id in line]
