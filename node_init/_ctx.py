@@ -53,20 +53,21 @@ class JsonDict(dict[str, Any]):
         return (JsonDict, (self._where, dict(self)))
 
 
-def _custom_data(value: Any) -> JsonDict:
-    if isinstance(value, JsonDict) and value._where == "ctx.custom_data":
+def _to_json_dict(where: str, value: Any) -> JsonDict:
+    if isinstance(value, JsonDict) and value._where == where:
         return value
     if not isinstance(value, Mapping):
-        raise TypeError(f"ctx.custom_data must be a mapping, got {type(value).__name__}")
-    return JsonDict("ctx.custom_data", value)
+        raise TypeError(f"{where} must be a mapping, got {type(value).__name__}")
+    return JsonDict(where, value)
+
+
+# Named converters (attrs' mypy plugin accepts only named functions).
+def _custom_data(value: Any) -> JsonDict:
+    return _to_json_dict("ctx.custom_data", value)
 
 
 def _extra_kwargs(value: Any) -> JsonDict:
-    if isinstance(value, JsonDict) and value._where == "ctx.extra_init_kwargs":
-        return value
-    if not isinstance(value, Mapping):
-        raise TypeError(f"ctx.extra_init_kwargs must be a mapping, got {type(value).__name__}")
-    return JsonDict("ctx.extra_init_kwargs", value)
+    return _to_json_dict("ctx.extra_init_kwargs", value)
 
 
 def _runtime_env(value: Any) -> dict[str, Any] | None:
@@ -109,7 +110,8 @@ class CallbackCtx:
         default=None, converter=_runtime_env, on_setattr=_convert
     )
     extra_init_kwargs: dict[str, Any] = attrs.field(
-        factory=lambda: JsonDict("ctx.extra_init_kwargs"), converter=_extra_kwargs, on_setattr=_convert
+        factory=lambda: JsonDict("ctx.extra_init_kwargs"), converter=_extra_kwargs,
+        on_setattr=_convert
     )
     custom_data: dict[str, Any] = attrs.field(
         factory=lambda: JsonDict("ctx.custom_data"), converter=_custom_data, on_setattr=_convert

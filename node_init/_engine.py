@@ -60,8 +60,7 @@ class VLLMEngine:
         self.on_dummy_weights = False
         return time.monotonic() - start
 
-    async def generate_ids(self, prompt: str, max_tokens: int = 16) -> list[int]:
-        """Greedy token ids for ``prompt`` (temperature 0)."""
+    async def _greedy(self, prompt: str, max_tokens: int) -> Any:
         from vllm import SamplingParams
 
         final = None
@@ -69,18 +68,15 @@ class VLLMEngine:
         async for out in self.llm.generate(prompt, params, request_id=uuid.uuid4().hex):
             final = out
         assert final is not None
-        return list(final.outputs[0].token_ids)
+        return final.outputs[0]
+
+    async def generate_ids(self, prompt: str, max_tokens: int = 16) -> list[int]:
+        """Greedy token ids for ``prompt`` (temperature 0)."""
+        return list((await self._greedy(prompt, max_tokens)).token_ids)
 
     async def complete(self, prompt: str, max_tokens: int = 16) -> str:
         """Greedy completion text for ``prompt``."""
-        from vllm import SamplingParams
-
-        final = None
-        params = SamplingParams(max_tokens=max_tokens, temperature=0.0)
-        async for out in self.llm.generate(prompt, params, request_id=uuid.uuid4().hex):
-            final = out
-        assert final is not None
-        return str(final.outputs[0].text)
+        return str((await self._greedy(prompt, max_tokens)).text)
 
     async def shutdown(self) -> None:
         """Stop the engine and its EngineCore process. Idempotent."""

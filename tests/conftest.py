@@ -42,6 +42,11 @@ class RayCluster:
         return self.nodes[0]
 
 
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"  # Ray's awaitables need asyncio; tests/eventbus runs on trio too
+
+
 @pytest.fixture(scope="session")
 def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayCluster]:
     """A real 3-node Ray cluster on this machine, shared by the whole session.

@@ -3,11 +3,6 @@ from pathlib import Path
 import pytest
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"  # Ray's awaitables need asyncio
-
-
 @pytest.fixture(scope="session")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> "Path":
     """A synthetic multi-file model (config, tokenizer, two weight shards)."""
