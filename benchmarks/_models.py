@@ -42,6 +42,19 @@ def smollm2() -> Path:
         model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, torch_dtype=torch.float32)
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         out.mkdir(parents=True, exist_ok=True)
-        model.save_pretrained(out, safe_serialization=True)
+        # transformers refuses save_pretrained on a GGUF-loaded model, though its weights are now
+        # plain float32: write them and a config without the quantization entry ourselves.
+        import json
+
+        from safetensors.torch import save_file
+
+        state = {k: v.contiguous() for k, v in model.state_dict().items()}
+        if model.config.tie_word_embeddings:
+            state.pop("lm_head.weight", None)  # shared with the embeddings
+        save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
+        config = model.config.to_dict()
+        config.pop("quantization_config", None)
+        config["torch_dtype"] = "float32"
+        (out / "config.json").write_text(json.dumps(config, indent=1))
         tokenizer.save_pretrained(out)
     return out
