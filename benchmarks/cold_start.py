@@ -12,8 +12,8 @@ Each run is a fresh subprocess with an empty cache, so every download is cold (f
 measured rate either). Runs are interleaved; medians of the repeats. Each run ends by generating
 greedy tokens, which must be equal across ways (the weights are the real ones).
 
-Run: ``python benchmarks/cold_start.py [--quick] [--models tiny smollm2] [--rates 50 100 0]``
-(rate 0 = uncapped). Writes ``results/cold_start.{json,md,png}``.
+Run: ``python benchmarks/cold_start.py [--quick] [--models tiny smollm2] [--rates 50 100 0] [--name N]``
+(rate 0 = uncapped). Writes ``results/N.{json,md,png}`` (default ``cold_start``).
 """
 
 from __future__ import annotations
@@ -156,11 +156,11 @@ def main(args: argparse.Namespace) -> None:
     ] for r in rows])
     print()
     print(table)
-    write_outputs("cold_start", {"repeats": args.repeats, "rows": rows}, table)
-    plot(rows)
+    write_outputs(args.name, {"repeats": args.repeats, "rows": rows}, table)
+    plot(rows, args.name)
 
 
-def plot(rows: list[dict[str, Any]]) -> None:
+def plot(rows: list[dict[str, Any]], name: str) -> None:
     """A timeline per row: download and boot bars for each way."""
     import matplotlib
 
@@ -185,7 +185,7 @@ def plot(rows: list[dict[str, Any]]) -> None:
         ax.invert_yaxis()
     axes[-1, 0].set_xlabel("seconds from the start of node init")
     fig.tight_layout()
-    fig.savefig(RESULTS / "cold_start.png", dpi=110)
+    fig.savefig(RESULTS / f"{name}.png", dpi=110)
 
 
 if __name__ == "__main__":
@@ -197,6 +197,7 @@ if __name__ == "__main__":
     ap.add_argument("--rates", nargs="+", type=float, default=[50.0, 100.0, 0.0])
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--quick", action="store_true", help="one repeat")
+    ap.add_argument("--name", default="cold_start", help="results/NAME.{json,md,png}")
     a = ap.parse_args()
     if a.quick:
         a.repeats = 1
