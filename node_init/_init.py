@@ -98,11 +98,16 @@ class _Run:
         self._phase = value
         structlog.contextvars.bind_contextvars(phase=value)  # on every log line of this init
 
-    async def publish(self, event: Any) -> Any:
+    async def publish(self, event: Any, *, phase: str | None = None) -> Any:
+        """Publish on the bus; a handler's failure becomes a PhaseError of ``phase``.
+
+        The download and engine tasks run at once, so ``self.phase`` may belong to the
+        other task: the download side names its own phase.
+        """
         try:
             return await self.bus.publish(event, self.ctx)
         except HandlerError as exc:
-            raise PhaseError(str(exc), phase=self.phase, cause=describe(exc)) from exc
+            raise PhaseError(str(exc), phase=phase or self.phase, cause=describe(exc)) from exc
 
     def timed(self, name: str, since: float) -> float:
         now = time.monotonic()
@@ -238,7 +243,8 @@ class _Replica:
     async def on_progress(self, node_id: str, done: int, total: int) -> None:
         if node_id == self.local:
             self.samples.append((time.monotonic(), done))
-        await self.run.publish(DownloadProgress(node_id=node_id, bytes_done=done, bytes_total=total))
+        await self.run.publish(DownloadProgress(node_id=node_id, bytes_done=done, bytes_total=total),
+                               phase="download")
 
     async def on_report(self, report: NodeReport) -> None:
         if report.node_id == self.local:
@@ -375,7 +381,9 @@ async def _config_and_tokenizer(run: _Run) -> str:
 async def _fail(run: _Run, exc: BaseException, log: Any) -> None:
     """Undo what this run started, then publish InitFailed (bounded, shielded from cancellation)."""
     node_id = getattr(exc, "node_id", None)
-    phase = getattr(exc, "phase", run.phase)
+    # An error from a node task (it names its node) happened in the download phase, whatever
+    # the engine task concurrently set run.phase to.
+    phase = getattr(exc, "phase", "download" if node_id else run.phase)
     with anyio.CancelScope(shield=True):
         if run.engine is not None:
             with anyio.move_on_after(30):
