@@ -134,16 +134,19 @@ async def boot_engine(config: NodeInitConfig, model_path: str, kwargs: dict[str,
     abandoned = threading.Event()
     make = builder or build_async_llm
 
-    def build() -> Any:
-        llm = make(args)
+    def build() -> list[Any]:
+        # Handed over in a list the caller empties: something in vLLM's boot keeps this frame
+        # alive, and a local holding the engine would keep it from being collected after
+        # shutdown (its __del__ then fails at interpreter exit).
+        box = [make(args)]
         if abandoned.is_set():
-            llm.shutdown()
-        return llm
+            box.pop().shutdown()
+        return box
 
     _log.info("engine booting", model_path=model_path, dummy=dummy)
     start = time.monotonic()
     try:
-        llm = await anyio.to_thread.run_sync(build, abandon_on_cancel=True)
+        llm = (await anyio.to_thread.run_sync(build, abandon_on_cancel=True)).pop()
     except BaseException as exc:
         abandoned.set()
         if isinstance(exc, Exception):
