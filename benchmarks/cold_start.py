@@ -9,8 +9,9 @@ One model on a loopback S3-compatible endpoint behind a bandwidth-capping proxy,
 - (d) ``auto``: ours, ``overlap: auto``.
 
 Each run is a fresh subprocess with an empty cache, so every download is cold (for ``auto``: no
-measured rate either). Runs are interleaved; medians of the repeats. Each run ends by generating
-greedy tokens, which must be equal across ways (the weights are the real ones).
+measured rate either), on a local Ray started (and left to settle for 3 s) before the clock starts.
+Runs are interleaved; medians of the repeats. Each run ends by generating greedy tokens, which must be
+equal across ways (the weights are the real ones).
 
 Run: ``python benchmarks/cold_start.py [--quick] [--models tiny smollm2] [--rates 50 100 0] [--name N]``
 (rate 0 = uncapped). Writes ``results/N.{json,md,png}`` (default ``cold_start``).
@@ -35,6 +36,7 @@ REPO = Path(__file__).resolve().parent.parent
 WAYS = ("ray", "off", "on", "auto")
 ENGINE = {"dtype": "float32", "max_model_len": 256, "enforce_eager": True}
 PROMPT = "The capital of France is"
+SETTLE_S = 3.0
 
 
 def worker(way: str, uri: str, endpoint: str, cache: str) -> None:
@@ -45,13 +47,13 @@ def worker(way: str, uri: str, endpoint: str, cache: str) -> None:
                        "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
                        "HF_HUB_CACHE": cache, "HOME": cache, "NODE_INIT_CACHE_DIR": cache,
                        "VLLM_CPU_KVCACHE_SPACE": "1"})
-    if way == "ray":
-        out = asyncio.run(_ray_way(uri))
-    else:
-        import ray
+    import ray
 
-        ray.init(include_dashboard=False, log_to_driver=False, num_cpus=2)
-        out = asyncio.run(_our_way(way, uri, endpoint))
+    # Every way runs where a Serve replica does, on a live Ray node: started, then given a few
+    # seconds to settle so its start-up CPU burst does not land on whichever way runs.
+    ray.init(include_dashboard=False, log_to_driver=False, num_cpus=2)
+    time.sleep(SETTLE_S)
+    out = asyncio.run(_ray_way(uri) if way == "ray" else _our_way(way, uri, endpoint))
     print("RESULT " + json.dumps(out))
 
 

@@ -5,6 +5,7 @@ vLLM is imported lazily, here only: ``import node_init`` works without it.
 
 from __future__ import annotations
 
+import importlib
 import threading
 import time
 import uuid
@@ -126,7 +127,9 @@ async def boot_engine(config: NodeInitConfig, model_path: str, kwargs: dict[str,
         EngineError: when vLLM is missing or the engine fails to start.
     """
     try:
-        import vllm  # noqa: F401
+        # Importing vLLM takes seconds: off the event loop, which keeps serving node progress
+        # (and, in a Serve replica, health checks) meanwhile.
+        await anyio.to_thread.run_sync(importlib.import_module, "vllm")
     except ImportError as exc:
         raise EngineError(f"vLLM is not installed ({exc}); install the [cpu] or [gpu] extra",
                           cause=brief(exc)) from exc

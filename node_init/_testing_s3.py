@@ -220,6 +220,11 @@ class FaultProxy:
         loop.run_until_complete(setup())
         self._ready.set()
         loop.run_forever()
+        # Handlers still stalled past the runner's shutdown timeout: end them, not drop them.
+        pending = asyncio.all_tasks(loop)
+        for task in pending:
+            task.cancel()
+        loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
         loop.run_until_complete(self._session.close())
         loop.close()
 
