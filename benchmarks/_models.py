@@ -12,7 +12,7 @@ CACHE = Path(__file__).resolve().parent.parent / ".cache" / "bench-models"
 
 
 def tiny() -> Path:
-    """The tests' tiny random Llama (tied embeddings), ~1.6 MB."""
+    """The tests' tiny random Llama (tied embeddings), ~1.4 MB."""
     from node_init.testing import build_tiny_llama
 
     path = CACHE / "tiny-llama"
