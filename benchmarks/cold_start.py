@@ -62,7 +62,7 @@ async def _ray_way(uri: str) -> dict[str, Any]:
     from ray.llm._internal.common.utils.download_utils import NodeModelDownloadable, download_model_files
 
     from node_init import NodeInitConfig
-    from node_init._engine import boot_engine
+    from node_init.engine import boot_engine
 
     t0 = time.monotonic()
     path = download_model_files(model_id="bench/model", mirror_config=CloudMirrorConfig(bucket_uri=uri),

@@ -50,8 +50,7 @@ def worker(kind: str, uri: str, endpoint: str, dest: str) -> None:
                                  download_extra_files=False)
     else:
         from node_init import DownloadConfig, S3Config
-        from node_init._download import Downloader
-        from node_init._sources import S3Source
+        from node_init.download import Downloader, S3Source
 
         def run() -> None:
             src = S3Source(uri, S3Config(), request_timeout_s=60)

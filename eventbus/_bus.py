@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import threading
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, Unpack
 
 import anyio
 import anyio.from_thread
@@ -17,7 +17,7 @@ from ._errors import EventBusError
 from ._event import Event
 from ._outcome import Outcome
 from ._subscription import Subscription
-from .typing import Handler, OnError
+from .typing import Handler, SubscribeOptions
 
 if TYPE_CHECKING:
     from ._handlerset import HandlerSet
@@ -47,29 +47,22 @@ class EventBus:
         self._subs: dict[type[Event], list[Subscription]] = {}
         self._plans: dict[type, Plan] = {}
         self._seq = itertools.count()
-        self._lock = threading.Lock()  # guards subscribe/cancel only, never publish
+        # Guards the subscriptions and the plan cache; publish takes it only to build a missing plan.
+        self._lock = threading.Lock()
 
     def subscribe(
-        self,
-        event_type: type[Event],
-        handler: Handler,
-        *,
-        priority: int = 0,
-        timeout: float | None = None,
-        on_error: OnError = "raise",
-        to_thread: bool = False,
+        self, event_type: type[Event], handler: Handler, **options: Unpack[SubscribeOptions]
     ) -> Subscription:
         """Subscribe ``handler`` to ``event_type`` and its subclasses.
 
         Args:
             event_type: An :class:`Event` subclass (``Event`` itself sees everything).
             handler: ``handler(event, ctx)``, sync or async.
-            priority: Higher runs first; equal priorities run in registration order.
-            timeout: Seconds the handler may take; on expiry it fails with
-                :class:`HandlerTimeout`. A sync handler needs ``to_thread=True``.
-            on_error: ``"raise"`` stops the publish with a :class:`HandlerError`;
-                ``"log"`` logs it and records it in :attr:`Outcome.errors`.
-            to_thread: Run a blocking sync handler in a worker thread.
+            **options: :class:`~eventbus.typing.SubscribeOptions`: ``priority`` (higher
+                runs first; default 0), ``timeout`` (seconds, then :class:`HandlerTimeout`;
+                a sync handler needs ``to_thread=True``), ``on_error`` (``"raise"``, the
+                default, or ``"log"``: logged and recorded in :attr:`Outcome.errors`),
+                ``to_thread`` (run a blocking sync handler in a worker thread).
 
         Returns:
             The :class:`Subscription`; ``cancel()`` it to unsubscribe.
@@ -78,31 +71,17 @@ class EventBus:
             TypeError: For a non-``Event`` type, a non-callable or a handler that
                 cannot take ``(event, ctx)``; the message names the handler.
         """
-        sub = Subscription(
-            self, event_type, handler, priority=priority, timeout=timeout,
-            on_error=on_error, to_thread=to_thread, seq=next(self._seq),
-        )
+        sub = Subscription(self, event_type, handler, seq=next(self._seq), **options)
         with self._lock:
             self._subs.setdefault(event_type, []).append(sub)
             self._plans = {}  # a running publish keeps its own plan tuple
         return sub
 
-    def on(
-        self,
-        event_type: type[Event],
-        *,
-        priority: int = 0,
-        timeout: float | None = None,
-        on_error: OnError = "raise",
-        to_thread: bool = False,
-    ) -> Callable[[H], H]:
+    def on(self, event_type: type[Event], **options: Unpack[SubscribeOptions]) -> Callable[[H], H]:
         """Decorator form of :meth:`subscribe`; returns the function unchanged."""
 
         def decorate(handler: H) -> H:
-            self.subscribe(
-                event_type, handler, priority=priority, timeout=timeout,
-                on_error=on_error, to_thread=to_thread,
-            )
+            self.subscribe(event_type, handler, **options)
             return handler
 
         return decorate

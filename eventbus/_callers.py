@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from ._errors import HandlerError, HandlerTimeout
+from ._errors import HandlerError, HandlerTimeout, handler_error
 from ._outcome import NOTHING, Outcome
 from ._subscription import Failure, Subscription
 
@@ -87,14 +87,13 @@ def wrap(sub: Subscription | None, event: Any, exc: BaseException) -> HandlerErr
     """The :class:`HandlerError` for a handler's exception under ``on_error="raise"``."""
     name = sub.name if sub is not None else "?"
     _log.error("handler failed", event_type=type(event).__name__, handler=name, error=repr(exc))
-    return HandlerError(name, event, f"{type(exc).__name__}: {exc}")
+    return handler_error(name, event, exc)
 
 
 def bad_return(sub: Subscription, event: Any, result: Any) -> HandlerError:
     """A handler returned neither ``None``, ``True`` nor ``False``: an error under its policy."""
     cause = TypeError(f"handler {sub.name} returned {result!r}; expected None, True or False")
-    error = HandlerError(sub.name, event, str(cause))
-    error.__cause__ = cause
+    error = handler_error(sub.name, event, cause, str(cause))
     if sub.on_error == "raise":
         raise error
     _log.error("handler failed", event_type=type(event).__name__, handler=sub.name, error=str(cause))

@@ -32,6 +32,16 @@ class HandlerError(EventBusError):
         return (type(self), (self.handler, self.event, self.detail), self.__dict__)
 
 
+def handler_error(handler: str, event: Any, cause: BaseException, detail: str | None = None) -> HandlerError:
+    """The :class:`HandlerError` for ``handler``'s ``cause`` (set as ``__cause__``).
+
+    ``detail`` defaults to ``"Type: message"`` of the cause.
+    """
+    error = HandlerError(handler, event, f"{type(cause).__name__}: {cause}" if detail is None else detail)
+    error.__cause__ = cause
+    return error
+
+
 class HandlerTimeout(HandlerError):
     """A handler did not finish within its subscription's ``timeout``.
 

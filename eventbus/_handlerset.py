@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from typing import Any, TypeVar, Unpack
 
 from ._event import Event
-from ._subscription import validate
-from .typing import Handler, OnError
+from ._subscription import resolve, validate
+from .typing import Handler, SubscribeOptions
 
 H = TypeVar("H", bound=Callable[..., Any])
 
@@ -29,51 +29,29 @@ class HandlerSet:
     """
 
     def __init__(self) -> None:
-        self._entries: list[tuple[type[Event], Handler, dict[str, Any]]] = []
+        self._entries: list[tuple[type[Event], Handler, SubscribeOptions]] = []
 
-    def on(
-        self,
-        event_type: type[Event],
-        *,
-        priority: int = 0,
-        timeout: float | None = None,
-        on_error: OnError = "raise",
-        to_thread: bool = False,
-    ) -> Callable[[H], H]:
+    def on(self, event_type: type[Event], **options: Unpack[SubscribeOptions]) -> Callable[[H], H]:
         """Decorator: add a handler, with the options of :meth:`EventBus.subscribe`."""
 
         def decorate(handler: H) -> H:
-            self.add(
-                event_type, handler, priority=priority, timeout=timeout,
-                on_error=on_error, to_thread=to_thread,
-            )
+            self.add(event_type, handler, **options)
             return handler
 
         return decorate
 
-    def add(
-        self,
-        event_type: type[Event],
-        handler: Handler,
-        *,
-        priority: int = 0,
-        timeout: float | None = None,
-        on_error: OnError = "raise",
-        to_thread: bool = False,
-    ) -> None:
+    def add(self, event_type: type[Event], handler: Handler, **options: Unpack[SubscribeOptions]) -> None:
         """Add a handler; same arguments and errors as :meth:`EventBus.subscribe`."""
-        options: dict[str, Any] = {
-            "priority": priority, "timeout": timeout, "on_error": on_error, "to_thread": to_thread,
-        }
-        validate(event_type, handler, **options)
-        self._entries.append((event_type, handler, options))
+        resolved = resolve(options)
+        validate(event_type, handler, resolved)
+        self._entries.append((event_type, handler, resolved))
 
     @property
-    def entries(self) -> tuple[tuple[type[Event], Handler, dict[str, Any]], ...]:
+    def entries(self) -> tuple[tuple[type[Event], Handler, SubscribeOptions], ...]:
         """``(event_type, handler, options)`` for each handler, in the order added."""
         return tuple(self._entries)
 
-    def __iter__(self) -> Iterator[tuple[type[Event], Handler, dict[str, Any]]]:
+    def __iter__(self) -> Iterator[tuple[type[Event], Handler, SubscribeOptions]]:
         return iter(self.entries)
 
     def __len__(self) -> int:

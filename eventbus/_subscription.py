@@ -5,16 +5,16 @@ from __future__ import annotations
 import functools
 import inspect
 import threading
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, Unpack
 
 import anyio
 import anyio.to_thread
 import structlog
 
-from ._errors import HandlerError, HandlerTimeout
+from ._errors import HandlerError, HandlerTimeout, handler_error
 from ._event import Event
-from .typing import Handler, OnError
+from .typing import Handler, SubscribeOptions
 
 if TYPE_CHECKING:
     from ._bus import EventBus
@@ -52,16 +52,24 @@ def is_async_handler(handler: Any) -> bool:
     return not inspect.isroutine(target) and inspect.iscoroutinefunction(call)
 
 
-def validate(
-    event_type: Any,
-    handler: Any,
-    *,
-    priority: int,
-    timeout: float | None,
-    on_error: str,
-    to_thread: bool,
-) -> bool:
-    """Check a subscription's arguments and return whether the handler is async.
+#: Every option's default (see :class:`~eventbus.typing.SubscribeOptions`).
+DEFAULTS: SubscribeOptions = {"priority": 0, "timeout": None, "on_error": "raise", "to_thread": False}
+
+
+def resolve(options: Mapping[str, Any]) -> SubscribeOptions:
+    """``options`` over the defaults, every key present.
+
+    Raises:
+        TypeError: for an option that does not exist.
+    """
+    unknown = set(options) - set(DEFAULTS)
+    if unknown:
+        raise TypeError(f"unexpected subscription option(s) {sorted(unknown)}; expected {sorted(DEFAULTS)}")
+    return {**DEFAULTS, **options}  # type: ignore[typeddict-item]
+
+
+def validate(event_type: Any, handler: Any, options: SubscribeOptions) -> bool:
+    """Check a subscription's arguments (``options`` resolved) and return whether the handler is async.
 
     Raises:
         TypeError: naming the handler, for a non-``Event`` type, a non-callable,
@@ -69,6 +77,8 @@ def validate(
             handler that would run on the loop.
         ValueError: for a bad ``on_error``, ``timeout`` or ``priority``.
     """
+    priority, timeout = options["priority"], options["timeout"]
+    on_error, to_thread = options["on_error"], options["to_thread"]
     name = handler_name(handler)
     if not (isinstance(event_type, type) and issubclass(event_type, Event)):
         raise TypeError(f"{name}: event_type must be an Event subclass, got {event_type!r}")
@@ -123,24 +133,19 @@ class Subscription:
         event_type: type[Event],
         handler: Handler,
         *,
-        priority: int = 0,
-        timeout: float | None = None,
-        on_error: OnError = "raise",
-        to_thread: bool = False,
         seq: int = 0,
+        **options: Unpack[SubscribeOptions],
     ) -> None:
-        is_async = validate(
-            event_type, handler, priority=priority, timeout=timeout,
-            on_error=on_error, to_thread=to_thread,
-        )
+        opts = resolve(options)
+        is_async = validate(event_type, handler, opts)
         self._bus = bus
         self.event_type = event_type
         self.handler = handler
         self.name = handler_name(handler)
-        self.priority = priority
-        self.timeout = timeout
-        self.on_error: OnError = on_error
-        self.to_thread = to_thread
+        self.priority = opts["priority"]
+        self.timeout = opts["timeout"]
+        self.on_error = opts["on_error"]
+        self.to_thread = opts["to_thread"]
         self.seq = seq
         self._call, self.is_async = self._compile(is_async)
 
@@ -214,11 +219,7 @@ class Subscription:
         return HandlerTimeout(self.name, event, f"timed out after {self.timeout}s")
 
     def _failure(self, event: Any, exc: Exception) -> Failure:
-        if isinstance(exc, HandlerTimeout):
-            err: HandlerError = exc
-        else:
-            err = HandlerError(self.name, event, f"{type(exc).__name__}: {exc}")
-            err.__cause__ = exc
+        err = exc if isinstance(exc, HandlerTimeout) else handler_error(self.name, event, exc)
         _log.error(
             "handler failed", event_type=type(event).__name__, handler=self.name,
             error=str(err), exc_info=exc,

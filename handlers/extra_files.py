@@ -19,9 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from eventbus import HandlerSet
-from node_init import BeforeDownload, DownloadError
-from node_init._download import Downloader
-from node_init._sources import open_source
+from node_init import BeforeDownload
+from node_init.download import Downloader, list_source
 
 handlers = HandlerSet()
 
@@ -35,12 +34,7 @@ def fetch_extra_files(event: BeforeDownload, ctx: Any) -> None:
     for entry in entries:
         source_uri = str(entry["source"])
         destination = Path(os.path.expandvars(str(entry["destination"]))).expanduser()
-        try:
-            source = open_source(source_uri, config.download.s3, request_timeout_s=config.download.stall_timeout_s)
-            files = source.list_files()
-        except Exception as exc:
-            raise DownloadError(f"cannot list extra files: {exc}", node_id=event.node_id,
-                                source=source_uri) from exc
+        source, files = list_source(source_uri, config.download, node_id=event.node_id)
         result = Downloader(source, destination, config.download, node_id=event.node_id).run(files)
         fetched.append({"source": source_uri, "destination": str(destination),
                         "files": len(files), "bytes": result.bytes})

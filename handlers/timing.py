@@ -55,7 +55,7 @@ def _ray_ready() -> bool:
 
 @handlers.on(AfterInit, priority=-100, on_error="log")
 def record_timings(event: AfterInit, ctx: Any) -> None:
-    """Log the timings and export them as Ray gauges."""
+    """Log the timings and export them as Ray histograms and counters."""
     _log.info("node init timings", model_id=event.model_id,
               **{f"{k}_s": round(v, 4) for k, v in event.timings.items()},
               nodes={r.node_id[:12]: round(r.seconds, 3) for r in event.reports})

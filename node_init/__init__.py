@@ -1,9 +1,16 @@
 """Typed node initialization for Ray Serve LLM, on the ``eventbus``.
 
-Layering: ``eventbus`` (generic bus) <- ``node_init`` (this package: events,
-ctx, config, callbacks, downloads, placement, engine, the flow, Ray Serve
-integration) <- ``handlers`` (ready-made subscribers, loaded by import path;
-this package never imports them).
+Layering: ``eventbus`` (generic bus) <- ``node_init`` (this package) <-
+``handlers`` (ready-made subscribers, loaded by import path; this package never
+imports them). Inside ``node_init``, the flow reads top to bottom:
+
+- here, at the top: the events, :class:`CallbackCtx`, the config, the errors, the
+  class-style callbacks and :func:`wire` (a bus from a config's import paths), and
+  :func:`initialize_node`, the flow itself (with its overlap policy);
+- ``node_init.download``: sources and the downloader that fills a node's cache (no Ray);
+- ``node_init.cluster``: the placement group and the Ray task on each of its nodes;
+- ``node_init.engine``: vLLM's boot and the weight hand-off; ``node_init.ray_serve``
+  (imported on demand) plugs all of it into ``ray.serve.llm``.
 
 Start with :func:`initialize_node` and :func:`load_config`; subscribe to the
 events (``BeforeInit``, ``BeforeDownload``, ``DownloadProgress``,
@@ -38,8 +45,11 @@ from ._events import InitFailed as InitFailed
 from ._events import NodeReport as NodeReport
 from ._init import InitResult as InitResult
 from ._init import initialize_node as initialize_node
+from ._loader import load_handler_set as load_handler_set
+from ._loader import load_object as load_object
 from ._logging import configure_logging as configure_logging
 from ._modes import DownloadMode as DownloadMode
+from ._wiring import wire as wire
 
 __all__ = [
     "AfterInit",
@@ -69,5 +79,8 @@ __all__ = [
     "get_or_create_callback",
     "initialize_node",
     "load_config",
+    "load_handler_set",
+    "load_object",
     "parse_config",
+    "wire",
 ]

@@ -23,7 +23,7 @@ from ._logging import configure_logging
 
 
 class Timeline:
-    """Records every event with its time; draws per-node progress bars on a TTY."""
+    """Records every event with its time; prints per-node progress bars (at most twice a second)."""
 
     def __init__(self, out: Any = sys.stderr) -> None:
         self.start = time.monotonic()

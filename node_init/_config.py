@@ -56,6 +56,15 @@ class DownloadConfig(_Strict, kw_only=True, forbid_unknown_fields=True, frozen=T
     expected_rate_mb_s: float | None = None
     s3: S3Config = S3Config()
 
+    @property
+    def node_bound_s(self) -> float:
+        """Outer bound on one node's task: its own bounds (lock wait, download) plus slack.
+
+        The node enforces ``lock_timeout_s`` and ``timeout_s`` itself; this catches a node
+        that never answers at all.
+        """
+        return self.timeout_s + self.lock_timeout_s + 60.0
+
 
 class PlacementConfig(_Strict, kw_only=True, forbid_unknown_fields=True, frozen=True):
     """The placement group to create when neither a handler nor Serve provides one."""

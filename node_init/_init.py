@@ -9,33 +9,29 @@ import anyio
 import attrs
 import structlog
 
-from eventbus import EventBus, HandlerError
+from eventbus import EventBus, Outcome
 
 from ._config import NodeInitConfig
 from ._ctx import CallbackCtx
 from ._errors import NodeInitError, PhaseError, describe, first_error
-from ._events import (
-    AfterInit,
-    BeforeEngineInit,
-    BeforeInit,
-    DownloadProgress,
-    ErrorInfo,
-    InitFailed,
-    NodeReport,
-)
+from ._events import AfterInit, BeforeEngineInit, BeforeInit, DownloadProgress, NodeReport
 from ._modes import DownloadMode
-from ._node import Decision, local_model_path
+from ._publish import publish_failure, publish_phase
 from ._wiring import wire
+from .cluster import (
+    Decision,
+    local_model_path,
+    placement_nodes,
+    remove_placement_group,
+    resolve_placement_group,
+    run_on_nodes,
+)
+from .overlap import choose_overlap, is_remote
 
 if TYPE_CHECKING:
-    from ._engine import EngineBuilder, VLLMEngine
+    from .engine import EngineBuilder, VLLMEngine
 
 _log = structlog.get_logger("node_init")
-
-#: ``overlap: auto`` overlaps when the weights would take longer than this to arrive.
-OVERLAP_MIN_S = 2.0
-#: How long ``auto`` samples the live download rate when none was measured before.
-OVERLAP_PROBE_S = 0.5
 
 
 @attrs.frozen
@@ -57,7 +53,7 @@ class InitResult:
     model_path: str
     reports: tuple[NodeReport, ...]
     timings: dict[str, float]
-    engine: Any
+    engine: VLLMEngine | None
     ctx: CallbackCtx
     placement_group: Any = None
     owns_placement_group: bool = False
@@ -67,9 +63,7 @@ class InitResult:
         if self.engine is not None:
             await self.engine.shutdown()
         if self.owns_placement_group and self.placement_group is not None:
-            import ray.util
-
-            ray.util.remove_placement_group(self.placement_group)
+            await remove_placement_group(self.placement_group)
 
 
 class _Run:
@@ -85,9 +79,10 @@ class _Run:
         self.timings: dict[str, float] = {}
         self.pg: Any = None
         self.owns_pg = False
-        self.engine: Any = None
+        self.engine: VLLMEngine | None = None
         self.reports: tuple[NodeReport, ...] = ()
-        self.marks: dict[str, float] = {}  # monotonic instants, for the overlap timing
+        # Monotonic instants (boot_start, boot_end, download_start, download_end): the overlap timing.
+        self.marks: dict[str, float] = {}
 
     @property
     def phase(self) -> str:
@@ -98,16 +93,13 @@ class _Run:
         self._phase = value
         structlog.contextvars.bind_contextvars(phase=value)  # on every log line of this init
 
-    async def publish(self, event: Any, *, phase: str | None = None) -> Any:
+    async def publish(self, event: Any, *, phase: str | None = None) -> Outcome:
         """Publish on the bus; a handler's failure becomes a PhaseError of ``phase``.
 
         The download and engine tasks run at once, so ``self.phase`` may belong to the
         other task: the download side names its own phase.
         """
-        try:
-            return await self.bus.publish(event, self.ctx)
-        except HandlerError as exc:
-            raise PhaseError(str(exc), phase=phase or self.phase, cause=describe(exc)) from exc
+        return await publish_phase(self.bus, event, self.ctx, phase=phase or self.phase)
 
     def timed(self, name: str, since: float) -> float:
         now = time.monotonic()
@@ -188,9 +180,7 @@ async def _flow(run: _Run, start: float, log: Any) -> InitResult:
     log.info("node init finished", model_path=model_path, seconds=round(run.timings["total"], 3))
     if run.engine is None and run.owns_pg and run.pg is not None:
         # Nothing runs in the group we made once init ends without an engine: give it back now.
-        import ray.util
-
-        ray.util.remove_placement_group(run.pg)
+        await remove_placement_group(run.pg)
         run.pg, run.owns_pg = None, False
     return InitResult(model_path=model_path, reports=run.reports, timings=run.timings, engine=run.engine,
                       ctx=run.ctx, placement_group=run.pg, owns_placement_group=run.owns_pg)
@@ -211,7 +201,7 @@ async def _before_engine_init(run: _Run, model_path: str) -> bool:
 
 
 async def _boot(run: _Run, model_path: str, *, dummy: bool) -> VLLMEngine:
-    from ._engine import boot_engine
+    from .engine import boot_engine  # imports nothing heavy itself; vLLM loads in a thread
 
     run.phase = "engine"
     t = time.monotonic()
@@ -252,69 +242,47 @@ class _Replica:
             self.done.set()
 
 
-async def _with_downloads(run: _Run, log: Any) -> str:
+async def _place(run: _Run) -> tuple[list[str], str]:
+    """Placement: the group's distinct nodes, plus the replica's own (the engine loads there)."""
     import ray
 
-    from ._placement import placement_nodes, resolve_placement_group
-    from ._remote import run_on_nodes
-
-    config, ctx = run.config, run.ctx
     if not ray.is_initialized():
-        ray.init()
+        await anyio.to_thread.run_sync(ray.init)  # connecting takes seconds: off the loop
     run.phase = "placement"
     t = time.monotonic()
-    run.pg, run.owns_pg = await resolve_placement_group(ctx, config)
+    run.pg, run.owns_pg = await resolve_placement_group(run.ctx, run.config)
     local = ray.get_runtime_context().get_node_id()
-    nodes = placement_nodes(run.pg) if run.pg is not None else []
+    nodes = await placement_nodes(run.pg) if run.pg is not None else []
     if local not in nodes:
-        nodes.append(local)  # the engine loads on the replica's own node
+        nodes.append(local)
     run.timed("placement", t)
+    return nodes, local
+
+
+async def _with_downloads(run: _Run, log: Any) -> str:
+    """Downloads on every node, and the engine boot, at once (see ``_engine_when_ready``)."""
+    config, ctx = run.config, run.ctx
+    nodes, local = await _place(run)
     run.phase = "download"
     log.info("downloading on nodes", nodes=nodes, source=config.model_source)
     replica = _Replica(run, local)
-    # Bounds every wait on the local node (it enforces its own download bounds too).
-    bound = config.download.timeout_s + config.download.lock_timeout_s + 60.0
 
     async def downloads() -> None:
-        start = time.monotonic()
         run.reports = tuple(await run_on_nodes(config, ctx, nodes, local, replica))
-        run.timed("download", start)
         run.marks["download_end"] = time.monotonic()
+        run.timings["download"] = run.marks["download_end"] - run.marks["download_start"]
 
-    async def engine() -> None:
-        with anyio.fail_after(bound):
-            await replica.decided.wait()
-        assert replica.decision is not None
-        path = replica.decision.path or local_model_path(config)
-        if not await _before_engine_init(run, path):
-            return
-        overlap = await _should_overlap(run, replica, log)
-        if not overlap:
-            with anyio.fail_after(bound):
-                await replica.done.wait()
-            await _boot(run, (replica.report.path if replica.report else "") or path, dummy=False)
-            return
-        boot_dir = await _config_and_tokenizer(run)
-        engine = await _boot(run, boot_dir, dummy=True)
-        with anyio.fail_after(bound):
-            await replica.done.wait()
-        assert replica.report is not None
-        run.phase = "engine"
-        t = time.monotonic()
-        run.timings["weights_load"] = await engine.load_weights(replica.report.path)
-        run.marks["weights_loaded"] = t
-
-    download_start = time.monotonic()
+    run.marks["download_start"] = time.monotonic()
     try:
         async with anyio.create_task_group() as tg:
             tg.start_soon(downloads)
-            tg.start_soon(engine)
+            tg.start_soon(_engine_when_ready, run, replica, log)
     except BaseExceptionGroup as group:
         raise first_error(group) from None
     if "boot_end" in run.marks and "boot_start" in run.marks:
         # Seconds the engine boot and the downloads ran at the same time.
         run.timings["overlap"] = max(0.0, min(run.marks["boot_end"], run.marks["download_end"])
-                                     - max(run.marks["boot_start"], download_start))
+                                     - max(run.marks["boot_start"], run.marks["download_start"]))
     merged = ctx.custom_data.get("nodes") or {}
     for report in run.reports:
         merged[report.node_id] = report.custom_data
@@ -323,55 +291,48 @@ async def _with_downloads(run: _Run, log: Any) -> str:
     return mine.path or local_model_path(config)
 
 
-async def _should_overlap(run: _Run, replica: _Replica, log: Any) -> bool:
-    """Whether to boot on dummy weights while the local node downloads (see ``engine.overlap``)."""
-    config, decision = run.config, replica.decision
-    assert decision is not None
-    setting = config.engine.overlap
-    possible = (decision.mode is DownloadMode.MODEL_AND_TOKENIZER and not decision.vetoed
-                and not config.streaming and decision.missing_bytes > 0)
-    if setting == "off" or not possible:
-        run.marks["boot_start"] = time.monotonic()
-        return False
-    if setting == "on":
-        run.marks["boot_start"] = time.monotonic()
-        return True
-    remote = bool(config.model_source and config.model_source.startswith(("s3://", "s3a://")))
-    rate = decision.rate_mb_s or config.download.expected_rate_mb_s
-    if remote and rate is None:
-        # Nothing measured yet: sample the live rate briefly (a fast link finishes meanwhile).
-        with anyio.move_on_after(OVERLAP_PROBE_S):
-            await replica.done.wait()
-        if replica.done.is_set() or len(replica.samples) < 1:
-            rate = None
-        else:
-            t0, b0 = replica.samples[0]
-            t1, b1 = replica.samples[-1]
-            rate = (b1 - b0) / 1e6 / (t1 - t0) if t1 > t0 and b1 > b0 else b1 / 1e6 / OVERLAP_PROBE_S
-    estimate = decision.missing_bytes / 1e6 / rate if (remote and rate) else 0.0
-    overlap = remote and not replica.done.is_set() and estimate > OVERLAP_MIN_S
-    log.info("overlap decision", overlap=overlap, missing_bytes=decision.missing_bytes,
-             rate_mb_s=round(rate, 1) if rate else None, estimated_s=round(estimate, 2))
+async def _engine_when_ready(run: _Run, replica: _Replica, log: Any) -> None:
+    """Boot once the replica's node has decided: on dummy weights now (overlap), or on its files."""
+    bound = run.config.download.node_bound_s
+    with anyio.fail_after(bound):
+        await replica.decided.wait()
+    assert replica.decision is not None
+    path = replica.decision.path or local_model_path(run.config)
+    if not await _before_engine_init(run, path):
+        return
+    choice = await choose_overlap(run.config, replica.decision, done=replica.done, samples=replica.samples)
+    log.info("overlap decision", overlap=choice.overlap, reason=choice.reason,
+             missing_bytes=replica.decision.missing_bytes,
+             rate_mb_s=round(choice.rate_mb_s, 1) if choice.rate_mb_s else None,
+             estimated_s=round(choice.estimated_s, 2))
     run.marks["boot_start"] = time.monotonic()
-    return overlap
+    if not choice.overlap:
+        with anyio.fail_after(bound):
+            await replica.done.wait()
+        await _boot(run, (replica.report.path if replica.report else "") or path, dummy=False)
+        return
+    engine = await _boot(run, await _config_and_tokenizer(run), dummy=True)
+    with anyio.fail_after(bound):
+        await replica.done.wait()
+    assert replica.report is not None
+    run.phase = "engine"
+    run.timings["weights_load"] = await engine.load_weights(replica.report.path)
 
 
 async def _config_and_tokenizer(run: _Run) -> str:
     """A directory with the model's config and tokenizer in this process, to boot on dummy weights."""
     config = run.config
     uri = config.model_source or ""
-    if not uri.startswith(("s3://", "s3a://")):
+    if not is_remote(config):
         return local_model_path(config)  # a local source has them already
-    from ._download import Downloader, cache_root, model_dir_name, select
-    from ._sources import open_source
+    from .download import Downloader, cache_root, list_source, model_dir_name, select
 
     t = time.monotonic()
 
     def fetch() -> str:
-        source = open_source(uri, config.download.s3, request_timeout_s=config.download.stall_timeout_s)
+        source, listing = list_source(uri, config.download)
         dest = cache_root(config.download) / f"{model_dir_name(config.model_id)}--tokenizer"
-        files = select(source.list_files(), DownloadMode.TOKENIZER_ONLY)
-        return Downloader(source, dest, config.download).run(files).path
+        return Downloader(source, dest, config.download).run(select(listing, DownloadMode.TOKENIZER_ONLY)).path
 
     path = await anyio.to_thread.run_sync(fetch)
     run.timed("tokenizer_fetch", t)
@@ -389,18 +350,9 @@ async def _fail(run: _Run, exc: BaseException, log: Any) -> None:
             with anyio.move_on_after(30):
                 await run.engine.shutdown()
         if run.owns_pg and run.pg is not None:
-            import ray.util
-
-            ray.util.remove_placement_group(run.pg)
+            with anyio.move_on_after(30):
+                await remove_placement_group(run.pg)
         if not isinstance(exc, Exception):
             return  # cancelled: nobody is waiting for an InitFailed
-        info = ErrorInfo(type=type(exc).__name__, message=str(exc), phase=phase, node_id=node_id)
-        log.error("node init failed", phase=phase, node_id=node_id, error=str(exc))
-        try:
-            with anyio.move_on_after(30):
-                await run.bus.publish(
-                    InitFailed(model_id=run.config.model_id, phase=phase, node_id=node_id, error=info),
-                    run.ctx,
-                )
-        except Exception as handler_exc:  # the original error matters more
-            log.error("an InitFailed handler failed", error=describe(handler_exc))
+        await publish_failure(run.bus, run.ctx, exc, model_id=run.config.model_id, phase=phase,
+                              node_id=node_id, log=log)

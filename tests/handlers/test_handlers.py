@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
 import time
@@ -25,13 +24,12 @@ from node_init import (
     NodeInitConfig,
     PhaseError,
     initialize_node,
-    parse_config,
+    wire,
 )
-from node_init._wiring import wire
 from node_init.testing import S3Server, write_model_files
+from tests._configs import node_config
 
 pytestmark = pytest.mark.anyio
-_ids = itertools.count()
 
 
 @pytest.fixture(scope="module")
@@ -42,11 +40,10 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def config(model_dir: Path, **over: Any) -> NodeInitConfig:
-    data: dict[str, Any] = {"model_id": f"h{next(_ids)}-{os.getpid()}", "model_source": str(model_dir),
-                            "placement": {"bundles": [{"CPU": 1}] * 3, "strategy": "STRICT_SPREAD"},
-                            "download": {"timeout_s": 60}}
-    data.update(over)
-    return parse_config(data)
+    return node_config(str(model_dir), prefix="h", defaults=DEFAULTS, **over)
+
+
+DEFAULTS = {"placement": {"bundles": [{"CPU": 1}] * 3, "strategy": "STRICT_SPREAD"}, "download": {"timeout_s": 60}}
 
 
 async def test_event_log_lines_parse_back_into_the_same_events(tmp_path: Path,

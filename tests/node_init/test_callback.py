@@ -7,9 +7,16 @@ import pickle
 import pytest
 
 from eventbus import EventBus
-from node_init import BeforeInit, CallbackCtx, CallbackLoadError, NodeInitConfig, get_or_create_callback
-from node_init._loader import load_handler_set, load_object
-from node_init._wiring import wire
+from node_init import (
+    BeforeInit,
+    CallbackCtx,
+    CallbackLoadError,
+    NodeInitConfig,
+    get_or_create_callback,
+    load_handler_set,
+    load_object,
+    wire,
+)
 
 H = "tests.node_init.hooks"
 

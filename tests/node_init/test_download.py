@@ -13,9 +13,17 @@ from pathlib import Path
 import pytest
 
 from node_init import DownloadConfig, DownloadError, DownloadMode, S3Config
-from node_init._download import MANIFEST, PARTIAL, Downloader, select
-from node_init._node import _list
-from node_init._sources import LocalSource, S3Source, UnsafeKeyError, check_key
+from node_init.download import (
+    MANIFEST,
+    PARTIAL,
+    Downloader,
+    LocalSource,
+    S3Source,
+    UnsafeKeyError,
+    check_key,
+    list_source,
+    select,
+)
 from node_init.testing import Fault, FaultProxy, S3Server, iter_files, write_model_files
 from tests.conftest import REPO
 
@@ -155,8 +163,7 @@ def test_two_processes_on_one_node_download_once(s3_server: S3Server, s3_model: 
         "import sys, json\n"
         "from pathlib import Path\n"
         "from node_init import DownloadConfig, S3Config\n"
-        "from node_init._download import Downloader\n"
-        "from node_init._sources import S3Source\n"
+        "from node_init.download import Downloader, S3Source\n"
         "src = S3Source(sys.argv[1], S3Config(endpoint_url=sys.argv[2]), request_timeout_s=10)\n"
         "r = Downloader(src, Path(sys.argv[3]), DownloadConfig(part_size_mb=1, lock_timeout_s=60))"
         ".run(src.list_files())\n"
@@ -189,7 +196,7 @@ def test_keys_escaping_the_destination_are_refused(s3_server: S3Server, tmp_path
     config = NodeInitConfig(model_id="evil", model_source="s3://evil/m",
                             download=DownloadConfig(s3=S3Config(endpoint_url=s3_server.endpoint)))
     with pytest.raises(DownloadError, match="refused") as info:
-        _list(config, "s3://evil/m", "node-x")
+        list_source("s3://evil/m", config.download, node_id="node-x")
     assert info.value.node_id == "node-x"
     assert not (tmp_path.parent / "escape.txt").exists()
 
@@ -229,3 +236,45 @@ def test_node_environment_overrides_the_configured_endpoint(s3_server: S3Server,
     src = S3Source(uri, S3Config(endpoint_url="http://127.0.0.1:9"), request_timeout_s=5)  # nothing listens there
     Downloader(src, tmp_path / "m", cfg()).run(src.list_files())
     assert digest(tmp_path / "m") == digest(local)
+
+
+def fake_hf_cache(root: Path, repo: str, commit: str = "abc123") -> Path:
+    """An HF hub cache laid out as huggingface_hub writes it: snapshot files link to blobs/."""
+    repo_dir = root / "hub" / ("models--" + repo.replace("/", "--"))
+    blobs, snapshot = repo_dir / "blobs", repo_dir / "snapshots" / commit
+    blobs.mkdir(parents=True)
+    snapshot.mkdir(parents=True)
+    for name, data in {"config.json": b"{}", "model.safetensors": b"w" * 1000}.items():
+        blob = blobs / hashlib.sha256(data).hexdigest()
+        blob.write_bytes(data)
+        (snapshot / name).symlink_to(os.path.relpath(blob, snapshot))
+    (repo_dir / "refs").mkdir()
+    (repo_dir / "refs" / "main").write_text(commit)
+    return snapshot
+
+
+def test_an_hf_cache_is_a_source_loaded_in_place(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from eventbus import EventBus
+    from node_init import BeforeDownload, CallbackCtx, parse_config
+    from node_init.cluster import node_download
+    from node_init.download import HFCacheSource, open_source
+
+    snapshot = fake_hf_cache(tmp_path / "hf", "org/tiny")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("NODE_INIT_CACHE_DIR", str(tmp_path / "cache"))
+    source = open_source("hf://org/tiny", S3Config(), request_timeout_s=5)
+    assert isinstance(source, HFCacheSource) and source.in_place == snapshot
+    assert [(f.key, f.size) for f in source.list_files()] == [("config.json", 2), ("model.safetensors", 1000)]
+
+    config = parse_config({"model_id": "tiny", "model_source": "hf://org/tiny"})
+    bus, seen = EventBus(), []
+    bus.subscribe(BeforeDownload, lambda e, c: seen.append(e))
+    report = node_download(config, CallbackCtx.for_config(config), bus, node_id="n", is_local=True)
+    assert report.path == str(snapshot) and report.bytes == 0 and report.files == ()
+    assert seen[0].destination == str(snapshot) and seen[0].expected_bytes == 0
+    assert seen[0].files == ("config.json", "model.safetensors")
+    assert not (tmp_path / "cache").exists()  # nothing copied
+
+    with pytest.raises(DownloadError, match="no snapshot") as info:
+        list_source("hf://org/absent", DownloadConfig(), node_id="n")
+    assert info.value.node_id == "n"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import os
 import time
 from pathlib import Path
@@ -19,14 +18,13 @@ from node_init import (
     EngineError,
     InitFailed,
     initialize_node,
-    parse_config,
 )
 from node_init.testing import Fault, FaultProxy, S3Server, build_tiny_llama
+from tests._configs import node_config
 
 pytestmark = [pytest.mark.engine, pytest.mark.ray, pytest.mark.anyio]
 PROMPTS = ["the quick brown fox", "ray serve runs large"]
 ENGINE_KWARGS = {"dtype": "float32", "max_model_len": 256, "enforce_eager": True}
-_ids = itertools.count()
 
 
 @pytest.fixture(scope="module")
@@ -42,14 +40,9 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory, s3_server: S3Server) -
 
 
 def config(uri: str, endpoint: str, *, overlap: str, **engine: Any) -> Any:
-    return parse_config({
-        "model_id": f"tiny{next(_ids)}-{os.getpid()}",
-        "model_source": uri,
-        "placement": None,
-        "download": {"timeout_s": 60, "retries": 0, "s3": {"endpoint_url": endpoint, "access_key_id": "testing",
-                                                            "secret_access_key": "testing"}},
-        "engine": {"kind": "vllm", "overlap": overlap, "kwargs": {**ENGINE_KWARGS, **engine}},
-    })
+    s3 = {"endpoint_url": endpoint, "access_key_id": "testing", "secret_access_key": "testing"}
+    return node_config(uri, prefix="tiny", placement=None, download={"timeout_s": 60, "retries": 0, "s3": s3},
+                       engine={"kind": "vllm", "overlap": overlap, "kwargs": {**ENGINE_KWARGS, **engine}})
 
 
 def engine_processes() -> list[psutil.Process]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import os
 import time
 from pathlib import Path
@@ -24,25 +23,18 @@ from node_init import (
     NodeInitConfig,
     PhaseError,
     initialize_node,
-    parse_config,
 )
+from tests._configs import node_config
 from tests.conftest import RayCluster
 
 pytestmark = [pytest.mark.ray, pytest.mark.anyio]
 H = "tests.node_init.hooks"
-_ids = itertools.count()
 SPREAD3 = {"bundles": [{"CPU": 1}] * 3, "strategy": "STRICT_SPREAD", "ready_timeout_s": 30}
 
 
 def config(model_dir: Path, **over: Any) -> NodeInitConfig:
-    data: dict[str, Any] = {
-        "model_id": f"m{next(_ids)}-{os.getpid()}",  # a fresh cache directory per test
-        "model_source": str(model_dir),
-        "download": {"timeout_s": 60, "lock_timeout_s": 30},
-        "placement": SPREAD3,
-    }
-    data.update(over)
-    return parse_config(data)
+    defaults = {"download": {"timeout_s": 60, "lock_timeout_s": 30}, "placement": SPREAD3}
+    return node_config(str(model_dir), defaults=defaults, **over)
 
 
 def recorder(bus: EventBus) -> list[Event]:

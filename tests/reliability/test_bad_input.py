@@ -12,9 +12,16 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from node_init import CallbackCtx, CallbackLoadError, ConfigError, NodeInitConfig, load_config, parse_config
-from node_init._loader import load_object
-from node_init._sources import UnsafeKeyError, check_key
+from node_init import (
+    CallbackCtx,
+    CallbackLoadError,
+    ConfigError,
+    NodeInitConfig,
+    load_config,
+    load_object,
+    parse_config,
+)
+from node_init.download import UnsafeKeyError, check_key
 
 pytestmark = pytest.mark.reliability
 FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

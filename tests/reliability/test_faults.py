@@ -7,7 +7,6 @@ no half-written file is visible in a model cache; no placement group is left beh
 from __future__ import annotations
 
 import hashlib
-import itertools
 import os
 import signal
 import subprocess
@@ -29,13 +28,12 @@ from node_init import (
     NodeInitConfig,
     PhaseError,
     initialize_node,
-    parse_config,
 )
 from node_init.testing import Fault, FaultProxy, S3Server, iter_files, write_model_files
+from tests._configs import node_config
 from tests.conftest import REPO, RayCluster
 
 pytestmark = [pytest.mark.reliability, pytest.mark.ray, pytest.mark.anyio]
-_ids = itertools.count()
 H = "tests.reliability.hooks"
 SPREAD3 = {"bundles": [{"CPU": 1}] * 3, "strategy": "STRICT_SPREAD", "ready_timeout_s": 30}
 WEIGHTS = {"model-00001-of-00002.safetensors": 3 << 20, "model-00002-of-00002.safetensors": 2 << 20}
@@ -54,11 +52,8 @@ def s3(endpoint: str) -> dict[str, Any]:
 
 
 def config(source: str, **over: Any) -> NodeInitConfig:
-    data: dict[str, Any] = {"model_id": f"r{next(_ids)}-{os.getpid()}", "model_source": source,
-                            "placement": SPREAD3, "download": {"timeout_s": 30, "stall_timeout_s": 5}}
-    for key, value in over.items():
-        data[key] = {**data[key], **value} if isinstance(data.get(key), dict) and isinstance(value, dict) else value
-    return parse_config(data)
+    defaults = {"placement": SPREAD3, "download": {"timeout_s": 30, "stall_timeout_s": 5}}
+    return node_config(source, prefix="r", defaults=defaults, **over)
 
 
 def digest(root: Path) -> dict[str, str]:
@@ -226,8 +221,7 @@ _DOWNLOAD = """
 import resource, signal, sys
 from pathlib import Path
 from node_init import DownloadConfig, S3Config
-from node_init._download import Downloader
-from node_init._sources import S3Source
+from node_init.download import Downloader, S3Source
 limit = int(sys.argv[4])
 if limit:
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit fail with EFBIG

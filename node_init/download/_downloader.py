@@ -1,11 +1,6 @@
-"""Fetch a model's files into a node's cache: atomic, locked, resumable, retried, bounded.
+"""The downloader: fetch a model's files into a node's cache, atomic, locked, resumable, retried, bounded.
 
-Layout of a node's cache root::
-
-    <root>/<model>/...files...                  complete files only (renamed in when whole)
-    <root>/<model>/.node-init-manifest.json     {key: {size, etag}} of every complete file
-    <root>/<model>/.partial/                    files being written (never visible as the model)
-    <root>/.locks/<model>.lock                  one downloader per node and model
+See :mod:`node_init.download._cache` for the layout on disk.
 """
 
 from __future__ import annotations
@@ -24,27 +19,12 @@ import filelock
 import msgspec
 import structlog
 
-from ._config import DownloadConfig
-from ._errors import DownloadError, describe
-from ._modes import DownloadMode
+from .._config import DownloadConfig
+from .._errors import DownloadError, describe
+from ._cache import PARTIAL, Manifest, ManifestEntry, load_manifest, missing, record_rate, write_manifest
 from ._sources import RemoteFile, Source, check_key
 
 _log = structlog.get_logger("node_init.download")
-
-MANIFEST = ".node-init-manifest.json"
-PARTIAL = ".partial"
-
-
-class _Entry(msgspec.Struct, frozen=True):
-    size: int
-    etag: str
-
-
-class Manifest(msgspec.Struct):
-    """What is complete in a model directory, and from where."""
-
-    source: str = ""
-    files: dict[str, _Entry] = {}
 
 
 class DownloadResult(msgspec.Struct, frozen=True, kw_only=True):
@@ -75,88 +55,6 @@ class Progress:
         with self._lock:
             self.total = total
             self.last_change = time.monotonic()
-
-
-RATES = ".node-init-rates.json"
-
-
-def _rate_key(source_uri: str) -> str:
-    from urllib.parse import urlparse
-
-    parsed = urlparse(source_uri)
-    endpoint = os.environ.get("AWS_ENDPOINT_URL", "")
-    return f"{parsed.scheme}://{parsed.netloc}@{endpoint}"
-
-
-def read_rate(root: Path, source_uri: str) -> float | None:
-    """The last download rate (MB/s) this node measured from ``source_uri``'s store, if any."""
-    try:
-        rates = msgspec.json.decode((root / RATES).read_bytes(), type=dict[str, float])
-    except (OSError, msgspec.DecodeError):
-        return None
-    return rates.get(_rate_key(source_uri))
-
-
-def record_rate(root: Path, source_uri: str, mb_s: float) -> None:
-    """Remember a measured rate for ``overlap: auto`` (best effort: a cache may be read-only)."""
-    try:
-        rates = msgspec.json.decode((root / RATES).read_bytes(), type=dict[str, float])
-    except (OSError, msgspec.DecodeError):
-        rates = {}
-    rates[_rate_key(source_uri)] = mb_s
-    tmp = root / f"{RATES}.{os.getpid()}"
-    with contextlib.suppress(OSError):
-        tmp.write_bytes(msgspec.json.encode(rates))
-        os.replace(tmp, root / RATES)
-
-
-def model_dir_name(model_id: str) -> str:
-    """A directory name for a model id (``org/name`` -> ``org--name``)."""
-    name = model_id.strip().replace("/", "--").replace("\\", "--")
-    if not name or name in (".", "..") or name.startswith("."):
-        raise ValueError(f"model_id {model_id!r} cannot name a cache directory")
-    return name
-
-
-def cache_root(cfg: DownloadConfig) -> Path:
-    """This node's cache root: ``NODE_INIT_CACHE_DIR`` if set, else the config's."""
-    return Path(os.environ.get("NODE_INIT_CACHE_DIR") or cfg.cache_dir).expanduser()
-
-
-def read_manifest(dest: Path) -> Manifest:
-    try:
-        return msgspec.json.decode((dest / MANIFEST).read_bytes(), type=Manifest)
-    except (OSError, msgspec.DecodeError):
-        return Manifest()
-
-
-def _write_manifest(dest: Path, manifest: Manifest) -> None:
-    tmp = dest / PARTIAL / f"{MANIFEST}.{os.getpid()}.{threading.get_ident()}"
-    tmp.write_bytes(msgspec.json.encode(manifest))
-    os.replace(tmp, dest / MANIFEST)
-
-
-def is_cached(dest: Path, manifest: Manifest, f: RemoteFile) -> bool:
-    entry = manifest.files.get(f.key)
-    if entry is None or entry.size != f.size or (f.etag and entry.etag != f.etag):
-        return False
-    try:
-        return (dest / f.key).stat().st_size == f.size
-    except OSError:
-        return False
-
-
-def select(files: list[RemoteFile], mode: DownloadMode) -> list[RemoteFile]:
-    """The files a mode wants."""
-    return [f for f in files if mode.wants(f.key)]
-
-
-def missing(dest: Path, source_uri: str, files: list[RemoteFile]) -> list[RemoteFile]:
-    """Files not complete in ``dest``'s cache."""
-    manifest = read_manifest(dest)
-    if manifest.source != source_uri:
-        manifest = Manifest()
-    return [f for f in files if not is_cached(dest, manifest, f)]
 
 
 class _Transient(Exception):
@@ -241,10 +139,8 @@ class Downloader:
         # Leftovers of a killed downloader: we hold the lock, so nobody is writing them.
         shutil.rmtree(dest / PARTIAL, ignore_errors=True)
         (dest / PARTIAL).mkdir()
-        manifest = read_manifest(dest)
-        if manifest.source != self.source.uri:
-            manifest = Manifest(source=self.source.uri)
-        todo = [f for f in files if not is_cached(dest, manifest, f)]
+        manifest = load_manifest(dest, self.source.uri)
+        todo = missing(dest, manifest, files)
         cached_bytes = sum(f.size for f in files) - sum(f.size for f in todo)
         self.progress.set_total(sum(f.size for f in todo))
         if todo:
@@ -363,8 +259,8 @@ class Downloader:
             target.parent.mkdir(parents=True, exist_ok=True)
             os.replace(state.tmp, target)  # atomic: a file is either absent or whole
             with mlock:
-                manifest.files[key] = _Entry(state.file.size, state.file.etag)
-                _write_manifest(self.dest, manifest)
+                manifest.files[key] = ManifestEntry(state.file.size, state.file.etag)
+                write_manifest(self.dest, manifest)
 
 
 class _FileState:

@@ -1,4 +1,4 @@
-"""The engine layer: boot vLLM (``AsyncLLM``), possibly on dummy weights, and hand it real ones.
+"""Boot vLLM (``AsyncLLM``), possibly on dummy weights, and hand it real ones.
 
 vLLM is imported lazily, here only: ``import node_init`` works without it.
 """
@@ -16,11 +16,12 @@ import anyio
 import anyio.to_thread
 import structlog
 
-from ._config import NodeInitConfig
-from ._errors import EngineError, brief
+from .._config import NodeInitConfig
+from .._errors import EngineError, brief
 
 _log = structlog.get_logger("node_init.engine")
-WORKER_EXTENSION = "node_init._vllm_worker.NodeInitWorkerExtension"
+#: vLLM imports our worker-side code by this path (``worker_extension_cls``).
+WORKER_EXTENSION = "node_init.engine._worker.NodeInitWorkerExtension"
 
 
 class VLLMEngine:

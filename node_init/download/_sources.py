@@ -1,13 +1,17 @@
 """Where models come from: a local directory / ``file://``, ``s3://``, or an HF cache offline.
 
-A source lists its files and reads byte ranges; the downloader (``_download``)
-owns caching, locking, retries and atomicity.
+A source lists its files and reads byte ranges; the :class:`~node_init.download.Downloader`
+owns caching, locking, retries and atomicity. A source already on the node in a
+form the engine loads (an HF cache snapshot) says so with ``in_place``: nothing
+is copied from it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import posixpath
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Protocol
@@ -15,7 +19,8 @@ from urllib.parse import unquote, urlparse
 
 import msgspec
 
-from ._config import S3Config
+from .._config import DownloadConfig, S3Config
+from .._errors import DownloadError, describe
 
 
 class RemoteFile(msgspec.Struct, frozen=True):
@@ -31,9 +36,16 @@ class UnsafeKeyError(ValueError):
 
 
 class Source(Protocol):
-    """What the downloader needs of a model source."""
+    """What the downloader needs of a model source.
+
+    Attributes:
+        uri: The source as configured (for errors and the cache manifest).
+        in_place: A directory on this node the engine can load as is (nothing to
+            download), or ``None``.
+    """
 
     uri: str
+    in_place: Path | None
 
     def list_files(self) -> list[RemoteFile]:
         """Every file of the model."""
@@ -54,21 +66,34 @@ def check_key(key: str) -> str:
     return key
 
 
+def local_path(uri: str) -> Path | None:
+    """The directory a local source names (``/path``, ``~/path`` or ``file:///path``), else ``None``."""
+    if uri.startswith("file://"):
+        return Path(unquote(urlparse(uri).path))
+    if uri and "://" not in uri:
+        return Path(uri).expanduser()
+    return None
+
+
 class LocalSource:
-    """A model directory on this node (``/path`` or ``file:///path``).
+    """A model directory on this node (``/path`` or ``file:///path``), copied into the cache.
 
     Symlinks are followed only when they stay inside the directory.
     """
 
+    in_place: Path | None = None
+
     def __init__(self, uri: str) -> None:
         self.uri = uri
-        path = unquote(urlparse(uri).path) if uri.startswith("file://") else uri
-        self.root = Path(path).expanduser()
+        root = local_path(uri)
+        if root is None:
+            raise ValueError(f"model source {uri!r} is not a local path or file:// URI")
+        self.root = self.boundary = root
 
     def list_files(self) -> list[RemoteFile]:
         if not self.root.is_dir():
             raise FileNotFoundError(f"model source {self.uri} is not a directory")
-        root = self.root.resolve()
+        root = self.boundary.resolve()
         files = []
         for dirpath, dirnames, filenames in os.walk(self.root):
             dirnames[:] = [d for d in dirnames if not d.startswith(".")]
@@ -98,6 +123,8 @@ class S3Source:
     boto3's ``download_file`` here. A node's standard AWS variables override
     the config (``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``, ...).
     """
+
+    in_place: Path | None = None
 
     def __init__(self, uri: str, cfg: S3Config, *, request_timeout_s: float) -> None:
         import obstore.store
@@ -162,6 +189,21 @@ class S3Source:
         return memoryview(obstore.get_range(self.store, self._path(key), start=start, end=end))
 
 
+class HFCacheSource(LocalSource):
+    """``hf://org/name[@revision]``: a snapshot in this node's Hugging Face cache, read offline.
+
+    The snapshot is loaded where it is (:attr:`in_place`); nothing is copied.
+
+    Raises:
+        FileNotFoundError: when the model or revision is not in the cache (no hub access here).
+    """
+
+    def __init__(self, uri: str) -> None:
+        self.uri = uri
+        self.root = self.in_place = hf_snapshot(uri)
+        self.boundary = self.root.parent.parent  # snapshot files link to the repo's blobs/
+
+
 def hf_snapshot(uri: str) -> Path:
     """The local snapshot directory of ``hf://org/name[@revision]`` in this node's HF cache.
 
@@ -185,9 +227,51 @@ def hf_snapshot(uri: str) -> Path:
 
 
 def open_source(uri: str, cfg: S3Config, *, request_timeout_s: float) -> Source:
-    """The :class:`Source` for a model URI (``s3://``, ``file://`` or a local path)."""
+    """The :class:`Source` for a model URI: ``s3://``, ``hf://``, ``file://`` or a local path.
+
+    Raises:
+        ValueError: for any other scheme.
+        FileNotFoundError: for an ``hf://`` model missing from this node's HF cache.
+    """
     if uri.startswith(("s3://", "s3a://")):
         return S3Source(uri, cfg, request_timeout_s=request_timeout_s)
-    if "://" in uri and not uri.startswith("file://"):
-        raise ValueError(f"unsupported model source {uri!r}: use s3://, file://, hf:// or a local path")
+    if uri.startswith("hf://"):
+        return HFCacheSource(uri)
+    if local_path(uri) is None:
+        raise ValueError(f"unsupported model source {uri!r}: use s3://, hf://, file:// or a local path")
     return LocalSource(uri)
+
+
+@contextlib.contextmanager
+def source_errors(uri: str, *, node_id: str | None = None) -> Iterator[None]:
+    """Re-raise any failure to open or list ``uri`` as a :class:`~node_init.DownloadError`.
+
+    Raises:
+        DownloadError: naming the node and the source, for an unsupported or missing
+            source, a key that would escape the destination, or a failed listing.
+    """
+    try:
+        yield
+    except DownloadError:
+        raise
+    except UnsafeKeyError as exc:
+        raise DownloadError(str(exc), node_id=node_id, source=uri, cause=describe(exc)) from exc
+    except Exception as exc:
+        if type(exc).__name__ == "InvalidPathError":  # obstore refuses '..' segments itself
+            raise DownloadError(f"refused an object key that would escape the destination: {exc}",
+                                node_id=node_id, source=uri, cause=describe(exc)) from exc
+        if isinstance(exc, FileNotFoundError | ValueError):
+            raise DownloadError(str(exc), node_id=node_id, source=uri, cause=describe(exc)) from exc
+        raise DownloadError(f"cannot list the model: {describe(exc)}", node_id=node_id, source=uri,
+                            cause=describe(exc)) from exc
+
+
+def list_source(uri: str, cfg: DownloadConfig, *, node_id: str | None = None) -> tuple[Source, list[RemoteFile]]:
+    """Open ``uri`` and list its files, every failure as a :class:`~node_init.DownloadError`.
+
+    Raises:
+        DownloadError: see :func:`source_errors`.
+    """
+    with source_errors(uri, node_id=node_id):
+        source = open_source(uri, cfg.s3, request_timeout_s=cfg.stall_timeout_s)
+        return source, source.list_files()

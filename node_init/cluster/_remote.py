@@ -10,13 +10,14 @@ from typing import Any, Protocol
 import anyio
 import structlog
 
-from ._config import NodeInitConfig
-from ._ctx import CallbackCtx
-from ._download import Progress
-from ._errors import DownloadError, NodeInitError, PhaseError, describe, first_error
-from ._events import NodeReport
-from ._logging import configure_logging
-from ._node import Decision
+from .._config import NodeInitConfig
+from .._ctx import CallbackCtx
+from .._errors import DownloadError, NodeInitError, PhaseError, describe, first_error
+from .._events import NodeReport
+from .._logging import configure_logging
+from .._wiring import node_bus
+from ..download import Progress
+from ._node import Decision, node_download
 
 _log = structlog.get_logger("node_init.remote")
 
@@ -27,9 +28,6 @@ PROGRESS_EVERY_S = 0.25
 def node_task(config: NodeInitConfig, snapshot: dict[str, Any], local_node_id: str) -> Iterator[Any]:
     """Body of the per-node Ray task: yields ``(done, total)`` progress tuples, then a NodeReport."""
     import ray
-
-    from ._node import node_download
-    from ._wiring import node_bus
 
     configure_logging()
     node_id = ray.get_runtime_context().get_node_id()
@@ -106,8 +104,7 @@ async def run_on_nodes(
     remote = ray.remote(node_task)
     snapshot = ctx.snapshot()
     reports: dict[str, NodeReport] = {}
-    # The node enforces its own bounds; this one catches a node that never answers.
-    bound = config.download.timeout_s + config.download.lock_timeout_s + 60.0
+    bound = config.download.node_bound_s
 
     async def one(node_id: str) -> None:
         options: dict[str, Any] = {

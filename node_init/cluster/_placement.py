@@ -5,10 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 import anyio
+import anyio.to_thread
 
-from ._config import NodeInitConfig
-from ._ctx import CallbackCtx
-from ._errors import PhaseError
+from .._config import NodeInitConfig
+from .._ctx import CallbackCtx
+from .._errors import PhaseError
 
 
 async def _ready(pg: Any, timeout: float, what: str) -> None:
@@ -49,16 +50,25 @@ async def resolve_placement_group(ctx: CallbackCtx, config: NodeInitConfig) -> t
     try:
         await _ready(pg, timeout, "the configured")
     except BaseException:
-        ray.util.remove_placement_group(pg)
+        with anyio.CancelScope(shield=True):
+            await remove_placement_group(pg)
         raise
     ctx.placement_group = pg
     return pg, True
 
 
-def placement_nodes(pg: Any) -> list[str]:
+async def placement_nodes(pg: Any) -> list[str]:
     """Distinct node ids of a ready placement group, in bundle order."""
     import ray.util
 
-    table = ray.util.placement_group_table(pg)
+    # A GCS round trip: off the event loop.
+    table = await anyio.to_thread.run_sync(ray.util.placement_group_table, pg)
     ordered = [table["bundles_to_node_id"][i] for i in sorted(table["bundles_to_node_id"])]
     return list(dict.fromkeys(ordered))
+
+
+async def remove_placement_group(pg: Any) -> None:
+    """Remove a placement group, off the event loop (a GCS round trip)."""
+    import ray.util
+
+    await anyio.to_thread.run_sync(ray.util.remove_placement_group, pg)

@@ -1,0 +1,33 @@
+"""Node init across a Ray cluster: the placement group, and one task per node of it.
+
+- :func:`resolve_placement_group` picks the group (a handler's, the Serve replica's,
+  or one made from config) and :func:`placement_nodes` lists its distinct nodes.
+- :func:`run_on_nodes` runs :func:`node_task` pinned to each node, concurrently. On its
+  node, the task builds that process's bus, publishes ``BeforeDownload``
+  (:func:`node_download`), streams back its :class:`Decision`, progress, and finally a
+  :class:`~node_init.NodeReport`; the replica's :class:`NodeObserver` receives them.
+
+Ray is imported lazily, inside the functions that need it.
+"""
+
+from ._node import Decision as Decision
+from ._node import local_model_path as local_model_path
+from ._node import node_download as node_download
+from ._placement import placement_nodes as placement_nodes
+from ._placement import remove_placement_group as remove_placement_group
+from ._placement import resolve_placement_group as resolve_placement_group
+from ._remote import NodeObserver as NodeObserver
+from ._remote import node_task as node_task
+from ._remote import run_on_nodes as run_on_nodes
+
+__all__ = [
+    "Decision",
+    "NodeObserver",
+    "local_model_path",
+    "node_download",
+    "node_task",
+    "placement_nodes",
+    "remove_placement_group",
+    "resolve_placement_group",
+    "run_on_nodes",
+]

@@ -1,0 +1,31 @@
+"""The engine: boot vLLM's ``AsyncLLM``, on dummy weights when the weights are still on their way.
+
+- :func:`boot_engine` builds the engine in a worker thread (vLLM is imported there,
+  lazily: ``import node_init`` works without vLLM) and returns a :class:`VLLMEngine`.
+- :meth:`VLLMEngine.load_weights` hands an engine booted on dummy weights the real
+  ones in place (``update_config`` + ``reload_weights``, then the tied ``lm_head``
+  re-pack of :class:`NodeInitWorkerExtension`, run in vLLM's workers).
+- :mod:`node_init.engine.ray_serve` plugs both into ``ray.serve.llm`` (its public
+  import path is ``node_init.ray_serve``); it imports Ray Serve LLM, so only where installed.
+
+The vLLM internals used here, and the versions they were tested with, are listed
+in ``docs/vllm-internals.md``.
+"""
+
+from ._vllm import WORKER_EXTENSION as WORKER_EXTENSION
+from ._vllm import EngineBuilder as EngineBuilder
+from ._vllm import VLLMEngine as VLLMEngine
+from ._vllm import boot_engine as boot_engine
+from ._vllm import build_async_llm as build_async_llm
+from ._vllm import engine_args as engine_args
+from ._worker import NodeInitWorkerExtension as NodeInitWorkerExtension
+
+__all__ = [
+    "WORKER_EXTENSION",
+    "EngineBuilder",
+    "NodeInitWorkerExtension",
+    "VLLMEngine",
+    "boot_engine",
+    "build_async_llm",
+    "engine_args",
+]

@@ -1,0 +1,115 @@
+"""The overlap policy: boot the engine on dummy weights while the weights download, or not.
+
+Overlap is possible only when the replica's own node will fetch the whole model
+(mode ``MODEL_AND_TOKENIZER``, not vetoed), the load format is not a streaming
+one, and something is missing. ``engine.overlap: on`` then overlaps; ``off``
+never does; ``auto`` overlaps a remote source when the missing bytes would take
+longer than :data:`OVERLAP_MIN_S` to arrive, at the node's last measured rate,
+else ``download.expected_rate_mb_s``, else the rate sampled live for
+:data:`OVERLAP_PROBE_S`. The threshold guards the cost of overlapping
+(the in-place reload, and the CPU the download takes from the boot).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import anyio
+import attrs
+
+from ._config import NodeInitConfig
+from ._modes import DownloadMode
+from .cluster import Decision
+
+#: ``auto`` overlaps when the weights would take longer than this (seconds) to arrive.
+OVERLAP_MIN_S = 2.0
+#: How long ``auto`` samples the live download rate when none was measured before.
+OVERLAP_PROBE_S = 0.5
+
+
+@attrs.frozen
+class OverlapChoice:
+    """What the policy decided, and on what grounds (logged with the decision).
+
+    Attributes:
+        overlap: Whether to boot on dummy weights now.
+        reason: ``off``, ``impossible``, ``on``, ``local``, ``finished``, ``no rate``,
+            ``fast`` or ``slow``.
+        rate_mb_s: The rate the estimate used, if any.
+        estimated_s: Estimated seconds until the weights are in (0 when not estimated).
+    """
+
+    overlap: bool
+    reason: str
+    rate_mb_s: float | None = None
+    estimated_s: float = 0.0
+
+
+def overlap_possible(config: NodeInitConfig, decision: Decision) -> bool:
+    """Whether the replica's node ends with something to fetch that an engine could take in place."""
+    return (decision.mode is DownloadMode.MODEL_AND_TOKENIZER and not decision.vetoed
+            and not config.streaming and decision.missing_bytes > 0)
+
+
+def is_remote(config: NodeInitConfig) -> bool:
+    """Whether the model comes over the network (``auto`` boots a local source plainly)."""
+    return bool(config.model_source and config.model_source.startswith(("s3://", "s3a://")))
+
+
+def live_rate(samples: Sequence[tuple[float, int]], probe_s: float = OVERLAP_PROBE_S) -> float | None:
+    """MB/s from ``(monotonic time, bytes done)`` progress samples of the node, or ``None``."""
+    if not samples:
+        return None
+    t0, b0 = samples[0]
+    t1, b1 = samples[-1]
+    if t1 > t0 and b1 > b0:
+        return (b1 - b0) / 1e6 / (t1 - t0)
+    return b1 / 1e6 / probe_s if b1 > 0 else None
+
+
+def decide(setting: Literal["auto", "on", "off"], *, possible: bool, remote: bool, missing_bytes: int,
+           rate_mb_s: float | None, finished: bool) -> OverlapChoice:
+    """The policy itself, on what is known (see the module doc)."""
+    if setting == "off":
+        return OverlapChoice(False, "off")
+    if not possible:
+        return OverlapChoice(False, "impossible")
+    if setting == "on":
+        return OverlapChoice(True, "on")
+    if not remote:
+        return OverlapChoice(False, "local")
+    if finished:
+        return OverlapChoice(False, "finished")
+    if not rate_mb_s:
+        return OverlapChoice(False, "no rate")
+    estimate = missing_bytes / 1e6 / rate_mb_s
+    return OverlapChoice(estimate > OVERLAP_MIN_S, "slow" if estimate > OVERLAP_MIN_S else "fast",
+                         rate_mb_s, estimate)
+
+
+async def choose_overlap(config: NodeInitConfig, decision: Decision, *, done: anyio.Event,
+                         samples: Sequence[tuple[float, int]]) -> OverlapChoice:
+    """Decide for this init, sampling the live rate first when ``auto`` has nothing to go on.
+
+    Args:
+        config: The init's config (``engine.overlap``, ``download.expected_rate_mb_s``).
+        decision: The replica's own node's decision after ``BeforeDownload``.
+        done: Set when that node's download finished.
+        samples: That node's progress so far, appended to while we wait.
+    """
+    setting = config.engine.overlap
+    possible = overlap_possible(config, decision)
+    remote = is_remote(config)
+    rate = decision.rate_mb_s or config.download.expected_rate_mb_s
+    if setting == "auto" and possible and remote and rate is None:
+        # Nothing measured yet: sample the live rate briefly (a fast link finishes meanwhile).
+        with anyio.move_on_after(OVERLAP_PROBE_S):
+            await done.wait()
+        rate = None if done.is_set() else live_rate(samples)
+    return decide(setting, possible=possible, remote=remote, missing_bytes=decision.missing_bytes,
+                  rate_mb_s=rate, finished=done.is_set())
+
+
+__all__ = ["OVERLAP_MIN_S", "OVERLAP_PROBE_S", "OverlapChoice", "choose_overlap", "decide", "is_remote", "live_rate",
+           "overlap_possible"]

@@ -1,0 +1,111 @@
+"""The overlap policy's decision, on what it is given (no Ray, no engine)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import anyio
+import pytest
+
+from node_init import DownloadMode, parse_config
+from node_init.cluster import Decision
+from node_init.overlap import OVERLAP_MIN_S, OVERLAP_PROBE_S, choose_overlap, decide, live_rate, overlap_possible
+
+MB = 1_000_000
+
+
+def cfg(overlap: str = "auto", source: str = "s3://models/m", **download: Any) -> Any:
+    return parse_config({"model_id": "m", "model_source": source, "download": download,
+                         "engine": {"kind": "vllm", "overlap": overlap}})
+
+
+def decision(missing: int = 100 * MB, *, mode: DownloadMode = DownloadMode.MODEL_AND_TOKENIZER,
+             vetoed: bool = False, rate: float | None = None) -> Decision:
+    return Decision(node_id="n", mode=mode, vetoed=vetoed, path="/p", missing_bytes=missing, rate_mb_s=rate)
+
+
+@pytest.mark.parametrize(("kwargs", "possible"), [
+    ({}, True),
+    ({"missing": 0}, False),                                  # a complete cache: nothing to hide
+    ({"mode": DownloadMode.TOKENIZER_ONLY}, False),           # the weights never come here
+    ({"mode": DownloadMode.NONE}, False),
+    ({"vetoed": True}, False),
+])
+def test_possible_only_when_the_whole_model_is_still_to_come(kwargs: dict[str, Any], possible: bool) -> None:
+    assert overlap_possible(cfg(), decision(**kwargs)) is possible
+
+
+def test_a_streaming_load_format_never_overlaps() -> None:
+    streaming = parse_config({"model_id": "m", "model_source": "s3://b/m",
+                              "engine": {"kind": "vllm", "kwargs": {"load_format": "runai_streamer"}}})
+    assert not overlap_possible(streaming, decision())
+
+
+def test_off_and_on_are_obeyed_where_possible() -> None:
+    common = {"remote": True, "missing_bytes": 100 * MB, "rate_mb_s": 1000.0, "finished": False}
+    assert not decide("off", possible=True, **common).overlap
+    assert decide("on", possible=True, **common).overlap
+    assert not decide("on", possible=False, **common).overlap
+    # `on` overlaps a local source too; `auto` boots it plainly.
+    assert decide("on", possible=True, **{**common, "remote": False}).overlap
+    assert decide("auto", possible=True, **{**common, "remote": False}).reason == "local"
+
+
+def test_auto_overlaps_when_the_estimate_exceeds_the_threshold() -> None:
+    def auto(missing_mb: float, rate: float | None, finished: bool = False) -> Any:
+        return decide("auto", possible=True, remote=True, missing_bytes=int(missing_mb * MB), rate_mb_s=rate,
+                      finished=finished)
+
+    slow = auto(100, 10.0)  # 10 s
+    assert slow.overlap and slow.reason == "slow" and slow.estimated_s == pytest.approx(10.0)
+    fast = auto(100, 1000.0)  # 0.1 s
+    assert not fast.overlap and fast.reason == "fast"
+    assert not auto(OVERLAP_MIN_S * 10 - 1, 10.0).overlap  # just under the threshold
+    assert auto(OVERLAP_MIN_S * 10 + 1, 10.0).overlap
+    assert auto(100, None).reason == "no rate"
+    assert auto(100, 10.0, finished=True).reason == "finished"
+
+
+def test_live_rate_from_progress_samples() -> None:
+    assert live_rate([]) is None
+    assert live_rate([(10.0, 0), (12.0, 20 * MB)]) == pytest.approx(10.0)
+    # One sample: bytes over the probe window.
+    assert live_rate([(10.0, 5 * MB)]) == pytest.approx(5 / OVERLAP_PROBE_S)
+    assert live_rate([(10.0, 0)]) is None
+
+
+@pytest.mark.anyio
+async def test_the_measured_rate_wins_over_the_configured_one_and_no_probe_runs() -> None:
+    done = anyio.Event()
+    start = time.monotonic()
+    choice = await choose_overlap(cfg(expected_rate_mb_s=1000.0), decision(rate=10.0), done=done, samples=[])
+    assert time.monotonic() - start < OVERLAP_PROBE_S / 2  # a known rate needs no probe
+    assert choice.overlap and choice.rate_mb_s == 10.0
+    choice = await choose_overlap(cfg(expected_rate_mb_s=1000.0), decision(), done=done, samples=[])
+    assert not choice.overlap and choice.rate_mb_s == 1000.0
+
+
+@pytest.mark.anyio
+async def test_auto_probes_the_live_rate_when_nothing_is_known() -> None:
+    done = anyio.Event()
+    now = time.monotonic()
+    samples = [(now, 0), (now + 0.4, 2 * MB)]  # 5 MB/s: 100 MB takes 20 s
+    start = time.monotonic()
+    choice = await choose_overlap(cfg(), decision(), done=done, samples=samples)
+    assert time.monotonic() - start >= OVERLAP_PROBE_S * 0.9
+    assert choice.overlap and choice.rate_mb_s == pytest.approx(5.0)
+
+
+@pytest.mark.anyio
+async def test_a_download_that_finishes_during_the_probe_boots_plainly() -> None:
+    done = anyio.Event()
+
+    async def finish() -> None:
+        await anyio.sleep(0.05)
+        done.set()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(finish)
+        choice = await choose_overlap(cfg(), decision(), done=done, samples=[(0.0, 0), (1.0, 100 * MB)])
+    assert not choice.overlap and choice.reason == "finished"
