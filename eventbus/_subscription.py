@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import inspect
 import threading
+import traceback
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Unpack
 
@@ -222,7 +223,8 @@ class Subscription:
         err = exc if isinstance(exc, HandlerTimeout) else handler_error(self.name, event, exc)
         _log.error(
             "handler failed", event_type=type(event).__name__, handler=self.name,
-            error=str(err), exc_info=exc,
+            # A plain traceback, never frame locals (they may hold credentials), whatever the renderer.
+            error=str(err), traceback="".join(traceback.format_exception(exc)),
         )
         return Failure(err)
 

@@ -8,8 +8,11 @@ What Ray's ``CloudDownloader`` callback does, with our downloader (atomic, locke
         files:
           - {source: "s3://bucket/compile-cache/llama", destination: "~/.cache/vllm/torch_compile_cache"}
 
-``destination`` expands ``~`` and ``$VARS`` on each node. Each node records what it fetched under
-``ctx.custom_data["extra_files"]`` (so it reaches the replica in ``custom_data["nodes"][node_id]``).
+``destination`` expands ``~`` and ``$VARS`` on each node; it becomes a link to a verified snapshot of
+the source (kept beside it, under ``.node-init/``), swapped atomically when a new version arrives, so
+readers never see a mix. It must not be an existing directory of your own. Each node records what it
+fetched under ``ctx.custom_data["extra_files"]`` (so it reaches the replica in
+``custom_data["nodes"][node_id]``).
 """
 
 from __future__ import annotations
@@ -35,7 +38,8 @@ def fetch_extra_files(event: BeforeDownload, ctx: Any) -> None:
         source_uri = str(entry["source"])
         destination = Path(os.path.expandvars(str(entry["destination"]))).expanduser()
         source, files = list_source(source_uri, config.download, node_id=event.node_id)
-        result = Downloader(source, destination, config.download, node_id=event.node_id).run(files)
+        result = Downloader(source, destination, config.download, node_id=event.node_id).run(
+            files, relist=source.list_files)
         fetched.append({"source": source_uri, "destination": str(destination),
                         "files": len(files), "bytes": result.bytes})
     if fetched:

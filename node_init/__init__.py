@@ -26,8 +26,10 @@ from ._config import EngineConfig as EngineConfig
 from ._config import NodeInitConfig as NodeInitConfig
 from ._config import PlacementConfig as PlacementConfig
 from ._config import S3Config as S3Config
+from ._config import Secret as Secret
 from ._config import load_config as load_config
 from ._config import parse_config as parse_config
+from ._config import reveal as reveal
 from ._ctx import CallbackCtx as CallbackCtx
 from ._errors import CallbackLoadError as CallbackLoadError
 from ._errors import ConfigError as ConfigError
@@ -75,6 +77,7 @@ __all__ = [
     "PlacementConfig",
     "RayServeLLMCallback",
     "S3Config",
+    "Secret",
     "configure_logging",
     "get_or_create_callback",
     "initialize_node",
@@ -82,5 +85,6 @@ __all__ = [
     "load_handler_set",
     "load_object",
     "parse_config",
+    "reveal",
     "wire",
 ]

@@ -15,7 +15,7 @@ import msgspec
 
 from eventbus import Event, EventBus
 
-from ._config import load_config, parse_config
+from ._config import NodeInitConfig, load_config, parse_config
 from ._errors import NodeInitError
 from ._events import DownloadProgress
 from ._init import InitResult, initialize_node
@@ -87,8 +87,7 @@ def render_reports(result: InitResult) -> str:
     return "\n".join(lines)
 
 
-async def _run(config_path: str | None, config_data: dict[str, Any] | None, prompt: str | None) -> int:
-    config = load_config(config_path) if config_path else parse_config(config_data)
+async def _run(config: NodeInitConfig, prompt: str | None) -> int:
     bus = EventBus()
     timeline = Timeline()
     timeline.attach(bus)
@@ -171,8 +170,10 @@ def main(argv: list[str] | None = None) -> int:
             p for p in [str(Path(__file__).resolve().parent.parent), os.environ.get("PYTHONPATH", "")] if p
         )
     try:
+        # Every mistake the config can show is found before Ray starts.
+        config = load_config(config_path) if config_path else parse_config(data)
         _start_ray(address)
-        return asyncio.run(_run(config_path, data, prompt))
+        return asyncio.run(_run(config, prompt))
     except NodeInitError as exc:
         print(f"node-init: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2

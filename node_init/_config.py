@@ -17,14 +17,51 @@ class _Strict(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=T
     """Base: unknown fields are errors, values are immutable once validated."""
 
 
+class Secret(str):
+    """A string whose ``repr``, ``str`` and formatting are redacted: it never reaches a log or an error.
+
+    ``reveal(secret)`` gives the value to the one place that needs it (the S3 client).
+    msgspec refuses to encode it, so it cannot slip into an event either.
+    """
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "'***'"
+
+    __str__ = __repr__
+
+    def __format__(self, spec: str) -> str:
+        return "***"
+
+
+def reveal(secret: str | None) -> str | None:
+    """The value behind a :class:`Secret` (a plain ``str`` copy), or ``None``."""
+    return None if secret is None else secret[:]
+
+
 class S3Config(_Strict, kw_only=True, forbid_unknown_fields=True, frozen=True):
-    """S3-compatible endpoint settings; the standard AWS variables of each node override them."""
+    """S3-compatible endpoint settings; the standard AWS variables of each node override them.
+
+    Attributes:
+        endpoint_url: ``http(s)://host[:port]`` of an S3-compatible store (default: AWS).
+        region: The bucket's region.
+        access_key_id: With ``secret_access_key``: sign with these keys. Without keys, the
+            node's environment, then the standard AWS credential chain (profiles, SSO, web
+            identity, instance roles) are used.
+        secret_access_key: Held as a :class:`Secret` (redacted everywhere).
+        anonymous: Send unsigned requests (a public bucket).
+    """
 
     endpoint_url: str | None = None
     region: str | None = None
     access_key_id: str | None = None
     secret_access_key: str | None = None
     anonymous: bool = False
+
+    def __post_init__(self) -> None:
+        if self.secret_access_key is not None and not isinstance(self.secret_access_key, Secret):
+            msgspec.structs.force_setattr(self, "secret_access_key", Secret(self.secret_access_key))
 
 
 class DownloadConfig(_Strict, kw_only=True, forbid_unknown_fields=True, frozen=True):
@@ -40,7 +77,9 @@ class DownloadConfig(_Strict, kw_only=True, forbid_unknown_fields=True, frozen=T
         worker_nodes: Mode on the other nodes of the placement group.
         part_size_mb: Size of one ranged read of a large object.
         concurrency: Parallel ranged reads / files per node.
-        expected_rate_mb_s: Link speed for ``overlap: auto`` until one is measured.
+        expected_rate_mb_s: Link speed for ``overlap: auto`` until one is measured (MB/s).
+        verify: How a cached file is checked before reuse: ``stat`` (size, mtime and inode
+            as recorded when it was written) or ``full`` (also re-hash every byte).
         s3: Endpoint settings.
     """
 
@@ -54,6 +93,7 @@ class DownloadConfig(_Strict, kw_only=True, forbid_unknown_fields=True, frozen=T
     part_size_mb: int = 16
     concurrency: int = 8
     expected_rate_mb_s: float | None = None
+    verify: Literal["stat", "full"] = "stat"
     s3: S3Config = S3Config()
 
     @property
@@ -98,10 +138,14 @@ class NodeInitConfig(_Strict, kw_only=True, forbid_unknown_fields=True, frozen=T
         handler_options: Settings for handlers, by handler module name
             (``{disk_guard: {margin_mb: 512}}``); handlers read ``ctx.llm_config.handler_options``.
         runtime_env: Ray runtime env of the node tasks (``py_modules`` for handlers).
+        init_timeout_s: Bound on the whole initialization (handlers, placement, downloads,
+            engine); enforced by a watchdog thread, so a handler blocking the event loop
+            cannot keep it from firing. The default fits a large model on a slow link.
     """
 
     model_id: str
     model_source: str | None = None
+    init_timeout_s: float = 3600.0
     callback: str | None = None
     callback_kwargs: dict[str, Any] = {}
     callback_timeout_s: float | None = None
@@ -113,29 +157,8 @@ class NodeInitConfig(_Strict, kw_only=True, forbid_unknown_fields=True, frozen=T
     engine: EngineConfig = EngineConfig()
 
     def __post_init__(self) -> None:
-        for name, value in (
-            ("download.timeout_s", self.download.timeout_s),
-            ("download.stall_timeout_s", self.download.stall_timeout_s),
-            ("download.lock_timeout_s", self.download.lock_timeout_s),
-            ("engine.boot_timeout_s", self.engine.boot_timeout_s),
-        ):
-            if not value > 0:
-                raise ConfigError(f"must be > 0, got {value}", field=name)
-        if self.download.retries < 0:
-            raise ConfigError("must be >= 0", field="download.retries")
-        if self.download.concurrency < 1 or self.download.part_size_mb < 1:
-            raise ConfigError("must be >= 1", field="download.concurrency/part_size_mb")
-        if self.placement is not None:
-            if not self.placement.bundles:
-                raise ConfigError("needs at least one bundle", field="placement.bundles")
-            if not self.placement.ready_timeout_s > 0:
-                raise ConfigError("must be > 0", field="placement.ready_timeout_s")
-        if not self.model_id:
-            raise ConfigError("must not be empty", field="model_id")
-        try:
-            msgspec.json.encode(self.engine.kwargs)
-        except (TypeError, msgspec.EncodeError) as exc:
-            raise ConfigError(f"must be JSON-encodable: {exc}", field="engine.kwargs") from None
+        # Everything that can be checked before any Ray call is checked here (see ``_validate``).
+        _validate(self)
 
     @property
     def load_format(self) -> str:
@@ -155,6 +178,122 @@ class NodeInitConfig(_Strict, kw_only=True, forbid_unknown_fields=True, frozen=T
         return DownloadMode.NONE if self.streaming else DownloadMode.MODEL_AND_TOKENIZER
 
 
+def _validate(c: NodeInitConfig) -> None:
+    """Bounds, sources, names, paths and resources of a config: a ``ConfigError`` naming the field."""
+    for name, value in (
+        ("download.timeout_s", c.download.timeout_s),
+        ("download.stall_timeout_s", c.download.stall_timeout_s),
+        ("download.lock_timeout_s", c.download.lock_timeout_s),
+        ("engine.boot_timeout_s", c.engine.boot_timeout_s),
+        ("init_timeout_s", c.init_timeout_s),
+    ):
+        if not value > 0:
+            raise ConfigError(f"must be > 0, got {value}", field=name)
+    if c.download.retries < 0:
+        raise ConfigError(f"must be >= 0, got {c.download.retries}", field="download.retries")
+    for name, count in (("download.concurrency", c.download.concurrency),
+                        ("download.part_size_mb", c.download.part_size_mb)):
+        if count < 1:
+            raise ConfigError(f"must be >= 1, got {count}", field=name)
+    if c.download.expected_rate_mb_s is not None and not c.download.expected_rate_mb_s > 0:
+        raise ConfigError(f"must be > 0, got {c.download.expected_rate_mb_s}", field="download.expected_rate_mb_s")
+    if c.callback_timeout_s is not None and not c.callback_timeout_s > 0:
+        raise ConfigError(f"must be > 0, got {c.callback_timeout_s}", field="callback_timeout_s")
+    if c.placement is not None:
+        _validate_placement(c.placement)
+    _validate_model_id(c.model_id)
+    if c.model_source is not None:
+        _validate_source(c.model_source)
+    if c.download.s3.endpoint_url is not None:
+        _validate_endpoint(c.download.s3.endpoint_url)
+    if not c.download.cache_dir.strip():
+        raise ConfigError("must not be empty", field="download.cache_dir")
+    from ._errors import CallbackLoadError
+    from ._loader import split_path
+
+    for name, path in [("callback", c.callback), *((f"handlers[{i}]", p) for i, p in enumerate(c.handlers))]:
+        if path is not None:
+            try:
+                split_path(path)
+            except CallbackLoadError as exc:
+                raise ConfigError(str(exc), field=name) from None
+    try:
+        msgspec.json.encode(c.engine.kwargs)
+    except (TypeError, msgspec.EncodeError) as exc:
+        raise ConfigError(f"must be JSON-encodable: {exc}", field="engine.kwargs") from None
+
+
+def _validate_placement(p: PlacementConfig) -> None:
+    if not p.bundles:
+        raise ConfigError("needs at least one bundle", field="placement.bundles")
+    for i, bundle in enumerate(p.bundles):
+        if not bundle:
+            raise ConfigError("a bundle needs at least one resource", field=f"placement.bundles[{i}]")
+        for resource, amount in bundle.items():
+            if not amount >= 0:
+                raise ConfigError(f"must be >= 0, got {amount}", field=f"placement.bundles[{i}].{resource}")
+        if not any(amount > 0 for amount in bundle.values()):
+            raise ConfigError("a bundle needs a resource > 0", field=f"placement.bundles[{i}]")
+    if not p.ready_timeout_s > 0:
+        raise ConfigError(f"must be > 0, got {p.ready_timeout_s}", field="placement.ready_timeout_s")
+
+
+def _validate_model_id(model_id: str) -> None:
+    if not model_id.strip():
+        raise ConfigError("must not be empty", field="model_id")
+    name = model_id.strip().replace("/", "--").replace("\\", "--")
+    if name in (".", "..") or name.startswith(".") or any(p in (".", "..") for p in re.split(r"[/\\]", model_id)):
+        raise ConfigError(f"{model_id!r} cannot name a cache directory (no '.', '..' or leading dot)",
+                          field="model_id")
+
+
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$")
+SOURCE_SCHEMES = ("s3://", "s3a://", "hf://", "file://")
+
+
+def _validate_source(uri: str) -> None:
+    field = "model_source"
+    if not uri.strip():
+        raise ConfigError("must not be empty (leave it out to let the engine load model_id itself)", field=field)
+    if "://" not in uri:
+        return  # a local path: checked on each node, where it must exist
+    scheme = uri.split("://", 1)[0] + "://"
+    if scheme not in SOURCE_SCHEMES:
+        raise ConfigError(f"unsupported scheme in {uri!r}; expected one of s3://, s3a://, hf://, file:// "
+                          "or a local path", field=field)
+    rest = uri[len(scheme):]
+    if scheme in ("s3://", "s3a://"):
+        bucket = rest.split("/", 1)[0]
+        if not bucket:
+            raise ConfigError(f"{uri!r} names no bucket (s3://bucket/prefix)", field=field)
+        if not _BUCKET.match(bucket):
+            raise ConfigError(f"{bucket!r} is not a valid S3 bucket name (3-63 characters: a-z, 0-9, '.', '-')",
+                              field=field)
+        if any(p in (".", "..") for p in rest.split("/")[1:]):
+            raise ConfigError(f"{uri!r}: '.' and '..' are not allowed in the prefix", field=field)
+    elif scheme == "hf://":
+        repo = rest.split("@", 1)[0]
+        if repo.count("/") > 1 or not all(repo.split("/")) or any(p in (".", "..") for p in repo.split("/")):
+            raise ConfigError(f"{uri!r}: expected hf://name or hf://org/name[@revision]", field=field)
+    elif not rest.startswith("/"):
+        raise ConfigError(f"{uri!r}: a file:// URI needs an absolute path (file:///models/x)", field=field)
+
+
+def _validate_endpoint(url: str) -> None:
+    from urllib.parse import urlparse
+
+    field = "download.s3.endpoint_url"
+    try:
+        parsed = urlparse(url)
+        port = parsed.port
+    except ValueError as exc:
+        raise ConfigError(f"{url!r} is not a URL: {exc}", field=field) from None
+    if parsed.scheme not in ("http", "https") or not parsed.hostname or " " in url:
+        raise ConfigError(f"{url!r} is not an http(s)://host[:port] URL", field=field)
+    if port is not None and not 0 < port < 65536:
+        raise ConfigError(f"{url!r}: port out of range", field=field)
+
+
 _AT = re.compile(r" - at `\$\.?(.*)`$")
 
 
@@ -164,6 +303,27 @@ def _field_of(message: str) -> tuple[str, str | None]:
     if not match:
         return message, None
     return message[: match.start()], (match.group(1) or None)
+
+
+def _allowed_values(field: str | None) -> list[str]:
+    """The values a ``Literal`` or enum field takes (``engine.overlap`` -> auto, on, off)."""
+    import enum
+    import typing
+
+    tp: Any = NodeInitConfig
+    for part in (field or "").split("."):
+        hints = typing.get_type_hints(tp) if isinstance(tp, type) and issubclass(tp, msgspec.Struct) else {}
+        if part.split("[")[0] not in hints:
+            return []
+        tp = hints[part.split("[")[0]]
+        options = [a for a in typing.get_args(tp) if a is not type(None)] if typing.get_origin(tp) else []
+        if typing.get_origin(tp) is not Literal and len(options) == 1:
+            tp = options[0]  # X | None
+    if typing.get_origin(tp) is Literal:
+        return [str(a) for a in typing.get_args(tp)]
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        return [m.name for m in tp]
+    return []
 
 
 def parse_config(data: Any, *, file: str | None = None) -> NodeInitConfig:
@@ -176,6 +336,9 @@ def parse_config(data: Any, *, file: str | None = None) -> NodeInitConfig:
         return msgspec.convert(data, NodeInitConfig, strict=False)
     except msgspec.ValidationError as exc:
         message, field = _field_of(str(exc))
+        allowed = _allowed_values(field)
+        if allowed and message.startswith("Invalid enum value"):
+            message += f"; expected one of {', '.join(allowed)}"
         raise ConfigError(message, file=file, field=field) from None
     except ConfigError as exc:
         raise ConfigError(exc.reason, file=file, field=exc.field) from None

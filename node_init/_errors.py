@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 
@@ -101,9 +102,24 @@ class EngineError(PhaseError):
         super().__init__(message, phase="engine", node_id=node_id, cause=cause)
 
 
+_S3_CODE = re.compile(r"<Code>([^<]+)</Code>")
+_XML_BODY = re.compile(r":?\s*(<\?xml|<Error>).*", re.S)
+_TIMING = re.compile(r" in [0-9.]+(ns|µs|us|ms|s)\b")
+
+
 def describe(exc: BaseException) -> str:
-    """``Type: message`` of an exception, for the ``cause`` fields."""
-    return f"{type(exc).__name__}: {exc}"
+    """``Type: message`` of an exception on one readable line, for messages and ``cause`` fields.
+
+    A client's multi-line debug dump (obstore appends ``Debug source: ...``) is cut, and an S3
+    error body is reduced to its code: ``GenericError: ... GET http://host/bucket/key - Server
+    returned non-2xx status code: 503 Service Unavailable (SlowDown)``.
+    """
+    text = str(exc).split("\n\nDebug source:", 1)[0]
+    code = _S3_CODE.search(text)
+    if code:
+        text = _XML_BODY.sub("", text) + f" ({code.group(1)})"
+    text = _TIMING.sub("", " ".join(text.split()))
+    return f"{type(exc).__name__}: {text}"
 
 
 def brief(exc: BaseException, *, lines: int = 4, limit: int = 500) -> str:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import filecmp
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -13,10 +15,11 @@ from eventbus import EventBus, Outcome
 
 from ._config import NodeInitConfig
 from ._ctx import CallbackCtx
-from ._errors import NodeInitError, PhaseError, describe, first_error
+from ._errors import DownloadError, NodeInitError, PhaseError, describe, first_error
 from ._events import AfterInit, BeforeEngineInit, BeforeInit, DownloadProgress, NodeReport
 from ._modes import DownloadMode
 from ._publish import publish_failure, publish_phase
+from ._watchdog import Watchdog
 from ._wiring import wire
 from .cluster import (
     Decision,
@@ -26,6 +29,7 @@ from .cluster import (
     resolve_placement_group,
     run_on_nodes,
 )
+from .download import SnapshotHold, hold_snapshot
 from .overlap import choose_overlap, is_remote
 
 if TYPE_CHECKING:
@@ -48,6 +52,8 @@ class InitResult:
         placement_group: The placement group the engine runs in, if any (one node init created
             is removed before returning when no engine was started).
         owns_placement_group: Whether node init created it (and :meth:`close` removes it).
+        snapshot_hold: A shared lock on the cache snapshot the engine reads, so no later
+            download on this node collects it; :meth:`close` releases it.
     """
 
     model_path: str
@@ -57,11 +63,14 @@ class InitResult:
     ctx: CallbackCtx
     placement_group: Any = None
     owns_placement_group: bool = False
+    snapshot_hold: SnapshotHold | None = None
 
     async def close(self) -> None:
-        """Shut the engine down and remove a placement group node init created."""
+        """Shut the engine down, release its snapshot, remove a placement group node init created."""
         if self.engine is not None:
             await self.engine.shutdown()
+        if self.snapshot_hold is not None:
+            self.snapshot_hold.release()
         if self.owns_placement_group and self.placement_group is not None:
             await remove_placement_group(self.placement_group)
 
@@ -81,6 +90,9 @@ class _Run:
         self.owns_pg = False
         self.engine: VLLMEngine | None = None
         self.reports: tuple[NodeReport, ...] = ()
+        self.hold: SnapshotHold | None = None  # the engine's snapshot, held while it may read it
+        self.publishing: list[Any] = []  # events being published now
+        self.nodes: dict[str, str] = {}  # node id -> what its task is doing (for the watchdog)
         # Monotonic instants (boot_start, boot_end, download_start, download_end): the overlap timing.
         self.marks: dict[str, float] = {}
 
@@ -99,7 +111,22 @@ class _Run:
         The download and engine tasks run at once, so ``self.phase`` may belong to the
         other task: the download side names its own phase.
         """
-        return await publish_phase(self.bus, event, self.ctx, phase=phase or self.phase)
+        self.publishing.append(event)
+        try:
+            return await publish_phase(self.bus, event, self.ctx, phase=phase or self.phase)
+        finally:
+            self.publishing.remove(event)
+
+    def running(self) -> str:
+        """What is running, in words (for the watchdog: called from its thread)."""
+        parts = [f"phase {self.phase}"]
+        for event in list(self.publishing):
+            handlers = ", ".join(s.name for s in self.bus.subscribers(type(event)))
+            parts.append(f"{type(event).__name__} handlers [{handlers}]")
+        for node_id, state in sorted(self.nodes.items()):
+            if state != "done":
+                parts.append(f"node {node_id} {state}")
+        return "; ".join(parts)
 
     def timed(self, name: str, since: float) -> float:
         now = time.monotonic()
@@ -142,14 +169,24 @@ async def initialize_node(
     log = _log
     start = time.monotonic()
     # Restored on return, so the caller's own log context stays theirs.
+    dog = Watchdog(config.init_timeout_s, run.running)
     with structlog.contextvars.bound_contextvars(model_id=config.model_id, phase=run.phase):
         try:
-            return await _flow(run, start, log)
+            with anyio.CancelScope() as scope:
+                dog.start(scope)
+                return await _flow(run, start, log)
+            raise dog.error(run.phase)  # only the watchdog cancels this scope
         except BaseException as exc:
-            await _fail(run, exc, log)
+            dog.stop()
+            error = dog.error(run.phase) if dog.fired else exc
+            await _fail(run, error, log)
+            if error is not exc:
+                raise error from None
             if isinstance(exc, NodeInitError) or not isinstance(exc, Exception):
                 raise
             raise PhaseError(describe(exc), phase=run.phase, cause=describe(exc)) from exc
+        finally:
+            dog.stop()
 
 
 async def _flow(run: _Run, start: float, log: Any) -> InitResult:
@@ -182,8 +219,12 @@ async def _flow(run: _Run, start: float, log: Any) -> InitResult:
         # Nothing runs in the group we made once init ends without an engine: give it back now.
         await remove_placement_group(run.pg)
         run.pg, run.owns_pg = None, False
+    if run.engine is None and run.hold is not None:
+        run.hold.release()  # no engine reads it
+        run.hold = None
     return InitResult(model_path=model_path, reports=run.reports, timings=run.timings, engine=run.engine,
-                      ctx=run.ctx, placement_group=run.pg, owns_placement_group=run.owns_pg)
+                      ctx=run.ctx, placement_group=run.pg, owns_placement_group=run.owns_pg,
+                      snapshot_hold=run.hold)
 
 
 def _engine_kwargs(run: _Run) -> dict[str, Any]:
@@ -226,6 +267,7 @@ class _Replica:
         self.samples: list[tuple[float, int]] = []  # (time, bytes) of the local node
 
     async def on_decision(self, decision: Decision) -> None:
+        self.run.nodes[decision.node_id] = "downloading"
         if decision.node_id == self.local:
             self.decision = decision
             self.decided.set()
@@ -237,8 +279,15 @@ class _Replica:
                                phase="download")
 
     async def on_report(self, report: NodeReport) -> None:
+        self.run.nodes[report.node_id] = "done"
         if report.node_id == self.local:
             self.report = report
+            if report.path:
+                try:
+                    self.run.hold = hold_snapshot(report.path)
+                except OSError as exc:
+                    raise DownloadError(f"cannot hold the cache snapshot {report.path}: {describe(exc)}",
+                                        node_id=report.node_id, source=self.run.config.model_source or "") from exc
             self.done.set()
 
 
@@ -266,6 +315,7 @@ async def _with_downloads(run: _Run, log: Any) -> str:
     run.phase = "download"
     log.info("downloading on nodes", nodes=nodes, source=config.model_source)
     replica = _Replica(run, local)
+    run.nodes = dict.fromkeys(nodes, "listing and in BeforeDownload")
 
     async def downloads() -> None:
         run.reports = tuple(await run_on_nodes(config, ctx, nodes, local, replica))
@@ -311,12 +361,33 @@ async def _engine_when_ready(run: _Run, replica: _Replica, log: Any) -> None:
             await replica.done.wait()
         await _boot(run, (replica.report.path if replica.report else "") or path, dummy=False)
         return
-    engine = await _boot(run, await _config_and_tokenizer(run), dummy=True)
+    boot_dir = await _config_and_tokenizer(run)
+    engine = await _boot(run, boot_dir, dummy=True)
     with anyio.fail_after(bound):
         await replica.done.wait()
     assert replica.report is not None
+    _same_version(run, boot_dir, replica.report)
     run.phase = "engine"
     run.timings["weights_load"] = await engine.load_weights(replica.report.path)
+
+
+def _same_version(run: _Run, boot_dir: str, report: NodeReport) -> None:
+    """The config and tokenizer the engine booted on are the weights' version (else nothing serves).
+
+    Both were fetched pinned to a listing; a model replaced at the source between the two
+    listings would pair one version's tokenizer with another's weights.
+    """
+    if Path(boot_dir).resolve() == Path(report.path).resolve():
+        return
+    for path in sorted(Path(boot_dir).rglob("*")):
+        if not path.is_file():
+            continue
+        key = path.relative_to(boot_dir).as_posix()
+        other = Path(report.path) / key
+        if not other.is_file() or not filecmp.cmp(path, other, shallow=False):
+            raise DownloadError("the model changed at the source between the config/tokenizer fetch and the "
+                                "weights: the engine would pair two versions", node_id=report.node_id,
+                                source=run.config.model_source or "", file=key)
 
 
 async def _config_and_tokenizer(run: _Run) -> str:
@@ -349,6 +420,8 @@ async def _fail(run: _Run, exc: BaseException, log: Any) -> None:
         if run.engine is not None:
             with anyio.move_on_after(30):
                 await run.engine.shutdown()
+        if run.hold is not None:
+            run.hold.release()
         if run.owns_pg and run.pg is not None:
             with anyio.move_on_after(30):
                 await remove_placement_group(run.pg)

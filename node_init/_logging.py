@@ -12,7 +12,7 @@ _configured = False
 
 
 def configure_logging(*, json: bool | None = None, level: int = logging.INFO, force: bool = False) -> None:
-    """Console lines for humans on a TTY, JSON lines otherwise.
+    """Console lines for humans on a TTY, JSON lines otherwise; tracebacks without local variables.
 
     Args:
         json: Force JSON (``True``) or console (``False``); ``None`` picks by TTY.
@@ -28,10 +28,14 @@ def configure_logging(*, json: bool | None = None, level: int = logging.INFO, fo
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
+    # Tracebacks never carry frame locals: a local may hold a credential.
     if use_json:
-        processors += [structlog.processors.dict_tracebacks, structlog.processors.JSONRenderer()]
+        tracebacks = structlog.processors.ExceptionRenderer(
+            structlog.tracebacks.ExceptionDictTransformer(show_locals=False))
+        processors += [tracebacks, structlog.processors.JSONRenderer()]
     else:
-        processors += [structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())]
+        processors += [structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty(),
+                                                     exception_formatter=structlog.dev.plain_traceback)]
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(level),

@@ -122,14 +122,18 @@ class Fault(msgspec.Struct, kw_only=True):
         kind: ``status`` (answer ``status`` with an S3 error body), ``reset``
             (close the connection after ``after_bytes`` of the body),
             ``truncate`` (announce the full length, send ``after_bytes``, end),
-            ``stall`` (send ``after_bytes`` then nothing for ``seconds``).
+            ``stall`` (send ``after_bytes`` then nothing for ``seconds``),
+            ``corrupt`` (flip the byte at ``after_bytes`` of the body, send the rest: a bad disk
+            or a broken middlebox, which only a checksum notices).
         match: Substring of the request path (``""`` matches all).
+        query: Substring the query string must hold (``"list-type"`` picks a LIST).
         method: HTTP method to match.
         count: How many requests it applies to.
     """
 
-    kind: Literal["status", "reset", "truncate", "stall"]
+    kind: Literal["status", "reset", "truncate", "stall", "corrupt"]
     match: str = ""
+    query: str = ""
     method: str = "GET"
     count: int = 1
     status: int = 503
@@ -155,6 +159,10 @@ class FaultProxy:
         self.faults: list[Fault] = []
         self.requests = 0
         self.injected: list[str] = []
+        #: The access key id that signed each request ("" for an unsigned one), in order.
+        self.signers: list[str] = []
+        #: Body bytes sent to clients so far.
+        self.bytes_sent = 0
         self.endpoint = ""
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -172,10 +180,10 @@ class FaultProxy:
             self.faults.clear()
             self.injected.clear()
 
-    def _take(self, method: str, path: str) -> Fault | None:
+    def _take(self, method: str, path: str, query: str = "") -> Fault | None:
         with self._lock:
             for fault in self.faults:
-                if fault.count > 0 and fault.method == method and fault.match in path:
+                if fault.count > 0 and fault.method == method and fault.match in path and fault.query in query:
                     fault.count -= 1
                     self.injected.append(f"{fault.kind}:{path}")
                     return fault
@@ -241,15 +249,18 @@ class FaultProxy:
         from aiohttp import web
 
         self.requests += 1
-        fault = self._take(request.method, request.path)
+        auth = request.headers.get("Authorization", "")
+        self.signers.append(auth.split("Credential=", 1)[1].split("/", 1)[0] if "Credential=" in auth else "")
+        fault = self._take(request.method, request.path, request.query_string)
         if fault is not None and fault.kind == "status":
-            code = "SlowDown" if fault.status == 503 else "InternalError"
+            code = {503: "SlowDown", 403: "AccessDenied", 404: "NoSuchKey"}.get(fault.status, "InternalError")
             body = f"<Error><Code>{code}</Code><Message>injected</Message></Error>"
             return web.Response(status=fault.status, text=body, content_type="application/xml")
         try:
             return await self._forward(request, fault)
         except ConnectionError:
-            return None  # the client hung up mid-body (a reset, a stalled read given up): nothing to answer
+            # The client hung up mid-body (a reset, a stalled read given up): nothing to answer.
+            return web.Response(status=499)
 
     async def _forward(self, request: Any, fault: Fault | None) -> Any:
         from aiohttp import web
@@ -263,7 +274,10 @@ class FaultProxy:
             await out.prepare(request)
             sent = 0
             async for chunk in up.content.iter_chunked(64 * 1024):
-                if fault is not None and sent + len(chunk) > fault.after_bytes:
+                if fault is not None and fault.kind == "corrupt" and sent <= fault.after_bytes < sent + len(chunk):
+                    i = fault.after_bytes - sent
+                    chunk = chunk[:i] + bytes([chunk[i] ^ 0xFF]) + chunk[i + 1:]
+                elif fault is not None and fault.kind != "corrupt" and sent + len(chunk) > fault.after_bytes:
                     head = chunk[: max(0, fault.after_bytes - sent)]
                     if head:
                         await out.write(head)
@@ -275,6 +289,7 @@ class FaultProxy:
                 await self._throttle(len(chunk))
                 await out.write(chunk)
                 sent += len(chunk)
+                self.bytes_sent += len(chunk)
             await out.write_eof()
             return out
 

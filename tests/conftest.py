@@ -16,6 +16,8 @@ if TYPE_CHECKING:
 REPO = Path(__file__).resolve().parent.parent
 # vLLM on CPU: a small KV cache (GB) is plenty for the tiny test models.
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+# The AWS credential chain must never query the instance metadata address from a test.
+os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
 
 
 @dataclass(frozen=True)

@@ -13,20 +13,20 @@ from eventbus import EventBus
 
 from .._config import NodeInitConfig
 from .._ctx import CallbackCtx
+from .._errors import DownloadError, describe
 from .._events import BeforeDownload, ErrorInfo, NodeReport
 from .._modes import DownloadMode
 from .._publish import publish_phase_sync
 from ..download import (
     Downloader,
+    ModelCache,
     Progress,
     RemoteFile,
     Source,
     cache_root,
-    load_manifest,
     local_path,
-    missing,
     model_dir_name,
-    open_source,
+    open_source_for,
     read_rate,
     select,
     source_errors,
@@ -85,7 +85,7 @@ def node_download(
     listing: list[RemoteFile] = []
     if uri:
         with source_errors(uri, node_id=node_id):
-            source = open_source(uri, config.download.s3, request_timeout_s=config.download.stall_timeout_s)
+            source = open_source_for(uri, config.download)
             listing = source.list_files() if mode is not DownloadMode.NONE else []
     in_place = source.in_place if source is not None else None
     dest_path = str(in_place or dest)
@@ -94,7 +94,11 @@ def node_download(
         wanted = select(listing, mode)
         if in_place is not None or not wanted:
             return wanted, []  # loaded where it is: nothing to fetch
-        return wanted, missing(dest, load_manifest(dest, uri), wanted)
+        try:
+            return wanted, ModelCache(dest, uri).missing(wanted)
+        except OSError as exc:  # e.g. the cache root is a file
+            raise DownloadError(f"cannot read the cache at {dest}: {describe(exc)}", node_id=node_id, source=uri,
+                                cause=describe(exc)) from exc
 
     wanted, todo = todo_for(mode)
     event = BeforeDownload(
@@ -122,8 +126,12 @@ def node_download(
                              rate_mb_s=read_rate(dest.parent, uri) if uri else None))
     if skip or source is None or in_place is not None:
         return _finish(report, start, path=final_path)
+    def relist() -> list[RemoteFile]:  # after a change at the source: one version, all files
+        with source_errors(uri, node_id=node_id):
+            return select(source.list_files(), new_mode)
+
     result = Downloader(source, dest, config.download, node_id=node_id, progress=progress,
-                        cancel=cancel).run(wanted)
+                        cancel=cancel).run(wanted, relist=relist)
     return _finish(report, start, path=result.path, files=result.fetched, nbytes=result.bytes,
                    cached=result.cached_bytes)
 

@@ -1,30 +1,30 @@
 """Model sources and the downloader that fills a node's cache from them (no Ray here).
 
-- Sources (:func:`open_source`): a local directory or ``file://`` URI, ``s3://`` on
-  any S3-compatible endpoint, ``hf://`` from the node's Hugging Face cache. Each
-  lists its files (:class:`RemoteFile`) and reads byte ranges.
-- :class:`Downloader`: fetches the files a :class:`~node_init.DownloadMode` wants
-  into ``<cache root>/<model>`` on this node: atomic, one downloader per node and
+- Sources (:func:`open_source`, :func:`list_source`): a local directory or ``file://``
+  URI, ``s3://`` on any S3-compatible endpoint, ``hf://`` from the node's Hugging Face
+  cache. Each lists its files (:class:`RemoteFile`, with a version tag) and streams
+  byte ranges pinned to that version (:class:`SourceChanged` when it moved on).
+- :class:`Downloader`: fetches the files a :class:`~node_init.DownloadMode` wants into
+  the node's cache: verified, version-pinned, resumable, one downloader per node and
   model, retried with backoff, bounded, progress in :class:`Progress`.
-- The cache layout helpers (:func:`cache_root`, :func:`model_dir_name`,
-  :func:`load_manifest`, :func:`missing`) tell what a node already holds.
+- :class:`ModelCache`: the cache on disk (blobs, immutable snapshots, the journal);
+  :func:`hold_snapshot` keeps the snapshot an engine reads from being collected.
 
 Example:
     >>> from node_init import DownloadConfig, DownloadMode
-    >>> from node_init.download import Downloader, cache_root, model_dir_name, open_source, select
+    >>> from node_init.download import Downloader, cache_root, list_source, model_dir_name, select
     >>> cfg = DownloadConfig()
-    >>> source = open_source("/models/tiny", cfg.s3, request_timeout_s=cfg.stall_timeout_s)  # doctest: +SKIP
-    >>> files = select(source.list_files(), DownloadMode.MODEL_AND_TOKENIZER)  # doctest: +SKIP
-    >>> Downloader(source, cache_root(cfg) / model_dir_name("tiny"), cfg).run(files).path  # doctest: +SKIP
+    >>> source, files = list_source("/models/tiny", cfg)  # doctest: +SKIP
+    >>> wanted = select(files, DownloadMode.MODEL_AND_TOKENIZER)  # doctest: +SKIP
+    >>> Downloader(source, cache_root(cfg) / model_dir_name("tiny"), cfg).run(wanted).path  # doctest: +SKIP
 """
 
-from ._cache import MANIFEST as MANIFEST
-from ._cache import PARTIAL as PARTIAL
-from ._cache import Manifest as Manifest
-from ._cache import ManifestEntry as ManifestEntry
+from ._cache import BlobEntry as BlobEntry
+from ._cache import ModelCache as ModelCache
+from ._cache import SnapshotHold as SnapshotHold
 from ._cache import cache_root as cache_root
-from ._cache import load_manifest as load_manifest
-from ._cache import missing as missing
+from ._cache import file_md5 as file_md5
+from ._cache import hold_snapshot as hold_snapshot
 from ._cache import model_dir_name as model_dir_name
 from ._cache import read_rate as read_rate
 from ._cache import select as select
@@ -36,36 +36,43 @@ from ._sources import LocalSource as LocalSource
 from ._sources import RemoteFile as RemoteFile
 from ._sources import S3Source as S3Source
 from ._sources import Source as Source
+from ._sources import SourceChanged as SourceChanged
 from ._sources import UnsafeKeyError as UnsafeKeyError
 from ._sources import check_key as check_key
 from ._sources import list_source as list_source
 from ._sources import local_path as local_path
 from ._sources import open_source as open_source
+from ._sources import open_source_for as open_source_for
+from ._sources import read_range as read_range
+from ._sources import s3_credentials as s3_credentials
 from ._sources import source_errors as source_errors
 
 __all__ = [
-    "MANIFEST",
-    "PARTIAL",
+    "BlobEntry",
     "DownloadResult",
     "Downloader",
     "HFCacheSource",
     "LocalSource",
-    "Manifest",
-    "ManifestEntry",
+    "ModelCache",
     "Progress",
     "RemoteFile",
     "S3Source",
+    "SnapshotHold",
     "Source",
+    "SourceChanged",
     "UnsafeKeyError",
     "cache_root",
     "check_key",
+    "file_md5",
+    "hold_snapshot",
     "list_source",
-    "load_manifest",
     "local_path",
-    "missing",
     "model_dir_name",
     "open_source",
+    "open_source_for",
+    "read_range",
     "read_rate",
+    "s3_credentials",
     "select",
     "source_errors",
 ]

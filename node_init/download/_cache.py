@@ -1,19 +1,37 @@
-"""A node's model cache on disk: its layout, the manifest of complete files, measured rates.
+"""A model's cache on one node: verified blobs, immutable snapshots, a journal, resumable parts.
 
-Layout of a node's cache root::
+Layout, for a model directory ``<root>/<model>`` (what users and ``NodeReport.path`` name)::
 
-    <root>/<model>/...files...                  complete files only (renamed in when whole)
-    <root>/<model>/.node-init-manifest.json     {key: {size, etag}} of every complete file
-    <root>/<model>/.partial/                    files being written (never visible as the model)
-    <root>/.locks/<model>.lock                  one downloader per node and model
-    <root>/.node-init-rates.json                last measured MB/s per store, for ``overlap: auto``
+    <root>/<model>                          -> .node-init/<model>/snapshots/<id>  (symlink, swapped atomically)
+    <root>/.node-init/<model>/blobs/<blob>  complete, verified files (never changed in place)
+    <root>/.node-init/<model>/snapshots/<id>/<key>   hard links to blobs: exactly one listing
+    <root>/.node-init/<model>/snapshots/<id>.lock    shared-locked by each engine that uses it
+    <root>/.node-init/<model>/journal.jsonl          one line per blob: size, version, mtime, inode, MD5
+    <root>/.node-init/<model>/partial/<blob>.state   a large blob being written: its version pin
+                                                     and the ranges already written (for resuming)
+    <root>/.locks/<model>.lock              one downloader per node and model
+    <root>/.node-init-rates.json            last measured MB/s per store, for ``overlap: auto``
+
+A blob is named by (source, key, size, version tag): a new version of a file is a new
+blob, an unchanged file is shared by every snapshot that lists it. A blob is complete
+only once its journal line is written (after its bytes were verified); it is written in
+place, as a new inode, so no snapshot ever sees it change. A snapshot is named
+by its whole listing and built once, then never changed: an engine reading an older
+snapshot keeps reading exactly it. Snapshots that are neither current nor held are
+collected (with the blobs only they used) by the next download of that model.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
+import hashlib
 import os
+import shutil
 import threading
+import time
+import uuid
 from pathlib import Path
 
 import msgspec
@@ -22,23 +40,43 @@ from .._config import DownloadConfig
 from .._modes import DownloadMode
 from ._sources import RemoteFile
 
-MANIFEST = ".node-init-manifest.json"
-PARTIAL = ".partial"
+STORE = ".node-init"
 RATES = ".node-init-rates.json"
+JOURNAL = "journal.jsonl"
+#: A snapshot younger than this is never collected: its engine may be about to hold it.
+COLLECT_GRACE_S = 600.0
+_MD5 = frozenset("0123456789abcdef")
 
 
-class ManifestEntry(msgspec.Struct, frozen=True):
-    """One complete file: its size and the version tag it was fetched at."""
+class BlobEntry(msgspec.Struct, frozen=True):
+    """A complete blob, as recorded in the journal when it was written.
 
+    Attributes:
+        blob: The blob's name.
+        key: The file's key in the model.
+        size: Its size.
+        etag: The source's version tag it was fetched at (ETag; size+mtime for a local file).
+        md5: MD5 of its bytes, taken while it was written.
+        mtime_ns: The blob's modification time once complete (a change means it was touched).
+        ino: The blob's inode (a different inode means it was replaced).
+    """
+
+    blob: str
+    key: str
     size: int
     etag: str
+    md5: str
+    mtime_ns: int
+    ino: int
 
 
-class Manifest(msgspec.Struct):
-    """What is complete in a model directory, and from which source."""
+class PartState(msgspec.Struct):
+    """A partial file's resumable state: the version it is pinned to and the ranges written."""
 
-    source: str = ""
-    files: dict[str, ManifestEntry] = {}
+    etag: str
+    size: int
+    part_size: int
+    done: list[int] = []
 
 
 def model_dir_name(model_id: str) -> str:
@@ -54,7 +92,7 @@ def model_dir_name(model_id: str) -> str:
 
 
 def cache_root(cfg: DownloadConfig) -> Path:
-    """This node's cache root: ``NODE_INIT_CACHE_DIR`` if set, else the config's."""
+    """This node's cache root: ``NODE_INIT_CACHE_DIR`` if set, else the config's ``cache_dir``."""
     return Path(os.environ.get("NODE_INIT_CACHE_DIR") or cfg.cache_dir).expanduser()
 
 
@@ -63,36 +101,362 @@ def select(files: list[RemoteFile], mode: DownloadMode) -> list[RemoteFile]:
     return [f for f in files if mode.wants(f.key)]
 
 
-def load_manifest(dest: Path, source_uri: str) -> Manifest:
-    """The manifest of ``dest`` if it was filled from ``source_uri``, else an empty one for it."""
+def single_part_md5(etag: str) -> str | None:
+    """The MD5 an S3 ETag states (a single-part object's ETag is its MD5), else ``None``."""
+    tag = etag.strip('"').lower()
+    return tag if len(tag) == 32 and set(tag) <= _MD5 else None
+
+
+def file_md5(path: Path, *, start: int = 0, end: int | None = None, into: hashlib._Hash | None = None) -> str:
+    """MD5 of bytes ``[start, end)`` of ``path`` (fed into ``into`` if given)."""
+    digest = into if into is not None else hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as f:
+        f.seek(start)
+        left = (end if end is not None else os.fstat(f.fileno()).st_size) - start
+        while left > 0:
+            chunk = f.read(min(left, 8 << 20))
+            if not chunk:
+                break
+            digest.update(chunk)
+            left -= len(chunk)
+    return digest.hexdigest()
+
+
+def _listing_id(files: list[RemoteFile], source_uri: str) -> str:
+    h = hashlib.sha256(source_uri.encode())
+    for f in sorted(files, key=lambda f: f.key):
+        h.update(f"\0{f.key}\0{f.size}\0{f.etag}".encode())
+    return h.hexdigest()[:24]
+
+
+class ModelCache:
+    """One model directory's cache on this node (see the module doc). Use it under the model's lock.
+
+    Args:
+        dest: The model directory users see (``<root>/<model>``, a symlink to the current snapshot).
+        source_uri: Where its files come from (part of every blob's name).
+    """
+
+    def __init__(self, dest: Path, source_uri: str) -> None:
+        self.dest = dest
+        self.source_uri = source_uri
+        self.store = dest.parent / STORE / dest.name
+        self.blobs = self.store / "blobs"
+        self.snapshots = self.store / "snapshots"
+        self.partial = self.store / "partial"
+        self._journal = self.store / JOURNAL
+        self._entries: dict[str, BlobEntry] | None = None
+        self._journal_lock = threading.Lock()
+        self._journal_fd: int | None = None
+
+    # -- blobs -------------------------------------------------------------------------------
+
+    def blob_name(self, f: RemoteFile) -> str:
+        """The blob ``f`` (at its listed version) is stored as."""
+        ident = f"{self.source_uri}\0{f.key}\0{f.size}\0{f.etag}".encode()
+        return hashlib.sha256(ident).hexdigest()[:40]
+
+    def entries(self) -> dict[str, BlobEntry]:
+        """The journal: blob name -> its entry (the last line for a blob wins)."""
+        if self._entries is None:
+            entries: dict[str, BlobEntry] = {}
+            decode = msgspec.json.Decoder(BlobEntry).decode
+            try:
+                with open(self._journal, "rb") as f:
+                    for line in f:
+                        with contextlib.suppress(msgspec.DecodeError):  # a torn last line
+                            entry = decode(line)
+                            entries[entry.blob] = entry
+            except OSError:  # none yet, or unreadable: nothing counts as cached (writing will say why)
+                pass
+            self._entries = entries
+        return self._entries
+
+    def is_cached(self, f: RemoteFile, *, full: bool = False) -> bool:
+        """Whether ``f``'s blob is complete and unchanged since it was written.
+
+        Unchanged means the same size, mtime and inode as recorded; ``full`` also re-hashes it.
+        """
+        name = self.blob_name(f)
+        entry = self.entries().get(name)
+        if entry is None or entry.size != f.size or entry.etag != f.etag:
+            return False
+        try:
+            st = (self.blobs / name).stat()
+        except OSError:
+            return False
+        if (st.st_size, st.st_mtime_ns, st.st_ino) != (entry.size, entry.mtime_ns, entry.ino):
+            return False
+        return not full or file_md5(self.blobs / name) == entry.md5
+
+    def missing(self, files: list[RemoteFile], *, full: bool = False) -> list[RemoteFile]:
+        """The files of ``files`` whose blob is not complete and unchanged."""
+        return [f for f in files if not self.is_cached(f, full=full)]
+
+    def commit_blob(self, f: RemoteFile, md5: str) -> None:
+        """Record ``f``'s blob, written and verified, as complete (one appended journal line)."""
+        name = self.blob_name(f)
+        st = (self.blobs / name).stat()
+        entry = BlobEntry(name, f.key, f.size, f.etag, md5, st.st_mtime_ns, st.st_ino)
+        line = msgspec.json.encode(entry) + b"\n"
+        with self._journal_lock:
+            if self._journal_fd is None:
+                self._journal_fd = os.open(self._journal, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            os.write(self._journal_fd, line)  # one write per line: whole lines even if killed
+            self.entries()[name] = entry
+
+    def close(self) -> None:
+        """Close the journal (reopened on the next commit)."""
+        with self._journal_lock:
+            fd, self._journal_fd = self._journal_fd, None
+        if fd is not None:
+            os.close(fd)
+
+    # -- partial files -----------------------------------------------------------------------
+
+    def part_path(self, f: RemoteFile) -> Path:
+        """Where ``f`` is written: its blob (unique per key and version), complete once journaled."""
+        return self.blobs / self.blob_name(f)
+
+    def _state_path(self, f: RemoteFile) -> Path:
+        return self.partial / f"{self.blob_name(f)}.state"
+
+    def load_state(self, f: RemoteFile, part_size: int) -> PartState | None:
+        """The resumable state of ``f``'s partial blob, if it is pinned to the same version."""
+        try:
+            state = msgspec.json.decode(self._state_path(f).read_bytes(), type=PartState)
+        except (OSError, msgspec.DecodeError):
+            return None
+        if (state.etag, state.size, state.part_size) != (f.etag, f.size, part_size):
+            return None
+        if self.blob_name(f) in self.entries() or not self.part_path(f).is_file():
+            return None
+        return state
+
+    def save_state(self, f: RemoteFile, state: PartState) -> None:
+        """Record which ranges of ``f``'s partial blob are written (atomically)."""
+        path = self._state_path(f)
+        tmp = path.with_name(f"{path.name}.{threading.get_ident()}")
+        try:
+            tmp.write_bytes(msgspec.json.encode(state))
+            os.replace(tmp, path)
+        except OSError:  # best effort: a resume then redoes these ranges, never trusts them
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+
+    def drop_state(self, f: RemoteFile) -> None:
+        """Remove ``f``'s resumable state (its blob is complete, or cannot be resumed)."""
+        with contextlib.suppress(OSError):
+            self._state_path(f).unlink()
+
+    def drop_part(self, f: RemoteFile) -> None:
+        """Remove ``f``'s partial blob (never a journaled one) and its state."""
+        if self.blob_name(f) not in self.entries():
+            with contextlib.suppress(OSError):
+                self.part_path(f).unlink()
+        self.drop_state(f)
+
+    def prepare(self, keep: list[RemoteFile]) -> None:
+        """Create the layout; remove partial files that are not ``keep``'s (old versions, strays)."""
+        for d in (self.blobs, self.snapshots, self.partial):
+            d.mkdir(parents=True, exist_ok=True)
+        wanted = {self.blob_name(f) for f in keep}
+        for path in self.partial.iterdir():
+            if path.name.split(".", 1)[0] not in wanted or path.suffix != ".state":
+                with contextlib.suppress(OSError):
+                    shutil.rmtree(path) if path.is_dir() else path.unlink()
+        self._adopt_legacy_dir()
+
+    def _adopt_legacy_dir(self) -> None:
+        """A model directory of the earlier flat layout is replaced by the link (its files refetched)."""
+        if self.dest.is_symlink() or not self.dest.exists():
+            return
+        if not self.dest.is_dir() or not (self.dest / ".node-init-manifest.json").exists():
+            if self.dest.is_dir() and not any(self.dest.iterdir()):
+                self.dest.rmdir()
+                return
+            raise FileExistsError(f"{self.dest} exists and is not a node-init cache: remove it or pick another path")
+        trash = self.store / f"legacy-{uuid.uuid4().hex[:8]}"
+        os.replace(self.dest, trash)
+        shutil.rmtree(trash, ignore_errors=True)
+
+    # -- snapshots ---------------------------------------------------------------------------
+
+    def snapshot(self, files: list[RemoteFile]) -> Path:
+        """The snapshot of exactly ``files`` (every blob complete), built if need be, made current.
+
+        An existing snapshot of the same listing is reused only if each of its entries is still
+        the blob's own inode and it holds nothing else; else a new one is built beside it.
+        """
+        entries = self.entries()
+        incomplete = [f.key for f in files if self.blob_name(f) not in entries]
+        if incomplete:  # only journaled (whole, verified) blobs ever enter a snapshot
+            raise FileNotFoundError(errno.ENOENT, f"not downloaded completely: {', '.join(incomplete[:3])}")
+        base = _listing_id(files, self.source_uri)
+        for existing in sorted(self.snapshots.glob(f"{base}-*")):
+            if existing.is_dir() and self._intact(existing, files):
+                self._touch_lock(existing)
+                self._make_current(existing)
+                return existing
+        path = self.snapshots / f"{base}-{uuid.uuid4().hex[:8]}"
+        tmp = self.snapshots / f".tmp-{path.name}"
+        try:
+            tmp.mkdir()
+            made = {tmp}
+            for f in files:
+                link = tmp / f.key
+                if link.parent not in made:
+                    link.parent.mkdir(parents=True, exist_ok=True)
+                    made.add(link.parent)
+                os.link(self.blobs / self.blob_name(f), link)
+            self._touch_lock(path)
+            os.rename(tmp, path)  # whole or absent
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                path.with_name(path.name + ".lock").unlink()
+            raise
+        self._make_current(path)
+        return path
+
+    def _intact(self, snapshot: Path, files: list[RemoteFile]) -> bool:
+        try:
+            for f in files:
+                if (snapshot / f.key).stat().st_ino != (self.blobs / self.blob_name(f)).stat().st_ino:
+                    return False
+        except OSError:
+            return False
+        count = sum(len(names) for _, _, names in os.walk(snapshot))
+        return count == len(files)
+
+    @staticmethod
+    def _touch_lock(snapshot: Path) -> None:
+        lock = snapshot.with_name(snapshot.name + ".lock")
+        lock.touch()
+        os.utime(lock)  # marks it recent: the grace before it may be collected
+
+    def _make_current(self, snapshot: Path) -> None:
+        """Point the model directory at ``snapshot`` (a new symlink renamed over the old one)."""
+        target = os.path.relpath(snapshot, self.dest.parent)
+        tmp = self.dest.with_name(f".{self.dest.name}.link-{os.getpid()}-{threading.get_ident()}")
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        os.symlink(target, tmp)
+        os.replace(tmp, self.dest)
+
+    def current(self) -> Path | None:
+        """The current snapshot, if any."""
+        try:
+            return (self.dest.parent / os.readlink(self.dest)).resolve()
+        except OSError:
+            return None
+
+    def collect(self, keep: list[RemoteFile] = (), *, grace_s: float = COLLECT_GRACE_S,  # type: ignore[assignment]
+                orphans: bool = False) -> int:
+        """Remove snapshots neither current, recent nor held, then blobs no snapshot links.
+
+        Blobs of ``keep`` (the listing being downloaded) stay: a download interrupted before
+        its snapshot was built resumes from them. Blobs are scanned when a snapshot went, or
+        with ``orphans`` (blobs of a listing that changed before its snapshot was built).
+
+        Returns:
+            Bytes freed.
+        """
+        if not self.snapshots.is_dir():
+            return 0
+        current = self.current()
+        now = time.time()
+        removed = 0
+        for snapshot in list(self.snapshots.iterdir()):
+            if not snapshot.is_dir() or snapshot == current:
+                continue
+            if snapshot.name.startswith(".tmp-"):
+                shutil.rmtree(snapshot, ignore_errors=True)  # a build that was killed
+                continue
+            lock = snapshot.with_name(snapshot.name + ".lock")
+            try:
+                if now - lock.stat().st_mtime < grace_s:
+                    continue
+                fd = os.open(lock, os.O_RDWR)
+            except FileNotFoundError:
+                fd = None
+            try:
+                if fd is not None:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # an engine holds it: keep
+                shutil.rmtree(snapshot, ignore_errors=True)
+                removed += 1
+                with contextlib.suppress(OSError):
+                    lock.unlink()
+            except OSError as exc:
+                if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                    raise
+            finally:
+                if fd is not None:
+                    os.close(fd)
+        freed = 0
+        if not removed and not orphans:
+            return 0  # no snapshot went: no blob lost its last link (a scan of every blob is not free)
+        live = self.entries()
+        wanted = {self.blob_name(f) for f in keep}
+        for blob in list(self.blobs.iterdir()):
+            st = blob.stat()
+            if st.st_nlink == 1 and blob.name not in wanted:  # linked by no snapshot, not wanted now
+                freed += st.st_size
+                blob.unlink()
+                live.pop(blob.name, None)
+        if freed:
+            self._rewrite_journal(live)
+        return freed
+
+    def _rewrite_journal(self, entries: dict[str, BlobEntry]) -> None:
+        tmp = self._journal.with_name(f"{JOURNAL}.{os.getpid()}")
+        tmp.write_bytes(b"".join(msgspec.json.encode(e) + b"\n" for e in entries.values()))
+        os.replace(tmp, self._journal)
+
+
+class SnapshotHold:
+    """A shared lock on a snapshot for as long as an engine reads it (it is then never collected).
+
+    Release it with :meth:`release` (or let the process end).
+    """
+
+    def __init__(self, snapshot: Path) -> None:
+        self.path = snapshot
+        self._fd: int | None = os.open(snapshot.with_name(snapshot.name + ".lock"), os.O_RDWR)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            os.close(self._fd)
+            self._fd = None
+            raise
+
+    def release(self) -> None:
+        """Let the snapshot be collected once it is no longer current. Idempotent."""
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
+
+    def __repr__(self) -> str:
+        return f"SnapshotHold({str(self.path)!r}, held={self._fd is not None})"
+
+
+def hold_snapshot(path: str | os.PathLike[str]) -> SnapshotHold | None:
+    """Hold the snapshot at ``path`` (a model directory or a snapshot), or ``None`` if it is not one.
+
+    Raises:
+        OSError: when the snapshot is being collected right now.
+    """
+    real = Path(path).resolve()
+    if real.parent.name != "snapshots" or not real.with_name(real.name + ".lock").exists():
+        return None
+    return SnapshotHold(real)
+
+
+def _read_rates(root: Path) -> dict[str, float]:
     try:
-        manifest = msgspec.json.decode((dest / MANIFEST).read_bytes(), type=Manifest)
+        return msgspec.json.decode((root / RATES).read_bytes(), type=dict[str, float])
     except (OSError, msgspec.DecodeError):
-        manifest = Manifest()
-    return manifest if manifest.source == source_uri else Manifest(source=source_uri)
-
-
-def write_manifest(dest: Path, manifest: Manifest) -> None:
-    """Replace ``dest``'s manifest atomically (written under ``.partial/``, renamed in)."""
-    tmp = dest / PARTIAL / f"{MANIFEST}.{os.getpid()}.{threading.get_ident()}"
-    tmp.write_bytes(msgspec.json.encode(manifest))
-    os.replace(tmp, dest / MANIFEST)
-
-
-def is_cached(dest: Path, manifest: Manifest, f: RemoteFile) -> bool:
-    """Whether ``f`` is complete in ``dest``: recorded with its size and version, and on disk."""
-    entry = manifest.files.get(f.key)
-    if entry is None or entry.size != f.size or (f.etag and entry.etag != f.etag):
-        return False
-    try:
-        return (dest / f.key).stat().st_size == f.size
-    except OSError:
-        return False
-
-
-def missing(dest: Path, manifest: Manifest, files: list[RemoteFile]) -> list[RemoteFile]:
-    """The files of ``files`` not complete in ``dest``."""
-    return [f for f in files if not is_cached(dest, manifest, f)]
+        return {}
 
 
 def _rate_key(source_uri: str) -> str:
@@ -101,13 +465,6 @@ def _rate_key(source_uri: str) -> str:
     parsed = urlparse(source_uri)
     endpoint = os.environ.get("AWS_ENDPOINT_URL", "")
     return f"{parsed.scheme}://{parsed.netloc}@{endpoint}"
-
-
-def _read_rates(root: Path) -> dict[str, float]:
-    try:
-        return msgspec.json.decode((root / RATES).read_bytes(), type=dict[str, float])
-    except (OSError, msgspec.DecodeError):
-        return {}
 
 
 def read_rate(root: Path, source_uri: str) -> float | None:

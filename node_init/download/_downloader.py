@@ -1,19 +1,26 @@
-"""The downloader: fetch a model's files into a node's cache, atomic, locked, resumable, retried, bounded.
+"""The downloader: fetch a model's files into a node's cache: verified, version-pinned, resumable.
 
-See :mod:`node_init.download._cache` for the layout on disk.
+Each file is read in ranges (``part_size_mb``, ``concurrency`` at once), every range pinned
+to the version listed (``If-Match`` on S3; size and mtime for a local file), streamed into
+its partial file as bytes arrive (a stall is no bytes at all for ``stall_timeout_s``), hashed
+(MD5, in order, while the download runs) and checked against the MD5 a single-part ETag
+states. A whole file becomes a blob; the files of one listing become an immutable snapshot
+(:mod:`node_init.download._cache`). A file that changes at the source mid-download restarts
+the whole set from a fresh listing, so a snapshot is always one version.
 """
 
 from __future__ import annotations
 
 import concurrent.futures as cf
-import contextlib
+import errno
+import hashlib
 import os
-import random
-import shutil
+import queue
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import filelock
 import msgspec
@@ -21,10 +28,16 @@ import structlog
 
 from .._config import DownloadConfig
 from .._errors import DownloadError, describe
-from ._cache import PARTIAL, Manifest, ManifestEntry, load_manifest, missing, record_rate, write_manifest
-from ._sources import RemoteFile, Source, check_key
+from ._cache import ModelCache, PartState, record_rate, single_part_md5
+from ._retry import Transient, backoff, is_transient
+from ._sources import RemoteFile, Source, SourceChanged, check_key
 
 _log = structlog.get_logger("node_init.download")
+
+#: How often a change at the source restarts the download from a fresh listing before it fails.
+MAX_RESTARTS = 3
+# Errors (by id, while they propagate) whose partial files cannot be kept for resuming.
+_bad_bytes: set[int] = set()
 
 
 class DownloadResult(msgspec.Struct, frozen=True, kw_only=True):
@@ -56,19 +69,58 @@ class Progress:
             self.total = total
             self.last_change = time.monotonic()
 
+    def restart(self, total: int) -> None:
+        """Start counting again (a fresh listing after a change at the source)."""
+        with self._lock:
+            self.done = 0
+            self.total = total
+            self.last_change = time.monotonic()
 
-class _Transient(Exception):
-    """A read error worth retrying (5xx, throttling, reset, short read)."""
+
+class _DaemonPool:
+    """A fixed pool of daemon threads (``ThreadPoolExecutor``'s are joined at exit).
+
+    A read blocked on a dead link returns only at its request bound; it must never hold the
+    process at exit, nor an init past its cancellation.
+    """
+
+    def __init__(self, size: int, name: str) -> None:
+        self._queue: queue.SimpleQueue[tuple[cf.Future[Any], Callable[..., Any], tuple[Any, ...]] | None] = (
+            queue.SimpleQueue())
+        self._size = size
+        for i in range(size):
+            threading.Thread(target=self._work, name=f"{name}-{i}", daemon=True).start()
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> cf.Future[Any]:
+        future: cf.Future[Any] = cf.Future()
+        self._queue.put((future, fn, args))
+        return future
+
+    def _work(self) -> None:
+        while (item := self._queue.get()) is not None:
+            future, fn, args = item
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(fn(*args))
+            except BaseException as exc:  # handed to whoever waits on the future
+                future.set_exception(exc)
+
+    def shutdown(self) -> None:
+        """Cancel what has not started; each thread ends after its current task (not waited for)."""
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is not None:
+                item[0].cancel()
+        for _ in range(self._size):
+            self._queue.put(None)
 
 
-def _is_transient(exc: BaseException) -> bool:
-    if isinstance(exc, _Transient | ConnectionError | TimeoutError):
-        return True
-    name = type(exc).__name__
-    if name in ("NotFoundError", "PermissionDeniedError", "UnauthenticatedError", "InvalidPathError"):
-        return False
-    # obstore's GenericError covers 5xx, throttling and dropped connections.
-    return name == "GenericError" or type(exc).__module__.startswith("obstore")
+class _WriteFailed(OSError):
+    """Writing to the cache failed (disk full, read-only): never retried as a read error."""
 
 
 class Downloader:
@@ -76,11 +128,12 @@ class Downloader:
 
     Args:
         source: Where to read.
-        dest: The model directory in this node's cache.
-        cfg: Bounds, retries, part size, concurrency.
+        dest: The model directory in this node's cache (``<root>/<model>``): after a download it
+            is a link to the current snapshot.
+        cfg: Bounds, retries, part size, concurrency, ``verify``.
         node_id: For errors and logs.
-        progress: Updated as bytes land.
-        cancel: Set it to stop; in-flight parts are abandoned and temp files removed.
+        progress: Updated as bytes arrive.
+        cancel: Set it to stop: reads stop at their next chunk, resumable state is kept.
     """
 
     def __init__(
@@ -100,27 +153,48 @@ class Downloader:
         self.node_id = node_id
         self.progress = progress or Progress()
         self.cancel = cancel or threading.Event()
+        self._abort = threading.Event()  # this attempt failed: every range stops
         self._sleep = sleep
         self._part = cfg.part_size_mb * 1024 * 1024
         self._inflight: dict[str, int] = {}  # key -> ranges being read, to name a stalled file
         self._inflight_lock = threading.Lock()
 
-    def _error(self, message: str, *, file: str | None = None, cause: BaseException | None = None) -> DownloadError:
-        return DownloadError(message, node_id=self.node_id, source=self.source.uri, file=file,
-                             cause=describe(cause) if cause else "")
+    def _error(self, message: str, *, file: str | None = None, cause: BaseException | None = None,
+               bad_bytes: bool = False) -> DownloadError:
+        """A DownloadError; ``bad_bytes``: what was written cannot be kept (partial files go)."""
+        error = DownloadError(message, node_id=self.node_id, source=self.source.uri, file=file,
+                              cause=describe(cause) if cause else "")
+        if bad_bytes:
+            _bad_bytes.add(id(error))
+        return error
 
-    def run(self, files: list[RemoteFile]) -> DownloadResult:
+    def _stopped(self) -> bool:
+        return self.cancel.is_set() or self._abort.is_set()
+
+    def run(self, files: list[RemoteFile], *, relist: Callable[[], list[RemoteFile]] | None = None) -> DownloadResult:
         """Download what is missing of ``files``, holding the node's lock for this model.
 
+        Args:
+            files: The listing to fetch (one version of each file).
+            relist: Lists again after a file changed at the source; without it such a
+                change fails the download.
+
+        Returns:
+            The result; ``path`` is the snapshot of exactly ``files`` (or of the fresh listing).
+
         Raises:
-            DownloadError: naming node, source and file, after retries, on a
-                timeout or stall, on a refused key, or when the lock wait expires.
+            DownloadError: naming node, source and file, after retries, on a timeout or
+                stall, a refused key, a checksum mismatch, a full disk, a source that keeps
+                changing, or when the lock wait expires.
         """
         start = time.monotonic()
         for f in files:
             check_key(f.key)
         lock_dir = self.dest.parent / ".locks"
-        lock_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            lock_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise self._error(f"cannot create the cache at {self.dest.parent}: {describe(exc)}", cause=exc) from exc
         lock = filelock.FileLock(str(lock_dir / f"{self.dest.name}.lock"))
         try:
             lock.acquire(timeout=self.cfg.lock_timeout_s)
@@ -129,63 +203,109 @@ class Downloader:
                 f"another process held the download lock for over {self.cfg.lock_timeout_s}s"
             ) from None
         try:
-            return self._locked_run(files, start)
+            return self._locked_run(files, relist, start)
         finally:
             lock.release()
 
-    def _locked_run(self, files: list[RemoteFile], start: float) -> DownloadResult:
-        dest = self.dest
-        dest.mkdir(parents=True, exist_ok=True)
-        # Leftovers of a killed downloader: we hold the lock, so nobody is writing them.
-        shutil.rmtree(dest / PARTIAL, ignore_errors=True)
-        (dest / PARTIAL).mkdir()
-        manifest = load_manifest(dest, self.source.uri)
-        todo = missing(dest, manifest, files)
-        cached_bytes = sum(f.size for f in files) - sum(f.size for f in todo)
-        self.progress.set_total(sum(f.size for f in todo))
-        if todo:
-            _log.info("download starting", node_id=self.node_id, source=self.source.uri,
-                      files=len(todo), bytes=self.progress.total, cached_bytes=cached_bytes)
-            self._fetch_all(todo, manifest)
-        with contextlib.suppress(OSError):
-            (dest / PARTIAL).rmdir()
+    def _locked_run(self, files: list[RemoteFile], relist: Callable[[], list[RemoteFile]] | None,
+                    start: float) -> DownloadResult:
+        cache = ModelCache(self.dest, self.source.uri)
+        try:
+            cache.prepare(keep=files)
+            cache.collect(keep=files)
+        except OSError as exc:
+            raise self._error(f"cannot use the cache at {cache.store}: {describe(exc)}", cause=exc) from exc
+        restarts = 0
+        while True:
+            todo = cache.missing(files, full=self.cfg.verify == "full")
+            cached_bytes = sum(f.size for f in files) - sum(f.size for f in todo)
+            self.progress.restart(sum(f.size for f in todo))
+            if todo:
+                _log.info("download starting", node_id=self.node_id, source=self.source.uri, files=len(todo),
+                          bytes=self.progress.total, cached_bytes=cached_bytes)
+            try:
+                self._fetch_all(cache, todo)
+                break
+            except SourceChanged as exc:
+                if relist is None or restarts >= MAX_RESTARTS:
+                    raise self._error(f"the file changed at the source during the download {restarts + 1} "
+                                      "time(s); nothing of it was kept", file=exc.key, cause=exc) from None
+                restarts += 1
+                _log.warning("source changed: restarting from a fresh listing", node_id=self.node_id,
+                             file=exc.key, restart=restarts)
+                files = relist()
+                for f in files:
+                    check_key(f.key)
+                cache.prepare(keep=files)
+        try:
+            path = cache.snapshot(files)
+            if restarts:
+                cache.collect(keep=files, orphans=True)  # blobs of the listings that changed
+        except OSError as exc:
+            raise self._error(f"cannot build the snapshot: {describe(exc)}", cause=exc) from exc
+        finally:
+            cache.close()
         seconds = time.monotonic() - start
         if self.progress.total >= 8 * 1024 * 1024 and seconds > 0:
-            record_rate(dest.parent, self.source.uri, self.progress.total / 1e6 / seconds)
-        _log.info("download finished", node_id=self.node_id, files=len(todo),
-                  bytes=self.progress.total, seconds=round(seconds, 3))
-        return DownloadResult(path=str(dest), fetched=tuple(f.key for f in todo),
-                              bytes=self.progress.total, cached_bytes=cached_bytes, seconds=seconds)
+            record_rate(self.dest.parent, self.source.uri, self.progress.total / 1e6 / seconds)
+        _log.info("download finished", node_id=self.node_id, files=len(todo), bytes=self.progress.total,
+                  seconds=round(seconds, 3), snapshot=path.name)
+        return DownloadResult(path=str(path), fetched=tuple(f.key for f in todo), bytes=self.progress.total,
+                              cached_bytes=cached_bytes, seconds=seconds)
 
-    def _fetch_all(self, todo: list[RemoteFile], manifest: Manifest) -> None:
-        mlock = threading.Lock()
-        pool = cf.ThreadPoolExecutor(self.cfg.concurrency, thread_name_prefix="node-init-dl")
-        temps: list[Path] = []
+    def _fetch_all(self, cache: ModelCache, todo: list[RemoteFile]) -> None:
+        self._abort.clear()
+        pool = _DaemonPool(self.cfg.concurrency, "node-init-dl")
+        states: list[_FileState] = []
         futures: list[cf.Future[None]] = []
         try:
             for f in todo:
-                tmp = self.dest / PARTIAL / f"{f.key.replace('/', '%2F')}.{os.getpid()}"
-                temps.append(tmp)
-                ranges = [(s, min(s + self._part, f.size)) for s in range(0, f.size, self._part)] or [(0, 0)]
-                state = _FileState(f, tmp, len(ranges))
-                try:
-                    with open(tmp, "wb") as out:
-                        out.truncate(f.size)  # sized up front: ranges land with pwrite
-                except OSError as exc:
-                    raise self._error(f"cannot write to the cache: {describe(exc)}", file=f.key,
-                                      cause=exc) from exc
-                for lo, hi in ranges:
-                    futures.append(pool.submit(self._fetch_range, state, lo, hi, manifest, mlock))
+                states.append(self._open_part(cache, f))
+            # What is left to fetch: ranges a resumed file already holds are not counted.
+            self.progress.set_total(sum(hi - lo for s in states for lo, hi in s.todo_ranges()))
+            # Files of one range first (config and tokenizer are small: they land early), in
+            # batches: per-file task overhead dominates tiny files.
+            small = [s for s in states if not s.resumable]
+            batch = max(1, min(64, len(small) // (self.cfg.concurrency * 4)))
+            for i in range(0, len(small), batch):
+                futures.append(pool.submit(self._fetch_files, small[i:i + batch]))
+            for state in states:
+                if not state.resumable:
+                    continue
+                ranges = state.todo_ranges()
+                if not ranges:  # every range written before an interruption: verify and commit
+                    futures.append(pool.submit(self._finalize, state))
+                futures.extend(pool.submit(self._fetch_range, state, lo, hi) for lo, hi in ranges)
             self._wait(futures)
-        except BaseException:
-            self.cancel.set()
+            left = [s.file.key for s in states if not s.committed]
+            if left:  # stopped between reads: every task ended, not every file
+                raise self._error("cancelled" if self.cancel.is_set() else "stopped before every file was whole",
+                                  file=", ".join(left[:3]) + (" ..." if len(left) > 3 else ""))
+        except BaseException as exc:
+            self._abort.set()
+            for state in states:
+                state.close()  # after this no write lands, even from an abandoned read
+            discard = (isinstance(exc, SourceChanged) or id(exc) in _bad_bytes
+                       or not isinstance(exc, Exception))
+            _bad_bytes.discard(id(exc))
+            for state in states:
+                if not state.committed and (discard or not state.resumable):
+                    cache.drop_part(state.file)
             raise
         finally:
-            pool.shutdown(wait=False, cancel_futures=True)
-            if self.cancel.is_set():
-                for tmp in temps:
-                    with contextlib.suppress(OSError):
-                        tmp.unlink()
+            pool.shutdown()
+
+    def _open_part(self, cache: ModelCache, f: RemoteFile) -> _FileState:
+        # Resumable state only for files of several ranges; the file itself is opened by its
+        # first write (tens of thousands of small files must not hold a descriptor each).
+        resume = cache.load_state(f, self._part) if f.size > self._part else None
+        if resume is not None:
+            _log.info("resuming a partial file", node_id=self.node_id, file=f.key, ranges_done=len(resume.done))
+        return _FileState(cache, f, self._part, resume)
+
+    def _write_error(self, exc: OSError, key: str) -> DownloadError:
+        full = " (disk full)" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else ""
+        return self._error(f"cannot write to the cache{full}: {describe(exc)}", file=key, cause=exc, bad_bytes=True)
 
     def _wait(self, futures: list[cf.Future[None]]) -> None:
         deadline = time.monotonic() + self.cfg.timeout_s
@@ -194,85 +314,206 @@ class Downloader:
             done, pending = cf.wait(pending, timeout=0.2, return_when=cf.FIRST_EXCEPTION)
             for fut in done:
                 if fut.exception() is not None:
-                    self.cancel.set()
                     raise fut.exception()  # type: ignore[misc]
             now = time.monotonic()
             if self.cancel.is_set() and pending:
                 raise self._error("cancelled")
             if now > deadline:
-                self.cancel.set()
                 raise self._error(f"timed out after {self.cfg.timeout_s}s "
                                   f"({self.progress.done}/{self.progress.total} bytes)")
             if now - self.progress.last_change > self.cfg.stall_timeout_s:
-                self.cancel.set()
                 with self._inflight_lock:
                     stalled = sorted(k for k, n in self._inflight.items() if n)
                 raise self._error(f"stalled: no bytes for {self.cfg.stall_timeout_s}s "
                                   f"({self.progress.done}/{self.progress.total} bytes)",
                                   file=", ".join(stalled) or None)
 
-    def _fetch_range(self, state: _FileState, lo: int, hi: int, manifest: Manifest,
-                     mlock: threading.Lock) -> None:
+    def _fetch_files(self, states: list[_FileState]) -> None:
+        for state in states:
+            if self._stopped():
+                return
+            self._fetch_range(state, 0, state.file.size)
+
+    def _fetch_range(self, state: _FileState, lo: int, hi: int) -> None:
         key = state.file.key
         with self._inflight_lock:
             self._inflight[key] = self._inflight.get(key, 0) + 1
         try:
-            self._fetch_range_once(state, lo, hi, manifest, mlock)
+            if not self._read_into(state, lo, hi):
+                return
         finally:
             with self._inflight_lock:
                 self._inflight[key] -= 1
+        if state.range_done(lo):
+            self._finalize(state)
 
-    def _fetch_range_once(self, state: _FileState, lo: int, hi: int, manifest: Manifest,
-                          mlock: threading.Lock) -> None:
+    def _read_into(self, state: _FileState, lo: int, hi: int) -> bool:
+        """Stream ``[lo, hi)`` into the partial file; retries resume where the bytes stopped."""
         key = state.file.key
-        attempt = 0
+        pos, attempt = lo, 0
+        live = not state.resumable  # one range, read in order: hash the bytes as they arrive
         while True:
-            if self.cancel.is_set():
-                return
+            if self._stopped():
+                return False
             try:
-                data = self.source.read(key, lo, hi)
-                if len(data) != hi - lo:
-                    raise _Transient(f"short read: {len(data)} of {hi - lo} bytes at offset {lo}")
-                break
+                for chunk in self.source.stream(state.file, pos, hi):
+                    if self._stopped():
+                        return False
+                    if pos + len(chunk) > hi:
+                        raise Transient(f"long read: {pos + len(chunk) - lo} of {hi - lo} bytes at offset {lo}")
+                    if not state.write(chunk, pos):
+                        return False
+                    if live:
+                        state.feed(chunk, pos)
+                    pos += len(chunk)
+                    self.progress.add(len(chunk))
+                if pos != hi:
+                    raise Transient(f"short read: {pos - lo} of {hi - lo} bytes at offset {lo}")
+                return True
+            except (SourceChanged, DownloadError):
+                raise
+            except _WriteFailed as exc:
+                raise self._write_error(exc, key) from exc  # our disk, not the link: no retry
             except Exception as exc:
-                if not _is_transient(exc) or attempt >= self.cfg.retries:
+                if not is_transient(exc) or attempt >= self.cfg.retries:
                     raise self._error(f"read failed after {attempt + 1} attempt(s): {describe(exc)}",
                                       file=key, cause=exc) from exc
                 attempt += 1
-                delay = min(8.0, 0.2 * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
-                _log.warning("retrying read", node_id=self.node_id, file=key, attempt=attempt,
+                delay = backoff(attempt)
+                _log.warning("retrying read", node_id=self.node_id, file=key, attempt=attempt, offset=pos,
                              delay_s=round(delay, 3), error=describe(exc))
-                self._sleep(delay)
-        if self.cancel.is_set():
-            return
+            self._sleep(delay)
+
+    def _finalize(self, state: _FileState) -> None:
+        """All ranges are written: finish the hash, check the source's MD5, commit the blob."""
+        f = state.file
         try:
-            fd = os.open(state.tmp, os.O_WRONLY)
-            try:
-                os.pwrite(fd, data, lo)
-            finally:
-                os.close(fd)
+            state.touch()  # an empty file gets no write
+            md5 = state.hash_through()
         except OSError as exc:
-            raise self._error(f"cannot write to the cache: {describe(exc)}", file=key, cause=exc) from exc
-        self.progress.add(hi - lo)
-        if state.range_done() and not self.cancel.is_set():
-            target = self.dest / key
-            target.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(state.tmp, target)  # atomic: a file is either absent or whole
-            with mlock:
-                manifest.files[key] = ManifestEntry(state.file.size, state.file.etag)
-                write_manifest(self.dest, manifest)
+            raise self._write_error(exc, f.key) from exc
+        expected = single_part_md5(f.etag)
+        if expected is not None and md5 != expected:
+            raise self._error(f"the bytes' MD5 {md5} does not match the source's ETag {expected}",
+                              file=f.key, bad_bytes=True)
+        if not state.close():
+            return  # aborted meanwhile
+        try:
+            state.cache.commit_blob(f, md5)
+        except OSError as exc:
+            raise self._write_error(exc, f.key) from exc
+        state.committed = True
+        if state.resumable:
+            state.cache.drop_state(f)
 
 
 class _FileState:
-    """Counts a file's outstanding ranges; the last one to land renames it in."""
+    """One partial file: its ranges, its writes (stoppable at once), and its in-order MD5."""
 
-    def __init__(self, file: RemoteFile, tmp: Path, ranges: int) -> None:
+    def __init__(self, cache: ModelCache, file: RemoteFile, part: int, resume: PartState | None) -> None:
+        self.cache = cache
         self.file = file
-        self.tmp = tmp
-        self._left = ranges
-        self._lock = threading.Lock()
+        self.path = cache.part_path(file)
+        self.fd: int | None = None
+        self.closed = False
+        self.ranges = [(s, min(s + part, file.size)) for s in range(0, file.size, part)] or [(0, 0)]
+        self.state = resume or PartState(etag=file.etag, size=file.size, part_size=part)
+        self.done = set(self.state.done)
+        self.resumable = len(self.ranges) > 1
+        self.committed = False
+        self._lock = threading.Lock()  # writes, ``done``, closing
+        self._hash_lock = threading.Lock()
+        self._md5 = hashlib.md5(usedforsecurity=False)
+        self._hashed = 0  # bytes [0, _hashed) are in the MD5
 
-    def range_done(self) -> bool:
+    def todo_ranges(self) -> list[tuple[int, int]]:
+        return [r for r in self.ranges if r[0] not in self.done]
+
+    def write(self, data: bytes | memoryview, offset: int) -> bool:
+        """Write at ``offset`` unless the file was closed (the download stopped)."""
         with self._lock:
-            self._left -= 1
-            return self._left == 0
+            if self.closed:
+                return False
+            try:
+                os.pwrite(self._open(), data, offset)
+            except OSError as exc:
+                raise _WriteFailed(exc.errno, exc.strerror) from exc
+            return True
+
+    def touch(self) -> None:
+        """Make sure the partial file exists (unless closed)."""
+        with self._lock:
+            if not self.closed:
+                self._open()
+
+    def _open(self) -> int:
+        """The blob's descriptor, opened on first use: a new inode unless resuming.
+
+        A stale file of that name (an interrupted write, or a blob found changed) is unlinked
+        first, never truncated: a snapshot an engine holds may still link its inode.
+        """
+        if self.fd is None:
+            if self.state.done:
+                self.fd = os.open(self.path, os.O_RDWR)
+            else:
+                try:
+                    self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+                except FileExistsError:
+                    os.unlink(self.path)
+                    self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+        return self.fd
+
+    def range_done(self, lo: int) -> bool:
+        """Record a written range (kept for resuming); whether the file is now complete."""
+        with self._lock:
+            self.done.add(lo)
+            complete = len(self.done) == len(self.ranges)
+            if self.resumable and not complete and not self.closed:
+                self.state.done = sorted(self.done)
+                self.cache.save_state(self.file, self.state)
+        if self.resumable:
+            self.hash_through(complete_only=False)
+        return complete
+
+    def feed(self, chunk: bytes | memoryview, pos: int) -> None:
+        """Hash bytes of a single-range file as they arrive (in order, so no second read)."""
+        with self._hash_lock:
+            if pos == self._hashed:
+                self._md5.update(chunk)
+                self._hashed += len(chunk)
+
+    def hash_through(self, *, complete_only: bool = True) -> str:
+        """Feed written ranges to the MD5 in order, as far as they are contiguous; the digest."""
+        with self._hash_lock:
+            for lo, hi in self.ranges:
+                if hi <= self._hashed:
+                    continue
+                if lo not in self.done or lo != self._hashed:
+                    break
+                with self._lock:
+                    if self.closed:
+                        break
+                    fd = self._open()
+                pos = lo
+                while pos < hi:  # from the page cache: the range was just written
+                    chunk = os.pread(fd, min(hi - pos, 8 << 20), pos)
+                    if not chunk:
+                        raise OSError(errno.EIO, f"short read of the partial file at {pos}")
+                    self._md5.update(chunk)
+                    pos += len(chunk)
+                self._hashed = hi
+            if complete_only and self._hashed < self.file.size:
+                raise OSError(errno.EIO, f"only {self._hashed} of {self.file.size} bytes could be hashed")
+            return self._md5.hexdigest()
+
+    def close(self) -> bool:
+        """Stop further writes and close the file; whether it was still open."""
+        with self._hash_lock, self._lock:  # never while a hash reads the descriptor
+            if self.closed:
+                return False
+            self.closed = True
+            fd, self.fd = self.fd, None
+        if fd is not None:
+            os.close(fd)
+        return True
+

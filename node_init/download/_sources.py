@@ -11,16 +11,19 @@ from __future__ import annotations
 import contextlib
 import os
 import posixpath
+import re
+import stat
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 from urllib.parse import unquote, urlparse
 
 import msgspec
 
-from .._config import DownloadConfig, S3Config
+from .._config import DownloadConfig, S3Config, reveal
 from .._errors import DownloadError, describe
+from ._retry import with_retries
 
 
 class RemoteFile(msgspec.Struct, frozen=True):
@@ -33,6 +36,25 @@ class RemoteFile(msgspec.Struct, frozen=True):
 
 class UnsafeKeyError(ValueError):
     """A key or path that would land outside the destination directory."""
+
+
+class SourceChanged(Exception):
+    """A file changed at the source since it was listed (its version pin no longer holds).
+
+    Attributes:
+        key: The file.
+    """
+
+    def __init__(self, key: str, detail: str = "") -> None:
+        self.key = key
+        super().__init__(f"{key} changed at the source since it was listed" + (f" ({detail})" if detail else ""))
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.key,))
+
+
+#: Bytes a source yields at a time while streaming a range (progress moves at this grain).
+STREAM_CHUNK = 256 * 1024
 
 
 class Source(Protocol):
@@ -51,8 +73,12 @@ class Source(Protocol):
         """Every file of the model."""
         ...
 
-    def read(self, key: str, start: int, end: int) -> bytes | memoryview:
-        """Bytes ``[start, end)`` of ``key``."""
+    def stream(self, file: RemoteFile, start: int, end: int) -> Iterator[bytes | memoryview]:
+        """Bytes ``[start, end)`` of ``file`` as they arrive, pinned to its listed version.
+
+        Raises:
+            SourceChanged: when the file is no longer the version listed.
+        """
         ...
 
 
@@ -64,6 +90,16 @@ def check_key(key: str) -> str:
     if any(p in ("", ".", "..") for p in parts) or posixpath.normpath(key) != key:
         raise UnsafeKeyError(f"refused key {key!r}: it would escape the destination")
     return key
+
+
+def _local_tag(st: os.stat_result) -> str:
+    """A local file's version tag: mtime and size (what pins it between listing and reading)."""
+    return f"{st.st_mtime_ns}-{st.st_size}"
+
+
+def read_range(source: Source, file: RemoteFile, start: int, end: int) -> bytes:
+    """Bytes ``[start, end)`` of ``file``, whole (see :meth:`Source.stream`)."""
+    return b"".join(bytes(chunk) for chunk in source.stream(file, start, end))
 
 
 def local_path(uri: str) -> Path | None:
@@ -91,28 +127,71 @@ class LocalSource:
         self.root = self.boundary = root
 
     def list_files(self) -> list[RemoteFile]:
+        """Every regular file under the directory (dot-files and dot-directories left out).
+
+        Raises:
+            FileNotFoundError: the directory is missing or holds no file.
+            PermissionError: a directory in it cannot be read (never skipped: shards would be missing).
+            UnsafeKeyError: a symlink points outside the directory.
+            ValueError: a special file (FIFO, socket, device) is in it.
+        """
         if not self.root.is_dir():
             raise FileNotFoundError(f"model source {self.uri} is not a directory")
-        root = self.boundary.resolve()
-        files = []
-        for dirpath, dirnames, filenames in os.walk(self.root):
-            dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-            for name in filenames:
-                if name.startswith("."):
+        boundary = self.boundary.resolve()
+        files: list[RemoteFile] = []
+
+        def walk(directory: str, prefix: str) -> None:
+            try:
+                with os.scandir(directory) as it:
+                    entries = sorted(it, key=lambda e: e.name)
+            except OSError as exc:
+                raise type(exc)(exc.errno, f"cannot read directory {directory}: {exc.strerror}") from None
+            for entry in entries:
+                if entry.name.startswith("."):
                     continue
-                full = Path(dirpath, name)
-                key = full.relative_to(self.root).as_posix()
-                real = full.resolve()
-                if not real.is_relative_to(root):
-                    raise UnsafeKeyError(f"refused {key!r}: symlink to {real} points outside {root}")
-                stat = real.stat()
-                files.append(RemoteFile(check_key(key), stat.st_size, f"{stat.st_mtime_ns}-{stat.st_size}"))
+                key = prefix + entry.name
+                if entry.is_symlink():
+                    real = Path(entry.path).resolve()
+                    if not real.is_relative_to(boundary):
+                        raise UnsafeKeyError(f"refused {key!r}: symlink to {real} points outside {boundary}")
+                    st = real.stat()
+                    if stat.S_ISDIR(st.st_mode):
+                        continue  # symlinked directories are not followed (no loops)
+                elif entry.is_dir(follow_symlinks=False):
+                    walk(entry.path, key + "/")
+                    continue
+                else:
+                    st = entry.stat(follow_symlinks=False)
+                if not stat.S_ISREG(st.st_mode):
+                    raise ValueError(f"refused {key!r} in {self.uri}: not a regular file (a FIFO, socket or device)")
+                files.append(RemoteFile(check_key(key), st.st_size, _local_tag(st)))
+
+        walk(str(self.root), "")
+        if not files:
+            raise FileNotFoundError(f"model source {self.uri} holds no files")
         return sorted(files, key=lambda f: f.key)
 
-    def read(self, key: str, start: int, end: int) -> bytes:
-        with open(self.root / check_key(key), "rb") as f:
+    def stream(self, file: RemoteFile, start: int, end: int) -> Iterator[bytes]:
+        """Read ``[start, end)``; the file must still have the size and mtime it was listed with."""
+        try:
+            # O_NONBLOCK: a FIFO put in a file's place must not block the open.
+            fd = os.open(self.root / check_key(file.key), os.O_RDONLY | os.O_NONBLOCK)
+        except FileNotFoundError:
+            raise SourceChanged(file.key, "removed since it was listed") from None
+        with os.fdopen(fd, "rb") as f:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode) or (file.etag and _local_tag(st) != file.etag):
+                raise SourceChanged(file.key, "size, mtime or type differ from the listing")
             f.seek(start)
-            return f.read(end - start)
+            left = end - start
+            while left > 0:
+                chunk = f.read(min(left, STREAM_CHUNK))
+                if not chunk:
+                    return  # short: the caller retries
+                left -= len(chunk)
+                yield chunk
+            if file.etag and _local_tag(os.fstat(fd)) != file.etag:
+                raise SourceChanged(file.key, "modified while it was read")
 
 
 class S3Source:
@@ -126,7 +205,8 @@ class S3Source:
 
     in_place: Path | None = None
 
-    def __init__(self, uri: str, cfg: S3Config, *, request_timeout_s: float) -> None:
+    def __init__(self, uri: str, cfg: S3Config, *, request_timeout_s: float, read_timeout_s: float | None = None,
+                 retries: int = 3) -> None:
         import obstore.store
 
         parsed = urlparse(uri)
@@ -134,59 +214,97 @@ class S3Source:
             raise ValueError(f"model source {uri!r} has no bucket")
         self.uri = uri
         self.prefix = parsed.path.strip("/")
+        self.retries = retries
         env = os.environ
         endpoint = env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL") or cfg.endpoint_url
         region = env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or cfg.region or "us-east-1"
-        key_id = env.get("AWS_ACCESS_KEY_ID") or cfg.access_key_id
-        secret = env.get("AWS_SECRET_ACCESS_KEY") or cfg.secret_access_key
         kwargs: dict[str, object] = {"region": region}
         if endpoint:
             kwargs["endpoint"] = endpoint
             kwargs["virtual_hosted_style_request"] = False
-        if key_id and secret:
-            kwargs["access_key_id"] = key_id
-            kwargs["secret_access_key"] = secret
-            if env.get("AWS_SESSION_TOKEN"):
-                kwargs["session_token"] = env["AWS_SESSION_TOKEN"]
-        elif cfg.anonymous or not key_id:
-            kwargs["skip_signature"] = True
-        self.store = obstore.store.S3Store(
-            parsed.netloc,
-            client_options={
-                "allow_http": bool(endpoint and endpoint.startswith("http://")),
-                # A request that gets no bytes for this long fails (and is retried by us).
-                "timeout": timedelta(seconds=request_timeout_s),
-                "connect_timeout": timedelta(seconds=min(10.0, request_timeout_s)),
-            },
-            # Our downloader retries with its own backoff, per range, and reports it.
-            retry_config={"max_retries": 0, "retry_timeout": timedelta(seconds=request_timeout_s)},
-            **kwargs,  # type: ignore[arg-type]
-        )
+        auth, self.identity = s3_credentials(cfg)
+        kwargs.update(auth)
+
+        def store(timeout_s: float) -> Any:
+            return obstore.store.S3Store(
+                parsed.netloc,
+                client_options={
+                    "allow_http": bool(endpoint and endpoint.startswith("http://")),
+                    "timeout": timedelta(seconds=timeout_s),
+                    "connect_timeout": timedelta(seconds=min(10.0, request_timeout_s)),
+                },
+                # Our downloader retries with its own backoff, per range, and reports it.
+                retry_config={"max_retries": 0, "retry_timeout": timedelta(seconds=request_timeout_s)},
+                **kwargs,  # type: ignore[arg-type]
+            )
+
+        # A listing is small: a bound of ``request_timeout_s``. A ranged GET streams for as long as
+        # its bytes keep coming: the downloader's stall watchdog bounds it by bytes, not by the
+        # request's total time (a slow, steady link must finish).
+        self._list_store = store(request_timeout_s)
+        self.store = store(read_timeout_s or request_timeout_s)
+
+    def __repr__(self) -> str:
+        return f"S3Source({self.uri!r}, identity={self.identity!r})"
 
     def _path(self, key: str) -> str:
         return f"{self.prefix}/{key}" if self.prefix else key
 
+    def _denied(self, exc: BaseException) -> BaseException:
+        """A 401/403 re-raised naming the identity that signed it (never a secret)."""
+        if isinstance(exc, PermissionError):
+            return exc
+        if type(exc).__name__ in ("PermissionDeniedError", "UnauthenticatedError") or _DENIED.search(str(exc)):
+            return PermissionError(f"access denied to {self.uri} for {self.identity}: {describe(exc)}")
+        return exc
+
     def list_files(self) -> list[RemoteFile]:
+        """Every object under the prefix; the LIST is retried like every read (``retries``)."""
         import obstore
 
-        files = []
         base = f"{self.prefix}/" if self.prefix else ""
-        for batch in obstore.list(self.store, base or None):
-            for meta in batch:
-                key = meta["path"][len(base):]
-                if not key or key.endswith("/"):
-                    continue
-                files.append(RemoteFile(check_key(key), int(meta["size"]), meta.get("e_tag") or ""))
+
+        def listing() -> list[RemoteFile]:
+            files = []
+            for batch in obstore.list(self._list_store, base or None):
+                for meta in batch:
+                    key = meta["path"][len(base):]
+                    if not key or key.endswith("/"):
+                        continue
+                    files.append(RemoteFile(check_key(key), int(meta["size"]), meta.get("e_tag") or ""))
+            return files
+
+        try:
+            files = with_retries(listing, retries=self.retries, what="listing", source=self.uri)
+        except Exception as exc:
+            denied = self._denied(exc)
+            if denied is exc:
+                raise
+            raise denied from None
         if not files:
             raise FileNotFoundError(f"no objects under {self.uri}")
         return sorted(files, key=lambda f: f.key)
 
-    def read(self, key: str, start: int, end: int) -> memoryview:
+    def stream(self, file: RemoteFile, start: int, end: int) -> Iterator[bytes | memoryview]:
+        """Ranged GET pinned with ``If-Match`` to the listed ETag, yielded as bytes arrive."""
         import obstore
+        from obstore.exceptions import PreconditionError
 
         if end <= start:
-            return memoryview(b"")
-        return memoryview(obstore.get_range(self.store, self._path(key), start=start, end=end))
+            return
+        options: dict[str, object] = {"range": (start, end)}
+        if file.etag:
+            options["if_match"] = file.etag
+        try:
+            result = obstore.get(self.store, self._path(file.key), options=options)  # type: ignore[arg-type]
+            yield from result.stream(min_chunk_size=STREAM_CHUNK)
+        except PreconditionError:
+            raise SourceChanged(file.key, "its ETag no longer matches") from None
+        except Exception as exc:
+            denied = self._denied(exc)
+            if denied is exc:
+                raise
+            raise denied from None
 
 
 class HFCacheSource(LocalSource):
@@ -226,15 +344,75 @@ def hf_snapshot(uri: str) -> Path:
     return snapshot
 
 
-def open_source(uri: str, cfg: S3Config, *, request_timeout_s: float) -> Source:
+def s3_credentials(cfg: S3Config) -> tuple[dict[str, object], str]:
+    """How to sign S3 requests: ``(S3Store arguments, the identity in words)``.
+
+    In order: ``anonymous: true`` (unsigned); keys in the node's environment
+    (``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``/``AWS_SESSION_TOKEN``); keys in the config;
+    else the standard AWS credential chain through boto3 (``AWS_PROFILE`` and the shared
+    credentials/config files, SSO, web identity (EKS/IRSA), container and instance roles),
+    when boto3 is installed (the ``[aws]`` extra). Nothing found is an error saying where we looked.
+
+    Raises:
+        PermissionError: no credentials anywhere, and ``anonymous`` is not set.
+    """
+    env = os.environ
+    if cfg.anonymous:
+        return {"skip_signature": True}, "no identity (unsigned requests: anonymous: true)"
+    for where, key_id, secret, token in (
+        ("the environment", env.get("AWS_ACCESS_KEY_ID"), env.get("AWS_SECRET_ACCESS_KEY"),
+         env.get("AWS_SESSION_TOKEN")),
+        ("the config", cfg.access_key_id, reveal(cfg.secret_access_key), None),
+    ):
+        if key_id and secret:
+            auth: dict[str, object] = {"access_key_id": key_id, "secret_access_key": secret}
+            if token:
+                auth["session_token"] = token
+            return auth, f"access key id {key_id} (from {where})"
+    try:
+        import boto3
+        from obstore.auth.boto3 import Boto3CredentialProvider
+    except ImportError:
+        raise PermissionError(
+            "no S3 credentials: none in the environment (AWS_ACCESS_KEY_ID) or the config "
+            "(download.s3.access_key_id), and boto3 is not installed to try the AWS credential chain "
+            "(profiles, SSO, web identity, instance roles: install the [aws] extra); set "
+            "download.s3.anonymous: true for a public bucket") from None
+    session = boto3.Session()
+    found = session.get_credentials()
+    if found is None:
+        raise PermissionError(
+            "no S3 credentials: none in the environment (AWS_ACCESS_KEY_ID), the config "
+            "(download.s3.access_key_id), nor the AWS credential chain (AWS_PROFILE "
+            f"{env.get('AWS_PROFILE', 'default')!r} in {env.get('AWS_SHARED_CREDENTIALS_FILE', '~/.aws/credentials')} "
+            "and ~/.aws/config, SSO, web identity, container and instance roles); set "
+            "download.s3.anonymous: true for a public bucket")
+    method = getattr(found, "method", "AWS credential chain")
+    return ({"credential_provider": Boto3CredentialProvider(session)},
+            f"access key id {found.access_key} (from boto3: {method})")
+
+
+_DENIED = re.compile(r"status code: 40[13]\b")
+
+
+def open_source(uri: str, cfg: S3Config, *, request_timeout_s: float, read_timeout_s: float | None = None,
+                retries: int = 3) -> Source:
     """The :class:`Source` for a model URI: ``s3://``, ``hf://``, ``file://`` or a local path.
+
+    Args:
+        uri: The model source.
+        cfg: S3 settings (the node's AWS variables override them).
+        request_timeout_s: Bound on a LIST (and on connecting).
+        read_timeout_s: Bound on one streamed ranged GET (default ``request_timeout_s``).
+        retries: Retries of a LIST on transient errors.
 
     Raises:
         ValueError: for any other scheme.
         FileNotFoundError: for an ``hf://`` model missing from this node's HF cache.
+        PermissionError: for ``s3://`` with no credentials anywhere (see :func:`s3_credentials`).
     """
     if uri.startswith(("s3://", "s3a://")):
-        return S3Source(uri, cfg, request_timeout_s=request_timeout_s)
+        return S3Source(uri, cfg, request_timeout_s=request_timeout_s, read_timeout_s=read_timeout_s, retries=retries)
     if uri.startswith("hf://"):
         return HFCacheSource(uri)
     if local_path(uri) is None:
@@ -273,5 +451,11 @@ def list_source(uri: str, cfg: DownloadConfig, *, node_id: str | None = None) ->
         DownloadError: see :func:`source_errors`.
     """
     with source_errors(uri, node_id=node_id):
-        source = open_source(uri, cfg.s3, request_timeout_s=cfg.stall_timeout_s)
+        source = open_source_for(uri, cfg)
         return source, source.list_files()
+
+
+def open_source_for(uri: str, cfg: DownloadConfig) -> Source:
+    """:func:`open_source` with a download config's bounds and retries."""
+    return open_source(uri, cfg.s3, request_timeout_s=cfg.stall_timeout_s, read_timeout_s=cfg.timeout_s,
+                       retries=cfg.retries)

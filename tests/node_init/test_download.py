@@ -14,10 +14,9 @@ import pytest
 
 from node_init import DownloadConfig, DownloadError, DownloadMode, S3Config
 from node_init.download import (
-    MANIFEST,
-    PARTIAL,
     Downloader,
     LocalSource,
+    ModelCache,
     S3Source,
     UnsafeKeyError,
     check_key,
@@ -94,14 +93,16 @@ def test_cache_reused_then_partial_cache_resumed(s3_server: S3Server, s3_model: 
         Downloader(src, dest, cfg(retries=1)).run(files)
     assert info.value.file == "model-00002-of-00002.safetensors" and info.value.source == uri
     assert "500" in str(info.value)
-    assert not (dest / PARTIAL).exists() or not any((dest / PARTIAL).iterdir())
-    assert_no_partial_visible(dest, local)
-    assert "model-00002-of-00002.safetensors" not in digest(dest)
+    assert not dest.exists()  # a first download that failed shows no model directory at all
+    cache = ModelCache(dest, uri)
+    kept = {e.key for e in cache.entries().values()}  # what completed before the failure stays
+    assert kept and "model-00002-of-00002.safetensors" not in kept
     fault_proxy.clear()
     resumed = Downloader(src, dest, cfg()).run(files)
     assert "model-00002-of-00002.safetensors" in resumed.fetched
     assert resumed.cached_bytes > 0 and "config.json" not in resumed.fetched
-    assert digest(dest) == digest(local)
+    assert digest(dest) == digest(local) and Path(resumed.path) == dest.resolve()
+    assert list(cache.partial.iterdir()) == []  # nothing stray left
     again = Downloader(src, dest, cfg()).run(files)
     assert again.fetched == () and again.bytes == 0 and again.cached_bytes == sum(f.size for f in files)
 
@@ -225,7 +226,7 @@ def test_local_and_file_uri_sources_copy_atomically(tmp_path: Path) -> None:
         src = LocalSource(uri)
         dest = tmp_path / f"cache{i}" / "m"
         result = Downloader(src, dest, cfg()).run(src.list_files())
-        assert digest(dest) == digest(model) and (dest / MANIFEST).exists()
+        assert digest(dest) == digest(model) and ModelCache(dest, uri).current() == Path(result.path)
         assert result.bytes == sum(p.stat().st_size for p in iter_files(model))
 
 

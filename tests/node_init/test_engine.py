@@ -81,6 +81,8 @@ async def test_overlapped_load_gives_the_same_greedy_tokens_as_a_normal_load(
         assert not overlapped.engine.on_dummy_weights
         assert {"weights_load", "tokenizer_fetch", "overlap"} <= set(overlapped.timings)
         assert overlapped.engine.model_path == overlapped.model_path  # real weights, from the node's cache
+        hold = overlapped.snapshot_hold  # the engine's snapshot is never collected under it
+        assert hold is not None and str(hold.path) == overlapped.model_path
         assert await greedy(overlapped) == expected
     finally:
         await overlapped.close()

@@ -73,7 +73,9 @@ async def test_before_download_runs_in_each_nodes_own_process(ray_cluster: RayCl
             dest = node.cache / cfg.model_id
             assert seen_there["destination"] == str(dest)
             assert files_under(dest) == {p.name for p in model_dir.iterdir()}  # on that node's own disk
-        assert result.model_path == str(ray_cluster.head.cache / cfg.model_id)
+        # The engine's directory: the head's current snapshot (held only while an engine reads it).
+        assert Path(result.model_path) == (ray_cluster.head.cache / cfg.model_id).resolve()
+        assert result.engine is None and result.snapshot_hold is None
         after = [e for e in seen if isinstance(e, AfterInit)]
         assert len(after) == 1 and after[0].reports == result.reports
         assert {"placement", "download", "total"} <= set(after[0].timings)

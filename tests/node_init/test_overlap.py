@@ -37,7 +37,7 @@ def test_possible_only_when_the_whole_model_is_still_to_come(kwargs: dict[str, A
 
 
 def test_a_streaming_load_format_never_overlaps() -> None:
-    streaming = parse_config({"model_id": "m", "model_source": "s3://b/m",
+    streaming = parse_config({"model_id": "m", "model_source": "s3://bkt/m",
                               "engine": {"kind": "vllm", "kwargs": {"load_format": "runai_streamer"}}})
     assert not overlap_possible(streaming, decision())
 

@@ -52,3 +52,15 @@ async def cancelled(event: BeforeDownload, ctx: CallbackCtx) -> None:
     import asyncio
 
     raise asyncio.CancelledError("injected cancellation")
+
+
+#: A handler that holds the S3 secret in a local variable, then fails (logged, with its traceback).
+leaky = HandlerSet()
+
+
+@leaky.on(BeforeDownload, on_error="log")
+def fail_holding_the_secret(event: BeforeDownload, ctx: CallbackCtx) -> None:
+    from node_init import reveal
+
+    secret = reveal(ctx.llm_config.download.s3.secret_access_key)  # a frame local a traceback could show
+    raise RuntimeError(f"injected failure on {event.node_id} ({len(secret or '')} characters held)")
