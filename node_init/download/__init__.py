@@ -23,7 +23,7 @@ from ._cache import BlobEntry as BlobEntry
 from ._cache import ModelCache as ModelCache
 from ._cache import SnapshotHold as SnapshotHold
 from ._cache import cache_root as cache_root
-from ._cache import file_md5 as file_md5
+from ._cache import file_digest as file_digest
 from ._cache import hold_snapshot as hold_snapshot
 from ._cache import model_dir_name as model_dir_name
 from ._cache import read_rate as read_rate
@@ -63,7 +63,7 @@ __all__ = [
     "UnsafeKeyError",
     "cache_root",
     "check_key",
-    "file_md5",
+    "file_digest",
     "hold_snapshot",
     "list_source",
     "local_path",

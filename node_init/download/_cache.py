@@ -6,7 +6,7 @@ Layout, for a model directory ``<root>/<model>`` (what users and ``NodeReport.pa
     <root>/.node-init/<model>/blobs/<blob>  complete, verified files (never changed in place)
     <root>/.node-init/<model>/snapshots/<id>/<key>   hard links to blobs: exactly one listing
     <root>/.node-init/<model>/snapshots/<id>.lock    shared-locked by each engine that uses it
-    <root>/.node-init/<model>/journal.jsonl          one line per blob: size, version, mtime, inode, MD5
+    <root>/.node-init/<model>/journal.jsonl          one line per blob: size, version, mtime, inode, digest
     <root>/.node-init/<model>/partial/<blob>.state   a large blob being written: its version pin
                                                      and the ranges already written (for resuming)
     <root>/.locks/<model>.lock              one downloader per node and model
@@ -32,6 +32,7 @@ import shutil
 import threading
 import time
 import uuid
+import zlib
 from pathlib import Path
 
 import msgspec
@@ -56,7 +57,9 @@ class BlobEntry(msgspec.Struct, frozen=True):
         key: The file's key in the model.
         size: Its size.
         etag: The source's version tag it was fetched at (ETag; size+mtime for a local file).
-        md5: MD5 of its bytes, taken while it was written.
+        digest: A content hash taken while it was written: ``md5:<hex>`` where the source states
+            an MD5 (a single-part ETag, then checked), else ``crc32/<part size>:<hash of the
+            ranges' CRC32s>`` (computed per range as bytes arrive, in parallel, no second read).
         mtime_ns: The blob's modification time once complete (a change means it was touched).
         ino: The blob's inode (a different inode means it was replaced).
     """
@@ -65,7 +68,7 @@ class BlobEntry(msgspec.Struct, frozen=True):
     key: str
     size: int
     etag: str
-    md5: str
+    digest: str
     mtime_ns: int
     ino: int
 
@@ -77,6 +80,7 @@ class PartState(msgspec.Struct):
     size: int
     part_size: int
     done: list[int] = []
+    crcs: dict[str, int] = {}  # range start -> CRC32 of that range (for the content digest)
 
 
 def model_dir_name(model_id: str) -> str:
@@ -107,19 +111,25 @@ def single_part_md5(etag: str) -> str | None:
     return tag if len(tag) == 32 and set(tag) <= _MD5 else None
 
 
-def file_md5(path: Path, *, start: int = 0, end: int | None = None, into: hashlib._Hash | None = None) -> str:
-    """MD5 of bytes ``[start, end)`` of ``path`` (fed into ``into`` if given)."""
-    digest = into if into is not None else hashlib.md5(usedforsecurity=False)
+def crc_digest(part_size: int, crcs: list[int]) -> str:
+    """The content digest of a file from its ranges' CRC32s, in order."""
+    listed = ",".join(f"{c:08x}" for c in crcs).encode()
+    return f"crc32/{part_size}:{hashlib.sha256(listed).hexdigest()[:32]}"
+
+
+def file_digest(path: Path, like: str) -> str:
+    """``path``'s content digest, of the same kind as ``like`` (re-reads every byte)."""
     with open(path, "rb") as f:
-        f.seek(start)
-        left = (end if end is not None else os.fstat(f.fileno()).st_size) - start
-        while left > 0:
-            chunk = f.read(min(left, 8 << 20))
-            if not chunk:
-                break
-            digest.update(chunk)
-            left -= len(chunk)
-    return digest.hexdigest()
+        if like.startswith("md5:"):
+            md5 = hashlib.md5(usedforsecurity=False)
+            while chunk := f.read(8 << 20):
+                md5.update(chunk)
+            return f"md5:{md5.hexdigest()}"
+        part = int(like.split("/", 1)[1].split(":", 1)[0])
+        crcs = []
+        while block := f.read(part):
+            crcs.append(zlib.crc32(block))
+        return crc_digest(part, crcs or [0])
 
 
 def _listing_id(files: list[RemoteFile], source_uri: str) -> str:
@@ -187,17 +197,17 @@ class ModelCache:
             return False
         if (st.st_size, st.st_mtime_ns, st.st_ino) != (entry.size, entry.mtime_ns, entry.ino):
             return False
-        return not full or file_md5(self.blobs / name) == entry.md5
+        return not full or file_digest(self.blobs / name, entry.digest) == entry.digest
 
     def missing(self, files: list[RemoteFile], *, full: bool = False) -> list[RemoteFile]:
         """The files of ``files`` whose blob is not complete and unchanged."""
         return [f for f in files if not self.is_cached(f, full=full)]
 
-    def commit_blob(self, f: RemoteFile, md5: str) -> None:
+    def commit_blob(self, f: RemoteFile, digest: str) -> None:
         """Record ``f``'s blob, written and verified, as complete (one appended journal line)."""
         name = self.blob_name(f)
         st = (self.blobs / name).stat()
-        entry = BlobEntry(name, f.key, f.size, f.etag, md5, st.st_mtime_ns, st.st_ino)
+        entry = BlobEntry(name, f.key, f.size, f.etag, digest, st.st_mtime_ns, st.st_ino)
         line = msgspec.json.encode(entry) + b"\n"
         with self._journal_lock:
             if self._journal_fd is None:

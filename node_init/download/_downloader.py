@@ -2,9 +2,10 @@
 
 Each file is read in ranges (``part_size_mb``, ``concurrency`` at once), every range pinned
 to the version listed (``If-Match`` on S3; size and mtime for a local file), streamed into
-its partial file as bytes arrive (a stall is no bytes at all for ``stall_timeout_s``), hashed
-(MD5, in order, while the download runs) and checked against the MD5 a single-part ETag
-states. A whole file becomes a blob; the files of one listing become an immutable snapshot
+its partial file as bytes arrive (a stall is no bytes at all for ``stall_timeout_s``), and
+hashed while it arrives: a CRC32 per range (in parallel, no second read) for the cache's
+content digest, plus, where a single-part ETag states one, the whole file's MD5 (in order),
+which must match. A whole file becomes a blob; the files of one listing become an immutable snapshot
 (:mod:`node_init.download._cache`). A file that changes at the source mid-download restarts
 the whole set from a fresh listing, so a snapshot is always one version.
 """
@@ -18,6 +19,7 @@ import os
 import queue
 import threading
 import time
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -28,9 +30,9 @@ import structlog
 
 from .._config import DownloadConfig
 from .._errors import DownloadError, describe
-from ._cache import ModelCache, PartState, record_rate, single_part_md5
+from ._cache import ModelCache, PartState, crc_digest, record_rate, single_part_md5
 from ._retry import Transient, backoff, is_transient
-from ._sources import RemoteFile, Source, SourceChanged, check_key
+from ._sources import LocalSource, RemoteFile, Source, SourceChanged, check_key
 
 _log = structlog.get_logger("node_init.download")
 
@@ -255,7 +257,10 @@ class Downloader:
 
     def _fetch_all(self, cache: ModelCache, todo: list[RemoteFile]) -> None:
         self._abort.clear()
-        pool = _DaemonPool(self.cfg.concurrency, "node-init-dl")
+        # A local copy is bound by syscalls and the GIL, not by latency: no more threads than cores.
+        local = isinstance(self.source, LocalSource)
+        workers = min(self.cfg.concurrency, os.cpu_count() or 2) if local else self.cfg.concurrency
+        pool = _DaemonPool(workers, "node-init-dl")
         states: list[_FileState] = []
         futures: list[cf.Future[None]] = []
         try:
@@ -350,8 +355,8 @@ class Downloader:
     def _read_into(self, state: _FileState, lo: int, hi: int) -> bool:
         """Stream ``[lo, hi)`` into the partial file; retries resume where the bytes stopped."""
         key = state.file.key
-        pos, attempt = lo, 0
-        live = not state.resumable  # one range, read in order: hash the bytes as they arrive
+        pos, attempt, crc = lo, 0, 0
+        live = state.need_md5 and not state.resumable  # one range, in order: MD5 as bytes arrive
         while True:
             if self._stopped():
                 return False
@@ -363,12 +368,14 @@ class Downloader:
                         raise Transient(f"long read: {pos + len(chunk) - lo} of {hi - lo} bytes at offset {lo}")
                     if not state.write(chunk, pos):
                         return False
+                    crc = zlib.crc32(chunk, crc)
                     if live:
                         state.feed(chunk, pos)
                     pos += len(chunk)
                     self.progress.add(len(chunk))
                 if pos != hi:
                     raise Transient(f"short read: {pos - lo} of {hi - lo} bytes at offset {lo}")
+                state.crcs[lo] = crc
                 return True
             except (SourceChanged, DownloadError):
                 raise
@@ -389,17 +396,18 @@ class Downloader:
         f = state.file
         try:
             state.touch()  # an empty file gets no write
-            md5 = state.hash_through()
+            md5 = state.hash_through() if state.need_md5 else None
         except OSError as exc:
             raise self._write_error(exc, f.key) from exc
         expected = single_part_md5(f.etag)
         if expected is not None and md5 != expected:
             raise self._error(f"the bytes' MD5 {md5} does not match the source's ETag {expected}",
                               file=f.key, bad_bytes=True)
+        digest = f"md5:{md5}" if md5 is not None else state.crc_digest()
         if not state.close():
             return  # aborted meanwhile
         try:
-            state.cache.commit_blob(f, md5)
+            state.cache.commit_blob(f, digest)
         except OSError as exc:
             raise self._write_error(exc, f.key) from exc
         state.committed = True
@@ -419,9 +427,14 @@ class _FileState:
         self.ranges = [(s, min(s + part, file.size)) for s in range(0, file.size, part)] or [(0, 0)]
         self.state = resume or PartState(etag=file.etag, size=file.size, part_size=part)
         self.done = set(self.state.done)
+        self.part = part
+        self.crcs = {int(k): v for k, v in self.state.crcs.items()}
+        self.need_md5 = single_part_md5(file.etag) is not None
         self.resumable = len(self.ranges) > 1
         self.committed = False
-        self._lock = threading.Lock()  # writes, ``done``, closing
+        self._lock = threading.Lock()  # the descriptor, ``done``, closing
+        self._idle = threading.Condition(self._lock)  # no write in progress
+        self._writers = 0
         self._hash_lock = threading.Lock()
         self._md5 = hashlib.md5(usedforsecurity=False)
         self._hashed = 0  # bytes [0, _hashed) are in the MD5
@@ -435,10 +448,20 @@ class _FileState:
             if self.closed:
                 return False
             try:
-                os.pwrite(self._open(), data, offset)
+                fd = self._open()
             except OSError as exc:
                 raise _WriteFailed(exc.errno, exc.strerror) from exc
-            return True
+            self._writers += 1
+        try:  # ranges write in parallel; close() waits for them
+            os.pwrite(fd, data, offset)
+        except OSError as exc:
+            raise _WriteFailed(exc.errno, exc.strerror) from exc
+        finally:
+            with self._lock:
+                self._writers -= 1
+                if not self._writers:
+                    self._idle.notify_all()
+        return True
 
     def touch(self) -> None:
         """Make sure the partial file exists (unless closed)."""
@@ -470,10 +493,15 @@ class _FileState:
             complete = len(self.done) == len(self.ranges)
             if self.resumable and not complete and not self.closed:
                 self.state.done = sorted(self.done)
+                self.state.crcs = {str(k): v for k, v in self.crcs.items()}
                 self.cache.save_state(self.file, self.state)
-        if self.resumable:
+        if self.resumable and self.need_md5:
             self.hash_through(complete_only=False)
         return complete
+
+    def crc_digest(self) -> str:
+        """The content digest from every range's CRC32 (see ``BlobEntry.digest``)."""
+        return crc_digest(self.part, [self.crcs.get(lo, 0) for lo, _ in self.ranges])
 
     def feed(self, chunk: bytes | memoryview, pos: int) -> None:
         """Hash bytes of a single-range file as they arrive (in order, so no second read)."""
@@ -508,10 +536,12 @@ class _FileState:
 
     def close(self) -> bool:
         """Stop further writes and close the file; whether it was still open."""
-        with self._hash_lock, self._lock:  # never while a hash reads the descriptor
+        with self._hash_lock, self._lock:  # never while a hash or a write uses the descriptor
             if self.closed:
                 return False
             self.closed = True
+            while self._writers:
+                self._idle.wait()
             fd, self.fd = self.fd, None
         if fd is not None:
             os.close(fd)
