@@ -5,10 +5,13 @@ metrics below (labelled by model, phase and node) through ``ray.util.metrics``,
 so they reach Ray's Prometheus endpoint (prefixed ``ray_``); on ``InitFailed``
 it counts the failure by phase. Durations are histograms, not gauges: an init
 happens once per replica start, and Ray drops gauge series nobody re-sets.
+Prometheus sums of a histogram approximate from bucket boundaries; the exact
+figures are in the structured log line ``node init timings``.
 
 - ``node_init_phase_seconds{model, phase}`` (histogram)
 - ``node_init_node_download_seconds{model, node}`` (histogram)
-- ``node_init_node_download_bytes{model, node}`` (counter)
+- ``node_init_node_download_bytes{model, node}`` (counter; not incremented by a warm cache's 0)
+- ``node_init_node_cached_bytes{model, node}`` (counter: bytes reused from the node's cache)
 - ``node_init_failures{model, phase}`` (counter)
 """
 
@@ -67,10 +70,16 @@ def record_timings(event: AfterInit, ctx: Any) -> None:
     node_s = _metric("histogram", "node_init_node_download_seconds", "Seconds of a node's download task",
                      ("model", "node"))
     node_b = _metric("counter", "node_init_node_download_bytes", "Bytes a node fetched", ("model", "node"))
+    node_c = _metric("counter", "node_init_node_cached_bytes", "Bytes a node reused from its cache",
+                     ("model", "node"))
     for report in event.reports:
         tags = {"model": event.model_id, "node": report.node_id}
         node_s.observe(report.seconds, tags=tags)
-        node_b.inc(float(report.bytes), tags=tags)
+        # Ray's Counter refuses an increment of 0 (a warm cache fetches nothing): skip it.
+        if report.bytes > 0:
+            node_b.inc(float(report.bytes), tags=tags)
+        if report.cached_bytes > 0:
+            node_c.inc(float(report.cached_bytes), tags=tags)
 
 
 @handlers.on(InitFailed, on_error="log")

@@ -14,6 +14,12 @@ from pathlib import Path
 #: Files every synthetic model has besides its weights (config + tokenizer).
 SMALL_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json")
 
+#: The chat template the tiny models ship (one ``<|role|>`` line per message, then the assistant's turn).
+CHAT_TEMPLATE = (
+    "{% for message in messages %}{{ '<|' + message['role'] + '|>\\n' + message['content'] + '</s>\\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>\\n' }}{% endif %}"
+)
+
 _CORPUS = (
     "the quick brown fox jumps over the lazy dog. ray serve runs large language models. "
     "a replica downloads the model on every node, then boots the engine. "
@@ -89,6 +95,8 @@ def build_tiny_llama(
     (root / "tokenizer_config.json").write_text(json.dumps({
         "tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<s>", "eos_token": "</s>",
         "unk_token": "<unk>", "model_max_length": 512, "clean_up_tokenization_spaces": False,
+        # A plain role-tagged template, so /v1/chat/completions works on the tiny model.
+        "chat_template": CHAT_TEMPLATE,
     }))
     heads, kv_heads, inter = 4, 2, hidden_size * 2
     head_dim = hidden_size // heads
@@ -136,4 +144,5 @@ from ._testing_s3 import FaultProxy as FaultProxy  # noqa: E402
 from ._testing_s3 import S3Server as S3Server  # noqa: E402
 from ._testing_s3 import iter_files as iter_files  # noqa: E402
 
-__all__ = ["SMALL_FILES", "Fault", "FaultProxy", "S3Server", "build_tiny_llama", "iter_files", "write_model_files"]
+__all__ = ["CHAT_TEMPLATE", "SMALL_FILES", "Fault", "FaultProxy", "S3Server", "build_tiny_llama", "iter_files",
+           "write_model_files"]

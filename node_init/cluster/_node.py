@@ -101,6 +101,7 @@ def node_download(
                                 cause=describe(exc)) from exc
 
     wanted, todo = todo_for(mode)
+    before = {k: msgspec.json.encode(v) for k, v in ctx.custom_data.items()}  # what the replica sent
     event = BeforeDownload(
         model_id=config.model_id, node_id=node_id, source=uri, destination=dest_path, mode=mode,
         files=tuple(f.key for f in wanted), expected_bytes=sum(f.size for f in todo),
@@ -110,7 +111,7 @@ def node_download(
                    for e in outcome.errors)
     new_mode = _mode(ctx, is_local)  # read after the publish: handlers may change it
     report = NodeReport(node_id=node_id, path=dest_path, mode=new_mode, vetoed=outcome.vetoed,
-                        custom_data=dict(ctx.custom_data), errors=errors)
+                        custom_data=_additions(ctx.custom_data, before), errors=errors)
     if outcome.vetoed:
         log.info("download vetoed", vetoed_by=list(outcome.vetoed_by))
     skip = outcome.vetoed or new_mode is DownloadMode.NONE or not uri
@@ -134,6 +135,11 @@ def node_download(
                         cancel=cancel).run(wanted, relist=relist)
     return _finish(report, start, path=result.path, files=result.fetched, nbytes=result.bytes,
                    cached=result.cached_bytes)
+
+
+def _additions(data: dict[str, object], before: dict[str, bytes]) -> dict[str, object]:
+    """What this node's handlers added to or changed in ``custom_data`` (not what the replica sent)."""
+    return {k: v for k, v in data.items() if before.get(k) != msgspec.json.encode(v)}
 
 
 def _finish(report: NodeReport, start: float, *, path: str, files: tuple[str, ...] = (),

@@ -149,6 +149,22 @@ async def test_timing_metrics_reach_rays_prometheus_endpoint(ray_cluster: Any, m
 
 
 @pytest.mark.ray
+async def test_a_warm_second_init_records_cached_bytes_without_a_handler_error(ray_cluster: Any,
+                                                                              model_dir: Path) -> None:
+    from handlers.timing import record_timings
+
+    cfg = config(model_dir, handlers=["handlers.timing:handlers"])
+    await initialize_node(cfg)
+    bus, after = EventBus(), []
+    bus.subscribe(AfterInit, lambda e, c: after.append(e))
+    warm = await initialize_node(cfg, bus=bus)  # every node's cache is complete: 0 bytes fetched
+    assert all(r.bytes == 0 and r.cached_bytes > 0 for r in warm.reports)
+    record_timings(after[0], warm.ctx)  # raised ValueError (a Counter incremented by 0) on a warm start
+    lines = [line for line in scrape(ray_cluster, "node_init_node_cached_bytes") if cfg.model_id in line]
+    assert {line.split('node="')[1].split('"')[0] for line in lines} == {n.node_id for n in ray_cluster.nodes}
+
+
+@pytest.mark.ray
 async def test_extra_files_land_on_every_node(ray_cluster: Any, s3_server: S3Server, model_dir: Path,
                                               tmp_path: Path) -> None:
     cache = tmp_path / "compile-cache-src"

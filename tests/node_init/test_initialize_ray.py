@@ -69,6 +69,7 @@ async def test_before_download_runs_in_each_nodes_own_process(ray_cluster: RayCl
             seen_there = nodes[node.node_id]["seen"]
             assert seen_there["node_name"] == node.name and seen_there["node_id"] == node.node_id
             assert seen_there["from_replica"] == "hello"  # the replica's ctx reached the node
+            assert "from_replica" not in nodes[node.node_id]  # a node returns its additions only
             assert seen_there["expected_bytes"] == sum(p.stat().st_size for p in model_dir.iterdir())
             dest = node.cache / cfg.model_id
             assert seen_there["destination"] == str(dest)
