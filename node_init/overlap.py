@@ -6,7 +6,9 @@ one, and something is missing. ``engine.overlap: on`` then overlaps; ``off``
 never does; ``auto`` overlaps a remote source when the missing bytes would take
 longer than :data:`OVERLAP_MIN_S` to arrive, at the node's last measured rate,
 else ``download.expected_rate_mb_s``, else the rate sampled live for
-:data:`OVERLAP_PROBE_S`. The threshold guards the cost of overlapping
+:data:`OVERLAP_PROBE_S`; a probe that sees no byte at all while the download is not done (a slow
+start, or a second replica waiting on the first one's download lock) counts as a download in
+progress and overlaps. The threshold guards the cost of overlapping
 (the in-place reload, and the CPU the download takes from the boot).
 """
 
@@ -34,7 +36,7 @@ class OverlapChoice:
 
     Attributes:
         overlap: Whether to boot on dummy weights now.
-        reason: ``off``, ``impossible``, ``on``, ``local``, ``finished``, ``no rate``,
+        reason: ``off``, ``impossible``, ``on``, ``local``, ``finished``, ``no bytes yet``,
             ``fast`` or ``slow``.
         rate_mb_s: The rate the estimate used, if any.
         estimated_s: Estimated seconds until the weights are in (0 when not estimated).
@@ -82,7 +84,10 @@ def decide(setting: Literal["auto", "on", "off"], *, possible: bool, remote: boo
     if finished:
         return OverlapChoice(False, "finished")
     if not rate_mb_s:
-        return OverlapChoice(False, "no rate")
+        # Nothing measured and no byte in the probe while the download goes on: the weights are
+        # far away, or another process on this node holds the download lock and is fetching them
+        # (a second replica). Either way it is a download in progress.
+        return OverlapChoice(True, "no bytes yet")
     estimate = missing_bytes / 1e6 / rate_mb_s
     return OverlapChoice(estimate > OVERLAP_MIN_S, "slow" if estimate > OVERLAP_MIN_S else "fast",
                          rate_mb_s, estimate)

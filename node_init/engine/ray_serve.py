@@ -39,9 +39,10 @@ from eventbus import EventBus
 
 from .._config import NodeInitConfig, parse_config
 from .._ctx import CallbackCtx
-from .._errors import PhaseError
+from .._errors import CallbackLoadError, ConfigError, PhaseError
 from .._events import AfterInit, BeforeDownload, BeforeInit
 from .._init import InitResult, initialize_node
+from .._loader import load_callback_class, load_handler_set
 from .._logging import configure_logging
 from .._modes import DownloadMode
 from .._publish import publish_failure, publish_phase, publish_phase_sync
@@ -66,6 +67,71 @@ def node_init_config(llm_config: Any, kwargs: dict[str, Any]) -> NodeInitConfig:
     engine["kwargs"] = {**dict(llm_config.engine_kwargs), **dict(engine.get("kwargs") or {})}
     data["engine"] = engine
     return parse_config(data, file="LLMConfig.callback_config.callback_kwargs")
+
+
+_HOOKS = ("on_before_init", "on_before_download", "on_after_init")
+_FILE = "LLMConfig.callback_config.callback_kwargs"
+
+
+def validate_llm_config(llm_config: Any) -> NodeInitConfig | None:
+    """Check our settings in an ``LLMConfig`` where the application is built, before any replica.
+
+    Returns our config, or ``None`` when the ``LLMConfig`` does not use our callback. An import
+    path that does not import here is an error unless the runtime env of this process (the
+    application's) ships a ``working_dir`` or ``py_modules`` it may come from: then it is checked
+    where it lands, as before.
+
+    Raises:
+        ConfigError: naming the field of ``callback_kwargs`` (or ``callback``) that is wrong.
+    """
+    callback_class = llm_config.callback_config.callback_class
+    name = callback_class if isinstance(callback_class, str) else getattr(callback_class, "__qualname__", "")
+    if not (isinstance(callback_class, type) and issubclass(callback_class, EventBusCallback)) and \
+            not str(name).endswith("EventBusCallback"):
+        return None
+    config = node_init_config(llm_config, dict(llm_config.callback_config.callback_kwargs))
+    shipped = _runtime_env_ships_code()
+    paths = [("callback", config.callback)] + [(f"handlers[{i}]", p) for i, p in enumerate(config.handlers)]
+    for field, path in paths:
+        if path is None:
+            continue
+        try:
+            obj = (load_callback_class(path, config.callback_kwargs) if field == "callback"
+                   else load_handler_set(path))
+        except CallbackLoadError as exc:
+            if shipped and isinstance(exc.__cause__, ModuleNotFoundError):
+                _log.info("import path not importable here; checked where the runtime_env lands", path=path)
+                continue
+            raise ConfigError(str(exc), file=_FILE, field=field) from None
+        if field == "callback" and not any(callable(getattr(obj, hook, None)) for hook in _HOOKS):
+            raise ConfigError(f"{path} implements none of {', '.join(_HOOKS)} (Ray's own hooks such as "
+                              "on_before_node_init are not ours): it would never be called", file=_FILE,
+                              field="callback")
+    return config
+
+
+def _runtime_env_ships_code() -> bool:
+    import ray
+
+    if not ray.is_initialized():
+        return False
+    env = ray.get_runtime_context().runtime_env or {}
+    return bool(env.get("working_dir") or env.get("py_modules"))
+
+
+def build_openai_app(builder_config: dict[str, Any]) -> Any:
+    """Ray's ``build_openai_app``, with our settings checked first (a mistake fails the build).
+
+    Name it as the application's ``import_path`` (``node_init.ray_serve:build_openai_app``): a wrong
+    field, value or import path then fails when Serve builds the application (``DEPLOY_FAILED``,
+    the field named), not three replica starts later.
+    """
+    from ray.llm._internal.serve.core.ingress.builder import LLMServingArgs
+    from ray.serve.llm import build_openai_app as ray_build_openai_app
+
+    for llm_config in LLMServingArgs.model_validate(builder_config).llm_configs:
+        validate_llm_config(llm_config)
+    return ray_build_openai_app(builder_config)
 
 
 def _our_ctx(config: NodeInitConfig, ray_ctx: RayCallbackCtx, llm_config: Any) -> CallbackCtx:
@@ -246,9 +312,19 @@ class OverlappedVLLMEngine(RayVLLMEngine):  # type: ignore[misc]
 
 
 class OverlappedLLMServer(LLMServer):  # type: ignore[misc]
-    """``LLMServer`` whose engine is :class:`OverlappedVLLMEngine` (select it with ``LLMConfig.server_cls``)."""
+    """``LLMServer`` whose engine is :class:`OverlappedVLLMEngine` (select it with ``LLMConfig.server_cls``).
+
+    Ray asks it for its deployment options when the application is built: our settings are
+    checked there (:func:`validate_llm_config`), so a mistake fails the build, not the replicas.
+    """
 
     _default_engine_cls = OverlappedVLLMEngine  # type: ignore[assignment]
 
+    @classmethod
+    def get_deployment_options(cls, llm_config: Any) -> Any:  # type: ignore[override]
+        validate_llm_config(llm_config)
+        return super().get_deployment_options(llm_config)
 
-__all__ = ["EventBusCallback", "OverlappedLLMServer", "OverlappedVLLMEngine", "node_init_config"]
+
+__all__ = ["EventBusCallback", "OverlappedLLMServer", "OverlappedVLLMEngine", "build_openai_app", "node_init_config",
+           "validate_llm_config"]

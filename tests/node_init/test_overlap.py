@@ -63,7 +63,8 @@ def test_auto_overlaps_when_the_estimate_exceeds_the_threshold() -> None:
     assert not fast.overlap and fast.reason == "fast"
     assert not auto(OVERLAP_MIN_S * 10 - 1, 10.0).overlap  # just under the threshold
     assert auto(OVERLAP_MIN_S * 10 + 1, 10.0).overlap
-    assert auto(100, None).reason == "no rate"
+    waiting = auto(100, None)  # no byte in the probe: another replica's download, or a slow start
+    assert waiting.overlap and waiting.reason == "no bytes yet"
     assert auto(100, 10.0, finished=True).reason == "finished"
 
 
@@ -95,6 +96,15 @@ async def test_auto_probes_the_live_rate_when_nothing_is_known() -> None:
     choice = await choose_overlap(cfg(), decision(), done=done, samples=samples)
     assert time.monotonic() - start >= OVERLAP_PROBE_S * 0.9
     assert choice.overlap and choice.rate_mb_s == pytest.approx(5.0)
+
+
+@pytest.mark.anyio
+async def test_a_download_waited_for_overlaps_under_auto() -> None:
+    """A second replica on the node waits on the first one's lock: no bytes, yet a download in progress."""
+    start = time.monotonic()
+    choice = await choose_overlap(cfg(), decision(), done=anyio.Event(), samples=[])
+    assert choice.overlap and choice.reason == "no bytes yet"
+    assert time.monotonic() - start >= OVERLAP_PROBE_S * 0.9
 
 
 @pytest.mark.anyio

@@ -166,3 +166,45 @@ def test_event_bus_callback_pickles_without_bus_or_locks(tiny: dict[str, str], t
     assert clone is not cb and clone._bus is None and clone.ctx.custom_data == {"k": 1}
     assert clone.config.handlers == ["tests.node_init.hooks:record"]
     assert clone.ctx.worker_node_download_model == cb.ctx.worker_node_download_model
+
+
+BAD_KWARGS = [
+    ({"engin": {"kind": "vllm"}}, None, "unknown field `engin`"),
+    ({"engine": {"overlap": "maybe"}}, "engine.overlap", "auto, on, off"),
+    ({"handlers": ["no_such_module_xyz:handlers"]}, "handlers[0]", "no_such_module_xyz"),
+    ({"callback": "no_such_module_xyz:Hooks"}, "callback", "no_such_module_xyz"),
+    ({"callback": "tests.node_init.test_ray_serve:OnlyRaysHook"}, "callback", "implements none of"),
+]
+
+
+class OnlyRaysHook:
+    """A class-style callback written against Ray's hook name: none of ours."""
+
+    def on_before_node_init(self, ctx: object) -> None: ...
+
+
+@pytest.mark.parametrize(("kwargs", "field", "words"), BAD_KWARGS)
+@pytest.mark.parametrize("path", ["stock", "overlapped"])
+def test_a_config_mistake_fails_when_the_app_is_built(kwargs: dict[str, Any], field: str | None, words: str,
+                                                      path: str, tmp_path: Path) -> None:
+    from ray.serve.llm import LLMConfig
+
+    from node_init import ConfigError
+    from node_init.ray_serve import build_openai_app
+
+    model = build_tiny_llama(tmp_path / "tiny")
+    llm_config: dict[str, Any] = {
+        "model_loading_config": {"model_id": "tiny", "model_source": str(model)},
+        "accelerator_config": {"kind": "cpu"},
+        "callback_config": {"callback_class": "node_init.ray_serve:EventBusCallback", "callback_kwargs": kwargs},
+    }
+    if path == "overlapped":  # Ray's own builder: our server class checks when Ray asks it for options
+        llm_config["server_cls"] = "node_init.ray_serve:OverlappedLLMServer"
+        from ray.serve.llm import build_openai_app as ray_build
+
+        with pytest.raises(ConfigError) as info:
+            ray_build({"llm_configs": [LLMConfig(**llm_config)]})
+    else:
+        with pytest.raises(ConfigError) as info:
+            build_openai_app({"llm_configs": [llm_config]})
+    assert info.value.field == field and words in str(info.value)
