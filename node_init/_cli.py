@@ -116,6 +116,29 @@ def _start_ray(address: str | None) -> None:
                  logging_level=logging.WARNING, configure_logging=False)
 
 
+def _vllm_logs_to_file(path: Path) -> None:
+    """The demo shows our timeline and reports: vLLM's own lines go to ``path`` (named on stderr).
+
+    ``VLLM_LOGGING_CONFIG_PATH`` is read by vLLM in every process it starts (EngineCore, workers),
+    so they all append to the same file.
+    """
+    import json
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("")
+    config = {
+        "version": 1, "disable_existing_loggers": False,
+        "formatters": {"plain": {"format": "%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s"}},
+        "handlers": {"file": {"class": "logging.FileHandler", "filename": str(path), "mode": "a",
+                              "formatter": "plain"}},
+        "loggers": {"vllm": {"handlers": ["file"], "level": "INFO", "propagate": False}},
+    }
+    config_path = path.with_suffix(".logging.json")
+    config_path.write_text(json.dumps(config))
+    os.environ["VLLM_LOGGING_CONFIG_PATH"] = str(config_path)
+    print(f"vLLM's own log: {path}", file=sys.stderr)
+
+
 def _demo(workdir: Path, engine: bool) -> dict[str, Any]:
     from .testing import build_tiny_llama
 
@@ -165,6 +188,9 @@ def main(argv: list[str] | None = None) -> int:
     else:
         config_path, prompt, address = None, "the quick brown fox", None
         data = _demo(args.workdir.resolve(), engine=not args.no_engine)
+        _vllm_logs_to_file(args.workdir.resolve() / "vllm.log")
+        events = os.environ.setdefault("NODE_INIT_EVENT_LOG", str(args.workdir.resolve() / "events.jsonl"))
+        print(f"event log (handlers.event_log): {events}", file=sys.stderr)
         # Workers inherit PYTHONPATH from the Ray we start, so our handlers import on every node.
         os.environ["PYTHONPATH"] = os.pathsep.join(
             p for p in [str(Path(__file__).resolve().parent.parent), os.environ.get("PYTHONPATH", "")] if p
