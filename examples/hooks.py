@@ -34,7 +34,19 @@ def finished(event: AfterInit, ctx: CallbackCtx) -> None:
 
 
 class CustomDownload:
-    """The original design note's class-style example: worker nodes fetch only the tokenizer."""
+    """The original design note's class-style example: worker nodes fetch only the tokenizer.
+
+    With ``OverlappedLLMServer`` it runs on each node before that node's download. On stock
+    ``ray.serve.llm`` Ray has bound the mode by then (the hook is observe-only): use
+    :class:`WorkersFetchTokenizerOnly` there.
+    """
 
     def on_before_download(self, ctx: CallbackCtx) -> None:
+        ctx.worker_node_download_model = "TOKENIZER_ONLY"
+
+
+class WorkersFetchTokenizerOnly:
+    """The same choice made in ``on_before_init``, which stock ``ray.serve.llm`` honours."""
+
+    def on_before_init(self, ctx: CallbackCtx) -> None:
         ctx.worker_node_download_model = "TOKENIZER_ONLY"
