@@ -43,7 +43,6 @@ from ._sources import list_source as list_source
 from ._sources import local_path as local_path
 from ._sources import open_source as open_source
 from ._sources import open_source_for as open_source_for
-from ._sources import read_range as read_range
 from ._sources import s3_credentials as s3_credentials
 from ._sources import source_errors as source_errors
 
@@ -70,7 +69,6 @@ __all__ = [
     "model_dir_name",
     "open_source",
     "open_source_for",
-    "read_range",
     "read_rate",
     "s3_credentials",
     "select",

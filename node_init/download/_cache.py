@@ -361,7 +361,7 @@ class ModelCache:
         except OSError:
             return None
 
-    def collect(self, keep: list[RemoteFile] = (), *, grace_s: float = COLLECT_GRACE_S,  # type: ignore[assignment]
+    def collect(self, keep: list[RemoteFile] | None = None, *, grace_s: float = COLLECT_GRACE_S,
                 orphans: bool = False) -> int:
         """Remove snapshots neither current, recent nor held, then blobs no snapshot links.
 
@@ -407,7 +407,7 @@ class ModelCache:
         if not removed and not orphans:
             return 0  # no snapshot went: no blob lost its last link (a scan of every blob is not free)
         live = self.entries()
-        wanted = {self.blob_name(f) for f in keep}
+        wanted = {self.blob_name(f) for f in keep or ()}
         for blob in list(self.blobs.iterdir()):
             st = blob.stat()
             if st.st_nlink == 1 and blob.name not in wanted:  # linked by no snapshot, not wanted now

@@ -97,11 +97,6 @@ def _local_tag(st: os.stat_result) -> str:
     return f"{st.st_mtime_ns}-{st.st_size}"
 
 
-def read_range(source: Source, file: RemoteFile, start: int, end: int) -> bytes:
-    """Bytes ``[start, end)`` of ``file``, whole (see :meth:`Source.stream`)."""
-    return b"".join(bytes(chunk) for chunk in source.stream(file, start, end))
-
-
 def local_path(uri: str) -> Path | None:
     """The directory a local source names (``/path``, ``~/path`` or ``file:///path``), else ``None``."""
     if uri.startswith("file://"):
