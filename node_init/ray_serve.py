@@ -8,9 +8,10 @@
 from .engine.ray_serve import EventBusCallback as EventBusCallback
 from .engine.ray_serve import OverlappedLLMServer as OverlappedLLMServer
 from .engine.ray_serve import OverlappedVLLMEngine as OverlappedVLLMEngine
+from .engine.ray_serve import ServeConfigError as ServeConfigError
 from .engine.ray_serve import build_openai_app as build_openai_app
 from .engine.ray_serve import node_init_config as node_init_config
 from .engine.ray_serve import validate_llm_config as validate_llm_config
 
-__all__ = ["EventBusCallback", "OverlappedLLMServer", "OverlappedVLLMEngine", "build_openai_app", "node_init_config",
-           "validate_llm_config"]
+__all__ = ["EventBusCallback", "OverlappedLLMServer", "OverlappedVLLMEngine", "ServeConfigError", "build_openai_app",
+           "node_init_config", "validate_llm_config"]

@@ -33,6 +33,7 @@ from ray.llm._internal.common.callbacks.base import CallbackBase
 from ray.llm._internal.common.callbacks.base import CallbackCtx as RayCallbackCtx
 from ray.llm._internal.common.utils.download_utils import NodeModelDownloadable
 from ray.llm._internal.serve.engines.vllm.vllm_engine import VLLMEngine as RayVLLMEngine
+from ray.serve.exceptions import RayServeException
 from ray.serve.llm.deployment import LLMServer
 
 from eventbus import EventBus
@@ -73,6 +74,14 @@ _HOOKS = ("on_before_init", "on_before_download", "on_after_init")
 _FILE = "LLMConfig.callback_config.callback_kwargs"
 
 
+class ServeConfigError(ConfigError, RayServeException):
+    """A :class:`~node_init.ConfigError` found where Serve builds the application.
+
+    Also a ``RayServeException``: Serve then fails the build at once (``DEPLOY_FAILED`` with
+    this message), where any other exception is retried three times in fresh workers first.
+    """
+
+
 def validate_llm_config(llm_config: Any) -> NodeInitConfig | None:
     """Check our settings in an ``LLMConfig`` where the application is built, before any replica.
 
@@ -82,8 +91,15 @@ def validate_llm_config(llm_config: Any) -> NodeInitConfig | None:
     where it lands, as before.
 
     Raises:
-        ConfigError: naming the field of ``callback_kwargs`` (or ``callback``) that is wrong.
+        ServeConfigError: naming the field of ``callback_kwargs`` (or ``callback``) that is wrong.
     """
+    try:
+        return _validate(llm_config)
+    except ConfigError as exc:
+        raise ServeConfigError(exc.reason, file=exc.file, field=exc.field) from None
+
+
+def _validate(llm_config: Any) -> NodeInitConfig | None:
     callback_class = llm_config.callback_config.callback_class
     name = callback_class if isinstance(callback_class, str) else getattr(callback_class, "__qualname__", "")
     if not (isinstance(callback_class, type) and issubclass(callback_class, EventBusCallback)) and \

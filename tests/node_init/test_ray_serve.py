@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import pickle
-import socket
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -17,24 +16,6 @@ from node_init.testing import S3Server, build_tiny_llama
 
 pytestmark = [pytest.mark.engine, pytest.mark.ray]
 ENGINE_KWARGS = {"dtype": "float32", "max_model_len": 256, "enforce_eager": True}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@pytest.fixture(scope="module")
-def serve_port(ray_cluster: Any) -> Iterator[int]:
-    from ray import serve
-
-    port = free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    try:
-        yield port
-    finally:
-        serve.shutdown()
 
 
 @pytest.fixture(scope="module")
@@ -187,10 +168,10 @@ class OnlyRaysHook:
 @pytest.mark.parametrize("path", ["stock", "overlapped"])
 def test_a_config_mistake_fails_when_the_app_is_built(kwargs: dict[str, Any], field: str | None, words: str,
                                                       path: str, tmp_path: Path) -> None:
+    from ray.serve.exceptions import RayServeException
     from ray.serve.llm import LLMConfig
 
-    from node_init import ConfigError
-    from node_init.ray_serve import build_openai_app
+    from node_init.ray_serve import ServeConfigError, build_openai_app
 
     model = build_tiny_llama(tmp_path / "tiny")
     llm_config: dict[str, Any] = {
@@ -202,9 +183,10 @@ def test_a_config_mistake_fails_when_the_app_is_built(kwargs: dict[str, Any], fi
         llm_config["server_cls"] = "node_init.ray_serve:OverlappedLLMServer"
         from ray.serve.llm import build_openai_app as ray_build
 
-        with pytest.raises(ConfigError) as info:
+        with pytest.raises(ServeConfigError) as info:
             ray_build({"llm_configs": [LLMConfig(**llm_config)]})
     else:
-        with pytest.raises(ConfigError) as info:
+        with pytest.raises(ServeConfigError) as info:
             build_openai_app({"llm_configs": [llm_config]})
     assert info.value.field == field and words in str(info.value)
+    assert isinstance(info.value, RayServeException)  # Serve fails the build at once, without retries

@@ -1,0 +1,237 @@
+"""Every Serve config in ``examples/`` run as its comments say, and queried as a user would.
+
+The commands come from the file itself (``node-init build-model ...`` and ``serve run ...``), run
+from the repository root against the session's Ray cluster (``--address``; ``--non-blocking`` so the
+test, not the CLI, waits). Answers come through the OpenAI Python client: completions, chat, streaming.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import shlex
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from handlers.event_log import read_events
+from node_init import AfterInit
+from node_init.testing import FaultProxy, S3Server, build_tiny_llama
+
+pytestmark = [pytest.mark.engine, pytest.mark.ray]
+REPO = Path(__file__).resolve().parents[2]
+EXAMPLES = sorted((REPO / "examples").glob("serve_*.yaml"))
+BOUND_S = 300
+PORT = 8000  # Serve's default: the examples set no http_options
+
+
+def commands(example: Path) -> tuple[list[str], list[str]]:
+    """The ``node-init build-model`` and ``serve run`` commands the example's comments give."""
+    lines = [line.lstrip("# ").strip() for line in example.read_text().splitlines() if line.startswith("#")]
+    (build,) = [shlex.split(line) for line in lines if line.startswith("node-init build-model ")]
+    (run,) = [shlex.split(line) for line in lines if line.startswith("serve run ")]
+    return build, run
+
+
+def tool(argv: list[str]) -> list[str]:
+    """``argv`` with its program taken from this interpreter's environment (what a user's PATH has)."""
+    return [str(Path(sys.executable).parent / argv[0]), *argv[1:]]
+
+
+def serve_run(argv: list[str], address: str, config: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """``serve run`` as written, against the test cluster, returning once the config is submitted."""
+    args = tool(argv)
+    args[2:2] = ["--non-blocking", "--address", address]
+    if config is not None:
+        args[-1] = str(config)
+    return subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=120, check=False,
+                          env={**os.environ, "RAY_ADDRESS": address})
+
+
+def app_of(example: Path) -> dict[str, Any]:
+    (app,) = yaml.safe_load(example.read_text())["applications"]
+    return dict(app)
+
+
+def wait_for(name: str, *wanted: str) -> Any:
+    from ray import serve
+
+    deadline = time.monotonic() + BOUND_S
+    while time.monotonic() < deadline:
+        app = serve.status().applications.get(name)
+        if app is not None and app.status in wanted:
+            return app
+        if app is not None and not set(wanted) & {"DEPLOY_FAILED", "UNHEALTHY"}:
+            assert app.status not in ("DEPLOY_FAILED", "UNHEALTHY"), app.message
+        time.sleep(2)
+    raise AssertionError(f"application {name} not {wanted} after {BOUND_S}s")
+
+
+def delete(name: str) -> None:
+    from ray import serve
+
+    serve.delete(name)  # blocks until the application is gone
+
+
+def log_sizes() -> dict[Path, int]:
+    import ray
+
+    logs = Path(ray._private.worker._global_node.get_session_dir_path()) / "logs"
+    return {p: p.stat().st_size for p in logs.rglob("*") if p.is_file()}
+
+
+def new_log_text(before: dict[Path, int]) -> str:
+    """What every Ray log file (replicas, node tasks, controller) gained since ``before``."""
+    out = []
+    for path in log_sizes():
+        with open(path, "rb") as f:
+            f.seek(before.get(path, 0))
+            out.append(f.read().decode(errors="replace"))
+    return "".join(out)
+
+
+def ask(port: int, model: str) -> None:
+    """Completions, chat and a streamed completion through the OpenAI client; greedy streams agree."""
+    from openai import OpenAI
+
+    client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", timeout=120, max_retries=0)
+    prompt = "the quick brown fox"
+    done = client.completions.create(model=model, prompt=prompt, max_tokens=8, temperature=0)
+    assert done.model == model and done.choices[0].finish_reason in ("length", "stop")
+    assert done.usage is not None and done.usage.completion_tokens >= 1
+    chat = client.chat.completions.create(model=model, messages=[{"role": "user", "content": prompt}],
+                                          max_tokens=8, temperature=0)
+    assert chat.choices[0].message.role == "assistant" and chat.usage is not None
+    assert chat.usage.prompt_tokens > done.usage.prompt_tokens  # the chat template wrapped the message
+    streamed = client.completions.create(model=model, prompt=prompt, max_tokens=8, temperature=0, stream=True)
+    chunks = [c.choices[0].text for c in streamed if c.choices]
+    assert len(chunks) > 1 and "".join(chunks) == done.choices[0].text
+
+
+@pytest.fixture(scope="module")
+def cluster_address(ray_cluster: Any) -> Iterator[str]:
+    """The session's cluster with Serve not running: the first ``serve run`` starts it, as for a user.
+
+    Serve's controller builds applications in the runtime_env of the driver that started it, so the
+    ``--working-dir`` of a ``serve run`` reaches the build only when that command started Serve
+    (the README says so); the examples' HTTP port is Serve's default.
+    """
+    from ray import serve
+
+    serve.shutdown()
+    with socket.socket() as s:
+        assert s.connect_ex(("127.0.0.1", PORT)) != 0, f"port {PORT} (Serve's default) is taken on this machine"
+    try:
+        yield str(ray_cluster.address)
+    finally:
+        serve.shutdown()
+
+
+@pytest.mark.parametrize("example", EXAMPLES, ids=[p.stem for p in EXAMPLES])
+def test_an_example_runs_as_written_and_restarts_warm(example: Path, cluster_address: str) -> None:
+    build, run = commands(example)
+    subprocess.run(tool(build), cwd=REPO, check=True, timeout=120, capture_output=True)
+    app = app_of(example)
+    (llm,) = app["args"]["llm_configs"]
+    model = llm["model_loading_config"]["model_id"]
+    event_log = app.get("runtime_env", {}).get("env_vars", {}).get("NODE_INIT_EVENT_LOG")
+    seen_before = len(list(read_events(event_log))) if event_log and Path(event_log).exists() else 0
+    before = log_sizes()
+    # Our flow (an event log to read) is started twice: the second start finds the node's cache warm.
+    starts = ("first", "warm") if event_log else ("first",)
+    try:
+        for start in starts:
+            out = serve_run(run, cluster_address)
+            assert out.returncode == 0, out.stderr[-2000:]
+            wait_for(app["name"], "RUNNING")
+            ask(PORT, model)
+            if start != starts[-1]:
+                delete(app["name"])
+    finally:
+        delete(app["name"])
+    logs = new_log_text(before)
+    assert "handler failed" not in logs  # handlers.timing on a warm cache, among others
+    if event_log:
+        inits = [e for e in list(read_events(event_log))[seen_before:] if isinstance(e, AfterInit)]
+        assert len(inits) == 2
+        assert all(r.bytes == 0 and r.cached_bytes > 0 for r in inits[1].reports)
+
+
+@pytest.mark.parametrize("example", EXAMPLES, ids=[p.stem for p in EXAMPLES])
+def test_a_config_mistake_in_an_example_fails_the_deploy_naming_the_field(
+        example: Path, cluster_address: str, tmp_path: Path) -> None:
+    _, run = commands(example)
+    config = yaml.safe_load(example.read_text())
+    wrong = copy.deepcopy(config)
+    (llm,) = wrong["applications"][0]["args"]["llm_configs"]
+    llm["callback_config"]["callback_kwargs"]["engine"] = {"overlap": "maybe"}
+    path = tmp_path / example.name
+    path.write_text(yaml.safe_dump(wrong))
+    name = config["applications"][0]["name"]
+    out = serve_run(run, cluster_address, path)
+    assert out.returncode == 0, out.stderr[-2000:]  # submitted: the controller builds the app
+    try:
+        app = wait_for(name, "DEPLOY_FAILED")
+        assert "engine.overlap" in app.message and "auto, on, off" in app.message
+        assert "Traceback" not in app.message  # our error as is: not retried, not wrapped by Serve
+        assert not app.deployments  # failed at the build: no replica was started
+    finally:
+        delete(name)
+
+
+def test_a_second_replica_on_one_node_overlaps_under_auto(cluster_address: str, s3_server: S3Server,
+                                                          tmp_path: Path) -> None:
+    """Two replicas on node1 (half a CPU each) start together on a cold cache behind a slow link.
+
+    One downloads; the other waits on its download lock, sees no byte of its own, and under
+    ``overlap: auto`` boots on dummy weights meanwhile instead of after the download.
+    """
+    from ray import serve
+
+    from node_init.ray_serve import build_openai_app
+
+    model = build_tiny_llama(tmp_path / "tiny")
+    s3_server.upload_dir(model, "models", "two-replicas")
+    size_mb = sum(p.stat().st_size for p in model.iterdir()) / 1e6
+    log = tmp_path / "events.jsonl"
+    proxy = FaultProxy(s3_server.endpoint, rate_mb_s=size_mb / 12).start()  # a ~12 s download
+    try:
+        llm = {
+            "model_loading_config": {"model_id": "tiny-two", "model_source": "s3://models/two-replicas"},
+            "accelerator_config": {"kind": "cpu"},
+            "placement_group_config": {"bundles": [{"CPU": 0.5, "node1": 0.5}]},
+            "engine_kwargs": {"dtype": "float32", "max_model_len": 256, "enforce_eager": True},
+            "deployment_config": {"num_replicas": 2, "ray_actor_options": {"num_cpus": 0}},
+            "runtime_env": {"env_vars": {"NODE_INIT_EVENT_LOG": str(log), "VLLM_CPU_KVCACHE_SPACE": "1"}},
+            "server_cls": "node_init.ray_serve:OverlappedLLMServer",
+            "callback_config": {"callback_class": "node_init.ray_serve:EventBusCallback", "callback_kwargs": {
+                "handlers": ["handlers.event_log:handlers", "handlers.timing:handlers"],
+                "engine": {"overlap": "auto"},
+                "download": {"s3": {"endpoint_url": proxy.endpoint, "access_key_id": "testing",
+                                    "secret_access_key": "testing"}},
+            }},
+        }
+        app = build_openai_app({"llm_configs": [llm],
+                                "ingress_deployment_config": {"ray_actor_options": {"num_cpus": 0.5}}})
+        serve.run(app, name="two", route_prefix="/two", blocking=False)
+        try:
+            wait_for("two", "RUNNING")
+        finally:
+            delete("two")
+    finally:
+        proxy.stop()
+    inits = [e for e in read_events(log) if isinstance(e, AfterInit)]
+    assert len(inits) == 2
+    (fetched,) = [e for e in inits if e.reports[0].bytes > 0]  # one replica's node task downloaded
+    (waited,) = [e for e in inits if e.reports[0].bytes == 0]  # the other's found it done after the lock
+    assert waited.reports[0].cached_bytes == fetched.reports[0].bytes
+    # Both booted on dummy weights during the download and took the weights in place afterwards.
+    for init in (fetched, waited):
+        assert "weights_load" in init.timings and init.timings["overlap"] > 0
