@@ -1,9 +1,12 @@
-"""Node-init wall time on 1, 2 and 4 nodes, each with its own cache root and its own capped link.
+"""Node-init wall time on 1, 2 and 4 nodes: a link per node, or one origin link for all; sharing on or off.
 
-A ``ray.cluster_utils.Cluster`` of 4 nodes on this machine; node i gets its own cache root and its
-own bandwidth-capped proxy in front of one S3-compatible server (its ``AWS_ENDPOINT_URL``, which
-overrides the config on that node). A synthetic multi-file model of ~100 MB, engine ``none``.
-With a link per node, node init should take about as long on 4 nodes as on 1.
+A ``ray.cluster_utils.Cluster`` of 4 nodes on this machine, each with its own cache root. Node i
+reaches the one S3-compatible server through its own proxy (its ``AWS_ENDPOINT_URL``), which goes
+through one shared proxy: capping the node proxies gives each node its own link (``per-node``),
+capping the shared one gives all nodes one origin link (``shared``, a bucket behind one NAT or
+proxy). A synthetic 4-file model of ~105 MB, engine ``none``. ``download.share`` ``off`` (every
+node fetches everything from the origin) against ``auto`` (each range once from the origin, the
+rest between nodes through Ray's object store). Origin bytes are what crossed the shared proxy.
 
 Run: ``python benchmarks/scale_nodes.py [--quick] [--rate 25]``; writes ``results/scale_nodes.{json,md,png}``.
 """
@@ -16,6 +19,7 @@ import os
 import sys
 import tempfile
 import time
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -23,15 +27,18 @@ from _common import RESULTS, markdown_table, median, write_outputs
 
 REPO = Path(__file__).resolve().parent.parent
 NODES = (1, 2, 4)
+LINKS = ("per-node", "shared")
+SHARES = ("off", "auto")
 
 
-async def one_init(n: int, run: int) -> dict[str, Any]:
+async def one_init(n: int, share: str, run: str) -> dict[str, Any]:
     from node_init import initialize_node, parse_config
 
     config = parse_config({
-        "model_id": f"scale-{n}-{run}", "model_source": "s3://bench/synthetic-100mb",
+        "model_id": f"scale-{n}-{share}-{run}", "model_source": "s3://bench/synthetic-100mb",
         "placement": {"bundles": [{f"n{i}": 1} for i in range(n)], "strategy": "SPREAD", "ready_timeout_s": 60},
-        "download": {"timeout_s": 600, "s3": {"access_key_id": "testing", "secret_access_key": "testing"}},
+        "download": {"timeout_s": 600, "share": share,
+                     "s3": {"access_key_id": "testing", "secret_access_key": "testing"}},
     })
     t0 = time.monotonic()
     result = await initialize_node(config)
@@ -40,8 +47,7 @@ async def one_init(n: int, run: int) -> dict[str, Any]:
     assert len(result.reports) == n, [r.node_id for r in result.reports]
     return {"total": total, "download": result.timings["download"],
             "slowest_node": max(r.seconds for r in result.reports),
-            "bus": result.timings["before_init"] + result.timings.get("before_engine_init", 0)
-            + result.timings["after_init"]}
+            "peer_bytes": sum(r.peer_bytes for r in result.reports)}
 
 
 def main(args: argparse.Namespace) -> None:
@@ -56,7 +62,9 @@ def main(args: argparse.Namespace) -> None:
     write_model_files(local, {f"model-0000{i}-of-00004.safetensors": 25 << 20 for i in range(1, 5)})
     server.upload_dir(local, "bench", "synthetic-100mb")
     size = sum(p.stat().st_size for p in local.iterdir())
-    proxies = [FaultProxy(server.endpoint, rate_mb_s=args.rate).start() for _ in range(max(NODES))]
+    shared = FaultProxy(server.endpoint).start()
+    proxies = [FaultProxy(shared.endpoint).start() for _ in range(max(NODES))]
+    rate = args.rate * 1e6
     root = Path(tempfile.mkdtemp(prefix="scale-nodes-"))
     os.environ["PYTHONPATH"] = str(REPO)
     os.environ["RAY_AUTH_MODE"] = "disabled"
@@ -70,40 +78,66 @@ def main(args: argparse.Namespace) -> None:
         cluster.add_node(num_cpus=1, resources={f"n{i}": 1}, env_vars=env(i))
     cluster.wait_for_nodes()
     ray.init(address=cluster.address, log_to_driver=False)
-    samples: dict[int, list[dict[str, Any]]] = {n: [] for n in NODES}
+    cases = [(link, share, n) for link in LINKS for share in SHARES for n in NODES]
+    samples: dict[tuple[str, str, int], list[dict[str, Any]]] = {c: [] for c in cases}
     try:
         for run in range(args.repeats):
-            for n in NODES if run % 2 == 0 else tuple(reversed(NODES)):
-                sample = asyncio.run(one_init(n, run))
-                samples[n].append(sample)
-                print(f"{n} node(s): {sample['total']:.2f}s", flush=True)
+            for link, share, n in cases if run % 2 == 0 else list(reversed(cases)):  # interleaved
+                for p in proxies:
+                    p.rate = rate if link == "per-node" else None
+                shared.rate = rate if link == "shared" else None
+                before = shared.bytes_sent
+                sample = asyncio.run(one_init(n, share, f"{link}-{run}"))
+                sample["origin_bytes"] = shared.bytes_sent - before
+                samples[(link, share, n)].append(sample)
+                print(f"{link} link, share {share}, {n} node(s): {sample['total']:.2f}s, "
+                      f"origin {sample['origin_bytes'] / 1e6:.0f} MB", flush=True)
     finally:
         ray.shutdown()
         cluster.shutdown()
-        for p in proxies:
+        for p in [*proxies, shared]:
             p.stop()
         server.stop()
-    rows = [{"nodes": n, **{k: median([s[k] for s in samples[n]]) for k in samples[n][0]}} for n in NODES]
-    base = rows[0]["total"]
+    rows = [{"link": link, "share": share, "nodes": n,
+             **{k: median([s[k] for s in samples[(link, share, n)]]) for k in samples[(link, share, n)][0]}}
+            for link, share, n in cases]
+    one = {(r["link"], r["share"]): r["total"] for r in rows if r["nodes"] == 1}
+    targets = {("shared", "auto"): ("<= 1.30x", 1.30), ("per-node", "auto"): ("<= 0.70x", 0.70)}
+    lines = []
+    for r in rows:
+        ratio = r["total"] / one[(r["link"], r["share"])]
+        goal = targets.get((r["link"], r["share"])) if r["nodes"] == max(NODES) else None
+        verdict = "" if goal is None else f"{goal[0]}: {'met' if ratio <= goal[1] else 'missed'}"
+        lines.append([r["link"], r["share"], r["nodes"], f"{r['total']:.2f}", f"{ratio:.2f}x",
+                      f"{r['origin_bytes'] / size:.2f}x", f"{r['peer_bytes'] / 1e6:.0f}", verdict])
     table = markdown_table(
-        ["nodes", "node init s", "vs 1 node", "download s", "slowest node s", "bus share"],
-        [[r["nodes"], f"{r['total']:.2f}", f"{r['total'] / base:.2f}x", f"{r['download']:.2f}",
-          f"{r['slowest_node']:.2f}", f"{100 * r['bus'] / r['total']:.3f}%"] for r in rows])
-    table += f"\n\nModel: 4 files, {size / 1e6:.0f} MB; one {args.rate:g} MB/s link per node; {args.repeats} runs."
+        ["origin link", "share", "nodes", "node init s", "vs 1 node", "origin bytes / model", "peer MB",
+         f"target ({max(NODES)} nodes)"], lines)
+    table += (f"\n\nModel: 4 files, {size / 1e6:.0f} MB; {args.rate:g} MB/s per link; medians of {args.repeats} "
+              f"runs, interleaved; {date.today().isoformat()}, this machine (2 cores: proxies, S3 server and "
+              "the Ray nodes share them).")
     print()
     print(table)
-    write_outputs("scale_nodes", {"rate_mb_s": args.rate, "model_bytes": size, "rows": rows,
-                                  "samples": {str(k): v for k, v in samples.items()}}, table)
+    write_outputs("scale_nodes", {"rate_mb_s": args.rate, "model_bytes": size, "date": date.today().isoformat(),
+                                  "rows": rows,
+                                  "samples": {"/".join(map(str, k)): v for k, v in samples.items()}}, table)
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(5, 3.2))
-    ax.bar([str(r["nodes"]) for r in rows], [r["total"] for r in rows], color="tab:blue")
-    ax.set_xlabel("nodes")
-    ax.set_ylabel("node init wall time (s)")
-    ax.set_title(f"{size / 1e6:.0f} MB model, {args.rate:g} MB/s per node")
+    fig, axes = plt.subplots(1, 2, figsize=(8, 3.2), sharey=True)
+    for ax, link in zip(axes, LINKS, strict=True):
+        width = 0.38
+        for k, share in enumerate(SHARES):
+            vals = [next(r["total"] for r in rows if (r["link"], r["share"], r["nodes"]) == (link, share, n))
+                    for n in NODES]
+            ax.bar([i + (k - 0.5) * width for i in range(len(NODES))], vals, width, label=f"share {share}")
+        ax.set_xticks(range(len(NODES)), [str(n) for n in NODES])
+        ax.set_xlabel("nodes")
+        ax.set_title(f"{link} origin link, {args.rate:g} MB/s")
+    axes[0].set_ylabel("node init wall time (s)")
+    axes[0].legend()
     fig.tight_layout()
     fig.savefig(RESULTS / "scale_nodes.png", dpi=110)
 

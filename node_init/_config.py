@@ -80,6 +80,13 @@ class DownloadConfig(_Strict, kw_only=True, forbid_unknown_fields=True, frozen=T
         expected_rate_mb_s: Link speed for ``overlap: auto`` until one is measured (MB/s).
         verify: How a cached file is checked before reuse: ``stat`` (size, mtime and inode
             as recorded when it was written) or ``full`` (also re-hash every byte).
+        share: Fetch once per cluster: the nodes of one init that need the same files each fetch
+            a disjoint share of the ranges from the source and take the rest from each other
+            through Ray's object store. ``auto``: for a remote (``s3://``) source when two or more
+            nodes need the same files; ``on``: for any source (a shared ``file://`` mount too);
+            ``off``: every node fetches everything from the source.
+        share_memory_mb: Bound on the bytes a node holds in Ray's object store for its peers
+            (a range over it is not offered: peers fetch it from the source).
         s3: Endpoint settings.
     """
 
@@ -94,6 +101,8 @@ class DownloadConfig(_Strict, kw_only=True, forbid_unknown_fields=True, frozen=T
     concurrency: int = 8
     expected_rate_mb_s: float | None = None
     verify: Literal["stat", "full"] = "stat"
+    share: Literal["auto", "on", "off"] = "auto"
+    share_memory_mb: int = 512
     s3: S3Config = S3Config()
 
     @property
@@ -192,7 +201,8 @@ def _validate(c: NodeInitConfig) -> None:
     if c.download.retries < 0:
         raise ConfigError(f"must be >= 0, got {c.download.retries}", field="download.retries")
     for name, count in (("download.concurrency", c.download.concurrency),
-                        ("download.part_size_mb", c.download.part_size_mb)):
+                        ("download.part_size_mb", c.download.part_size_mb),
+                        ("download.share_memory_mb", c.download.share_memory_mb)):
         if count < 1:
             raise ConfigError(f"must be >= 1, got {count}", field=name)
     if c.download.expected_rate_mb_s is not None and not c.download.expected_rate_mb_s > 0:

@@ -30,6 +30,7 @@ class NodeReport(msgspec.Struct, frozen=True, kw_only=True):
         files: Files fetched (relative keys); files already cached are not listed.
         bytes: Bytes fetched.
         cached_bytes: Bytes already in the cache and reused.
+        peer_bytes: Of ``bytes``, those taken from other nodes of the init (``download.share``).
         seconds: Wall time of the node's task.
         vetoed: Whether a ``BeforeDownload`` handler vetoed the download.
         custom_data: What that node's handlers put in ``ctx.custom_data``.
@@ -42,6 +43,7 @@ class NodeReport(msgspec.Struct, frozen=True, kw_only=True):
     files: tuple[str, ...] = ()
     bytes: int = 0
     cached_bytes: int = 0
+    peer_bytes: int = 0
     seconds: float = 0.0
     vetoed: bool = False
     custom_data: dict[str, Any] = {}

@@ -6,6 +6,10 @@
   node, the task builds that process's bus, publishes ``BeforeDownload``
   (:func:`node_download`), streams back its :class:`Decision`, progress, and finally a
   :class:`~node_init.NodeReport`; the replica's :class:`NodeObserver` receives them.
+- With ``download.share`` in force (:func:`sharing`), the nodes fetch the model once between
+  them: an :class:`Exchange` actor :func:`assign` s each range several nodes need to one of
+  them, and a :class:`SharedSource` reads a node's share from the source and the rest from its
+  peers through Ray's object store.
 
 Ray is imported lazily, inside the functions that need it.
 """
@@ -19,10 +23,18 @@ from ._placement import resolve_placement_group as resolve_placement_group
 from ._remote import NodeObserver as NodeObserver
 from ._remote import node_task as node_task
 from ._remote import run_on_nodes as run_on_nodes
+from ._share import Exchange as Exchange
+from ._share import SharedSource as SharedSource
+from ._share import assign as assign
+from ._share import sharing as sharing
+from ._share import units_of as units_of
 
 __all__ = [
     "Decision",
+    "Exchange",
     "NodeObserver",
+    "SharedSource",
+    "assign",
     "local_model_path",
     "node_download",
     "node_task",
@@ -30,4 +42,6 @@ __all__ = [
     "remove_placement_group",
     "resolve_placement_group",
     "run_on_nodes",
+    "sharing",
+    "units_of",
 ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 import structlog
@@ -31,6 +32,9 @@ from ..download import (
     select,
     source_errors,
 )
+
+if TYPE_CHECKING:
+    from ._share import SharedSource
 
 _log = structlog.get_logger("node_init.node")
 
@@ -69,6 +73,7 @@ def node_download(
     progress: Progress | None = None,
     cancel: threading.Event | None = None,
     on_decision: Callable[[Decision], None] | None = None,
+    exchange: Any = None,
 ) -> NodeReport:
     """Publish ``BeforeDownload`` on this node, then fetch the model per the mode in force.
 
@@ -125,16 +130,55 @@ def node_download(
         on_decision(Decision(node_id=node_id, mode=new_mode, vetoed=outcome.vetoed, path=final_path,
                              missing_bytes=0 if skip else sum(f.size for f in todo),
                              rate_mb_s=read_rate(dest.parent, uri) if uri else None))
-    if skip or source is None or in_place is not None:
+    fetching = source is not None and not skip and in_place is None
+    shared = _join(exchange, node_id, todo if fetching else [], config, source) if exchange is not None else None
+    if source is None or not fetching:
+        if shared is not None:
+            shared.finish(0)
         return _finish(report, start, path=final_path)
+
     def relist() -> list[RemoteFile]:  # after a change at the source: one version, all files
         with source_errors(uri, node_id=node_id):
             return select(source.list_files(), new_mode)
 
-    result = Downloader(source, dest, config.download, node_id=node_id, progress=progress,
-                        cancel=cancel).run(wanted, relist=relist)
-    return _finish(report, start, path=result.path, files=result.fetched, nbytes=result.bytes,
-                   cached=result.cached_bytes)
+    reader = shared if shared is not None and shared.owners else source
+    try:
+        result = Downloader(reader, dest, config.download, node_id=node_id, progress=progress, cancel=cancel,
+                            first=shared.mine if shared is not None else None).run(wanted, relist=relist)
+    except BaseException:
+        if shared is not None:
+            shared.finish(0)  # failed or cancelled: the peers take this node's share from the source
+        raise
+    if shared is not None:
+        shared.finish(config.download.stall_timeout_s)
+    peer = shared.stats.peer_bytes if shared is not None else 0
+    if shared is not None and shared.owners:
+        log.info("shared download", origin_bytes=result.bytes - peer, peer_bytes=peer,
+                 offered=shared.stats.offered, refetched=shared.stats.refetched)
+    return _finish(msgspec.structs.replace(report, peer_bytes=peer), start, path=result.path,
+                   files=result.fetched, nbytes=result.bytes, cached=result.cached_bytes)
+
+
+def _join(exchange: Any, node_id: str, todo: list[RemoteFile], config: NodeInitConfig,
+          source: Source | None) -> SharedSource | None:
+    """Join the init's exchange with the ranges this node must fetch; its shared view of the source.
+
+    ``None`` when the exchange is unreachable (every range then comes from the source).
+    """
+    import ray
+
+    from ._share import SharedSource, units_of
+
+    part = config.download.part_size_mb * 1024 * 1024
+    bound = max(1.0, config.download.stall_timeout_s)
+    try:
+        owners = ray.get(exchange.join.remote(node_id, units_of(todo, part), bound), timeout=bound + 30)
+    except (ray.exceptions.RayError, TimeoutError) as exc:
+        _log.warning("no exchange: fetching every range from the source", node_id=node_id, error=describe(exc))
+        return None
+    if source is None:
+        return None
+    return SharedSource(source, exchange, node_id, owners, config.download)
 
 
 def _additions(data: dict[str, object], before: dict[str, bytes]) -> dict[str, object]:

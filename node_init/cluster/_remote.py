@@ -18,6 +18,7 @@ from .._logging import configure_logging
 from .._wiring import node_bus
 from ..download import Progress
 from ._node import Decision, node_download
+from ._share import sharing, start_exchange
 
 _log = structlog.get_logger("node_init.remote")
 
@@ -25,8 +26,12 @@ _log = structlog.get_logger("node_init.remote")
 PROGRESS_EVERY_S = 0.25
 
 
-def node_task(config: NodeInitConfig, snapshot: dict[str, Any], local_node_id: str) -> Iterator[Any]:
-    """Body of the per-node Ray task: yields ``(done, total)`` progress tuples, then a NodeReport."""
+def node_task(config: NodeInitConfig, snapshot: dict[str, Any], local_node_id: str,
+              exchange: Any = None) -> Iterator[Any]:
+    """Body of the per-node Ray task: yields ``(done, total)`` progress tuples, then a NodeReport.
+
+    ``exchange``: the init's share exchange (``download.share``), or ``None``.
+    """
     import ray
 
     configure_logging()
@@ -41,7 +46,8 @@ def node_task(config: NodeInitConfig, snapshot: dict[str, Any], local_node_id: s
     def work() -> None:
         try:
             box["report"] = node_download(config, ctx, bus, node_id=node_id, is_local=node_id == local_node_id,
-                                          progress=progress, cancel=cancel, on_decision=decisions.append)
+                                          progress=progress, cancel=cancel, on_decision=decisions.append,
+                                          exchange=exchange)
         except BaseException as exc:
             box["error"] = exc
 
@@ -93,6 +99,10 @@ async def run_on_nodes(
 ) -> list[NodeReport]:
     """Run :func:`node_task` pinned to each node, concurrently; cancel all if one fails.
 
+    With ``download.share`` in force the nodes share one fetch through an :class:`Exchange`; a
+    node that *dies* then does not stop the others: they take its share from the source and
+    finish (their caches whole for the retry), and its error is raised after them.
+
     Raises:
         NodeInitError: the first node's typed error (``DownloadError``,
             ``CallbackLoadError``, ``PhaseError``), or a ``DownloadError`` for a
@@ -105,6 +115,8 @@ async def run_on_nodes(
     snapshot = ctx.snapshot()
     reports: dict[str, NodeReport] = {}
     bound = config.download.node_bound_s
+    exchange = start_exchange(nodes, local_node_id) if sharing(config, nodes) else None
+    deaths: list[NodeInitError] = []
 
     async def one(node_id: str) -> None:
         options: dict[str, Any] = {
@@ -113,7 +125,7 @@ async def run_on_nodes(
         }
         if ctx.runtime_env:
             options["runtime_env"] = ctx.runtime_env
-        gen: Any = remote.options(**options).remote(config, snapshot, local_node_id)
+        gen: Any = remote.options(**options).remote(config, snapshot, local_node_id, exchange)
         finished = False
         try:
             with anyio.fail_after(bound):
@@ -133,8 +145,12 @@ async def run_on_nodes(
         except ray.exceptions.RayTaskError as exc:
             raise _unwrap(exc, node_id, config) from None
         except ray.exceptions.RayError as exc:  # node died, worker crashed, task cancelled
-            raise DownloadError(f"node task failed: {describe(exc)}", node_id=node_id,
-                                source=config.model_source or "", cause=describe(exc)) from None
+            error = DownloadError(f"node task failed: {describe(exc)}", node_id=node_id,
+                                  source=config.model_source or "", cause=describe(exc))
+            if exchange is None:
+                raise error from None
+            deaths.append(error)  # the others refetch its share and finish first
+            await exchange.gone.remote(node_id)
         finally:
             if not finished:
                 await _cancel(gen)
@@ -145,6 +161,11 @@ async def run_on_nodes(
                 tg.start_soon(one, node_id)
     except BaseExceptionGroup as group:
         raise first_error(group) from None
+    finally:
+        if exchange is not None:
+            ray.kill(exchange)
+    if deaths:
+        raise deaths[0]
     return [reports[n] for n in nodes]
 
 

@@ -136,6 +136,8 @@ class Downloader:
         node_id: For errors and logs.
         progress: Updated as bytes arrive.
         cancel: Set it to stop: reads stop at their next chunk, resumable state is kept.
+        first: Ranges ``(file, offset)`` to read before the others (a node's own share of a
+            shared download: its peers wait for them).
     """
 
     def __init__(
@@ -148,8 +150,10 @@ class Downloader:
         progress: Progress | None = None,
         cancel: threading.Event | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        first: Callable[[RemoteFile, int], bool] | None = None,
     ) -> None:
         self.source = source
+        self._first = first
         self.dest = dest
         self.cfg = cfg
         self.node_id = node_id
@@ -271,16 +275,18 @@ class Downloader:
             # Files of one range first (config and tokenizer are small: they land early), in
             # batches: per-file task overhead dominates tiny files.
             small = [s for s in states if not s.resumable]
+            ranges = [(s, lo, hi) for s in states if s.resumable for lo, hi in s.todo_ranges()]
+            if self._first is not None:  # the pool runs tasks in submission order
+                first = self._first
+                small.sort(key=lambda s: not first(s.file, 0))
+                ranges.sort(key=lambda r: not first(r[0].file, r[1]))
             batch = max(1, min(64, len(small) // (self.cfg.concurrency * 4)))
             for i in range(0, len(small), batch):
                 futures.append(pool.submit(self._fetch_files, small[i:i + batch]))
             for state in states:
-                if not state.resumable:
-                    continue
-                ranges = state.todo_ranges()
-                if not ranges:  # every range written before an interruption: verify and commit
-                    futures.append(pool.submit(self._finalize, state))
-                futures.extend(pool.submit(self._fetch_range, state, lo, hi) for lo, hi in ranges)
+                if state.resumable and not state.todo_ranges():
+                    futures.append(pool.submit(self._finalize, state))  # all written before an interruption
+            futures.extend(pool.submit(self._fetch_range, state, lo, hi) for state, lo, hi in ranges)
             self._wait(futures)
             left = [s.file.key for s in states if not s.committed]
             if left:  # stopped between reads: every task ended, not every file

@@ -119,3 +119,15 @@ def seen_on_node(event: BeforeDownload, ctx: CallbackCtx) -> None:
 def mark_done(event: AfterInit, ctx: CallbackCtx) -> None:
     _append({"event": "AfterInit", "pid": os.getpid(), "model_path": event.model_path,
              "reports": len(event.reports), "timings": sorted(event.timings)})
+
+
+# Writes this node task's pid to ``<ctx.custom_data["pid_dir"]>/<NODE_NAME>`` (a test kills it).
+pid_file = HandlerSet()
+
+
+@pid_file.on(BeforeDownload)
+def write_pid(event: BeforeDownload, ctx: CallbackCtx) -> None:
+    pid_dir = ctx.custom_data.get("pid_dir")
+    if pid_dir:
+        with open(os.path.join(str(pid_dir), os.environ.get("NODE_NAME", "unknown")), "w") as f:
+            f.write(str(os.getpid()))

@@ -1,0 +1,176 @@
+"""Fetch once per cluster (``download.share``): the share plan, and three real nodes sharing one fetch."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import signal
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from eventbus import EventBus
+from node_init import BeforeInit, DownloadError, DownloadProgress, NodeInitConfig, initialize_node
+from node_init.cluster import assign, sharing, units_of
+from node_init.download import RemoteFile
+from node_init.testing import FaultProxy, S3Server, iter_files, write_model_files
+from tests._configs import node_config
+from tests.conftest import RayCluster
+
+MIB = 1 << 20
+SPREAD3 = {"bundles": [{"CPU": 1}] * 3, "strategy": "STRICT_SPREAD", "ready_timeout_s": 30}
+
+
+def test_units_are_the_downloaders_ranges_minus_small_files() -> None:
+    files = [RemoteFile("config.json", 900, "a"), RemoteFile("one.bin", MIB, "b"),
+             RemoteFile("big.bin", 2 * MIB + 5, "c")]
+    # config.json and big.bin's 5-byte tail are too small to share; a file of one part is one range.
+    assert units_of(files, MIB) == [("one.bin", "b", 0, MIB), ("big.bin", "c", 0, MIB),
+                                    ("big.bin", "c", MIB, 2 * MIB)]
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_every_range_two_nodes_need_gets_one_owner_among_them_and_loads_balance(seed: int) -> None:
+    rng = random.Random(seed)
+    units = [("f", "e", i * MIB, i * MIB + rng.choice([MIB, MIB // 2])) for i in range(rng.randint(1, 40))]
+    needs = {f"n{k}": {u for u in units if rng.random() < 0.7} for k in range(rng.randint(1, 5))}
+    owners = assign(needs)
+    for unit in units:
+        needers = [n for n, u in needs.items() if unit in u]
+        if len(needers) > 1:
+            assert owners[unit] in needers
+        else:
+            assert unit not in owners  # one node needs it: it simply fetches it
+    if all(needs[n] == set(units) for n in needs) and len(needs) > 1:  # the same files everywhere
+        load = {n: sum(u[3] - u[2] for u, o in owners.items() if o == n) for n in needs}
+        assert max(load.values()) - min(load.values()) <= MIB
+
+
+@pytest.mark.parametrize(("share", "source", "nodes", "expected"), [
+    ("auto", "s3://bucket/m", 2, True), ("auto", "s3://bucket/m", 1, False), ("auto", "/models/m", 3, False),
+    ("on", "/models/m", 3, True), ("on", "s3://bucket/m", 1, False), ("off", "s3://bucket/m", 3, False),
+])
+def test_when_an_init_shares(share: str, source: str, nodes: int, expected: bool) -> None:
+    cfg = node_config(source, download={"share": share})
+    assert sharing(cfg, [f"n{i}" for i in range(nodes)]) is expected
+
+
+def test_a_share_setting_outside_its_values_is_refused() -> None:
+    from node_init import ConfigError
+
+    with pytest.raises(ConfigError, match="auto, on, off"):
+        node_config("s3://bucket/m", download={"share": "always"})
+    with pytest.raises(ConfigError, match="share_memory_mb"):
+        node_config("s3://bucket/m", download={"share_memory_mb": 0})
+
+
+# --- three real nodes -------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def shared_model(tmp_path_factory: pytest.TempPathFactory, s3_server: S3Server) -> dict[str, Any]:
+    local = tmp_path_factory.mktemp("share") / "model"
+    write_model_files(local, {"model-00001-of-00002.safetensors": 4 * MIB, "model-00002-of-00002.safetensors": 2 * MIB})
+    s3_server.upload_dir(local, "models", "shared")
+    sizes = {p.relative_to(local).as_posix(): p.stat().st_size for p in iter_files(local)}
+    return {"local": local, "uri": "s3://models/shared", "sizes": sizes}
+
+
+def digest(root: Path) -> dict[str, str]:
+    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest() for p in iter_files(root)}
+
+
+def config(model: dict[str, Any], endpoint: str, handlers: tuple[str, ...] = (), **download: Any) -> NodeInitConfig:
+    s3 = {"endpoint_url": endpoint, "access_key_id": "testing", "secret_access_key": "testing"}
+    return node_config(model["uri"], prefix="share", placement=SPREAD3, handlers=list(handlers),
+                       download={"part_size_mb": 1, "timeout_s": 60, "stall_timeout_s": 10, "s3": s3, **download})
+
+
+class Recorder(EventBus):
+    def __init__(self) -> None:
+        super().__init__()
+        self.progress: list[DownloadProgress] = []
+        self.subscribe(DownloadProgress, lambda e, c: self.progress.append(e))
+
+
+@pytest.mark.ray
+@pytest.mark.anyio
+@pytest.mark.parametrize("share", ["auto", "off"])
+async def test_three_nodes_take_the_model_once_from_the_source(ray_cluster: RayCluster, s3_server: S3Server,
+                                                               shared_model: dict[str, Any], share: str) -> None:
+    proxy = FaultProxy(s3_server.endpoint).start()  # counts what crosses the origin link
+    bus = Recorder()
+    try:
+        cfg = config(shared_model, proxy.endpoint, share=share)
+        result = await initialize_node(cfg, bus=bus)
+        await result.close()
+    finally:
+        proxy.stop()
+    sizes = shared_model["sizes"]
+    total = sum(sizes.values())
+    small = sum(s for s in sizes.values() if s < 256 * 1024)  # fetched by every node: not worth sharing
+    origin = sum(r.bytes - r.peer_bytes for r in result.reports)
+    assert all(r.bytes == total for r in result.reports)  # every node fetched the whole model...
+    if share == "auto":
+        assert origin == total + 2 * small  # ...and the weights crossed the origin link once
+        assert all(r.peer_bytes > 0 for r in result.reports)  # each node took ranges from the others
+    else:
+        assert origin == 3 * total and all(r.peer_bytes == 0 for r in result.reports)
+    assert origin <= proxy.bytes_sent <= origin + 256 * 1024  # the proxy saw it too (plus listings)
+    want = digest(shared_model["local"])
+    for node in ray_cluster.nodes:  # the same verified cache as a plain download
+        assert digest(node.cache / cfg.model_id) == want
+    for report in result.reports:  # each node's progress ended at its whole download, peers' bytes included
+        last = [p for p in bus.progress if p.node_id == report.node_id][-1]
+        assert last.bytes_done == last.bytes_total == report.bytes
+
+
+@pytest.mark.ray
+@pytest.mark.anyio
+async def test_a_peer_killed_mid_exchange_costs_only_its_share(ray_cluster: RayCluster, s3_server: S3Server,
+                                                               shared_model: dict[str, Any], tmp_path: Path) -> None:
+    """node2's task process is SIGKILLed (a node lost) once it has fetched part of its share.
+
+    The others take what it owned from the source and finish, byte-identical to it; the init then
+    fails, typed, naming node2 (a placement group with a dead node cannot serve).
+    """
+    proxy = FaultProxy(s3_server.endpoint, rate_mb_s=3.0).start()  # slow enough to kill node2 mid-share
+    bus = Recorder()
+    bus.subscribe(BeforeInit, lambda e, ctx: ctx.custom_data.update(pid_dir=str(tmp_path)))
+    node2 = next(n for n in ray_cluster.nodes if n.name == "node2")
+    killed: list[int] = []
+
+    async def kill_node2_when_it_has_bytes() -> None:
+        while not any(p.node_id == node2.node_id and p.bytes_done >= MIB for p in bus.progress):
+            await anyio.sleep(0.05)
+        pid = int((tmp_path / "node2").read_text())
+        os.kill(pid, signal.SIGKILL)
+        killed.append(pid)
+
+    try:
+        cfg = config(shared_model, proxy.endpoint, ("tests.node_init.hooks:pid_file",), share="auto")
+        with pytest.raises(DownloadError) as info:
+            try:
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(kill_node2_when_it_has_bytes)
+                    await initialize_node(cfg, bus=bus)
+            except ExceptionGroup as group:
+                raise group.exceptions[0] from None
+    finally:
+        proxy.stop()
+    assert killed and info.value.node_id == node2.node_id
+    sizes = shared_model["sizes"]
+    total, small = sum(sizes.values()), sum(s for s in sizes.values() if s < 256 * 1024)
+    node2_share = (total - small) // 3  # six 1 MiB ranges, two each
+    assert proxy.bytes_sent >= total + MIB  # killed mid-exchange: some range crossed the link twice
+    # ...but only node2's share did, once more (one survivor takes each of its ranges over), plus
+    # what node2 itself had fetched, the small files every node fetches, and the listings.
+    assert proxy.bytes_sent <= total + 3 * small + 2 * node2_share + 256 * 1024
+    want = digest(shared_model["local"])
+    for node in ray_cluster.nodes:
+        if node is not node2:  # the survivors refetched node2's share and hold the whole model
+            assert digest(node.cache / cfg.model_id) == want
+
