@@ -9,7 +9,8 @@
 - With ``download.share`` in force (:func:`sharing`), the nodes fetch the model once between
   them: an :class:`Exchange` actor :func:`assign` s each range several nodes need to one of
   them, and a :class:`SharedSource` reads a node's share from the source and the rest from its
-  peers through Ray's object store.
+  peers through Ray's object store. Across inits, nodes record what they hold in Ray's internal
+  KV, and a node that joins later reads from a holder before the origin (``_holders``).
 
 Ray is imported lazily, inside the functions that need it.
 """

@@ -34,6 +34,7 @@ from ..download import (
 )
 
 if TYPE_CHECKING:
+    from ._holders import HolderSource
     from ._share import SharedSource
 
 _log = structlog.get_logger("node_init.node")
@@ -131,17 +132,19 @@ def node_download(
                              missing_bytes=0 if skip else sum(f.size for f in todo),
                              rate_mb_s=read_rate(dest.parent, uri) if uri else None))
     fetching = source is not None and not skip and in_place is None
-    shared = _join(exchange, node_id, todo if fetching else [], config, source) if exchange is not None else None
-    if source is None or not fetching:
+    held = _holders(config, node_id, todo, source) if fetching and source is not None else None
+    base = held or source
+    shared = _join(exchange, node_id, todo if fetching else [], config, base) if exchange is not None else None
+    if base is None or not fetching:
         if shared is not None:
             shared.finish(0)
         return _finish(report, start, path=final_path)
 
     def relist() -> list[RemoteFile]:  # after a change at the source: one version, all files
         with source_errors(uri, node_id=node_id):
-            return select(source.list_files(), new_mode)
+            return select(base.list_files(), new_mode)
 
-    reader = shared if shared is not None and shared.owners else source
+    reader = shared if shared is not None and shared.owners else base
     try:
         result = Downloader(reader, dest, config.download, node_id=node_id, progress=progress, cancel=cancel,
                             first=shared.mine if shared is not None else None).run(wanted, relist=relist)
@@ -151,12 +154,48 @@ def node_download(
         raise
     if shared is not None:
         shared.finish(config.download.stall_timeout_s)
-    peer = shared.stats.peer_bytes if shared is not None else 0
-    if shared is not None and shared.owners:
+    peer = (shared.stats.peer_bytes if shared is not None else 0) + (held.held_bytes if held is not None else 0)
+    if (shared is not None and shared.owners) or held is not None:
         log.info("shared download", origin_bytes=result.bytes - peer, peer_bytes=peer,
-                 offered=shared.stats.offered, refetched=shared.stats.refetched)
+                 offered=shared.stats.offered if shared else 0, refetched=shared.stats.refetched if shared else 0,
+                 from_holders=held.held_bytes if held else 0)
+    _record(config, node_id, wanted)
     return _finish(msgspec.structs.replace(report, peer_bytes=peer), start, path=result.path,
                    files=result.fetched, nbytes=result.bytes, cached=result.cached_bytes)
+
+
+def _holders(config: NodeInitConfig, node_id: str, todo: list[RemoteFile], source: Source) -> HolderSource | None:
+    """A view of ``source`` that reads what live nodes already hold from them first (``None``: none do)."""
+    from ._holders import HolderSource, enabled, holders_for
+
+    if not todo or not enabled(config) or not _ray_up():
+        return None
+    try:
+        found = holders_for(config, node_id, todo)
+    except Exception as exc:  # the KV is unreachable: the origin has everything
+        _log.warning("cannot read which nodes hold the model", node_id=node_id, error=describe(exc))
+        return None
+    return HolderSource(source, config, found) if found else None
+
+
+def _record(config: NodeInitConfig, node_id: str, files: list[RemoteFile]) -> None:
+    """Tell later inits this node holds ``files`` (best effort: a failure costs them only the origin)."""
+    from ._holders import enabled, record
+
+    if not enabled(config) or not _ray_up():
+        return
+    try:
+        record(config, node_id, files)
+    except Exception as exc:
+        _log.warning("cannot record this node's snapshot", node_id=node_id, error=describe(exc))
+
+
+def _ray_up() -> bool:
+    try:
+        import ray
+    except ImportError:
+        return False
+    return bool(ray.is_initialized())
 
 
 def _join(exchange: Any, node_id: str, todo: list[RemoteFile], config: NodeInitConfig,

@@ -10,10 +10,19 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import msgspec
 import pytest
 
 from eventbus import EventBus
-from node_init import BeforeInit, DownloadError, DownloadProgress, NodeInitConfig, initialize_node
+from node_init import (
+    BeforeInit,
+    DownloadError,
+    DownloadMode,
+    DownloadProgress,
+    NodeInitConfig,
+    PlacementConfig,
+    initialize_node,
+)
 from node_init.cluster import assign, sharing, units_of
 from node_init.download import RemoteFile
 from node_init.testing import FaultProxy, S3Server, iter_files, write_model_files
@@ -70,13 +79,15 @@ def test_a_share_setting_outside_its_values_is_refused() -> None:
 # --- three real nodes -------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def shared_model(tmp_path_factory: pytest.TempPathFactory, s3_server: S3Server) -> dict[str, Any]:
-    local = tmp_path_factory.mktemp("share") / "model"
+@pytest.fixture
+def shared_model(tmp_path: Path, s3_server: S3Server) -> dict[str, Any]:
+    """A model under a prefix of its own: no node holds it yet (holdings are kept per source)."""
+    local = tmp_path / "model"
     write_model_files(local, {"model-00001-of-00002.safetensors": 4 * MIB, "model-00002-of-00002.safetensors": 2 * MIB})
-    s3_server.upload_dir(local, "models", "shared")
+    prefix = f"shared-{tmp_path.name}"
+    s3_server.upload_dir(local, "models", prefix)
     sizes = {p.relative_to(local).as_posix(): p.stat().st_size for p in iter_files(local)}
-    return {"local": local, "uri": "s3://models/shared", "sizes": sizes}
+    return {"local": local, "uri": f"s3://models/{prefix}", "sizes": sizes}
 
 
 def digest(root: Path) -> dict[str, str]:
@@ -174,3 +185,44 @@ async def test_a_peer_killed_mid_exchange_costs_only_its_share(ray_cluster: RayC
         if node is not node2:  # the survivors refetched node2's share and hold the whole model
             assert digest(node.cache / cfg.model_id) == want
 
+
+
+@pytest.mark.ray
+@pytest.mark.anyio
+async def test_a_node_that_joins_later_reads_from_a_node_that_holds_the_model(
+        ray_cluster: RayCluster, s3_server: S3Server, tmp_path: Path) -> None:
+    """A replica on node1, then one on node2 (a fresh node), then one on the head once both holders'
+    copies were changed on disk: the second reads from node1, the third from the origin."""
+    local = tmp_path / "model"
+    write_model_files(local, {"model.safetensors": 3 * MIB}, seed=7)
+    s3_server.upload_dir(local, "models", "later")
+    sizes = {p.relative_to(local).as_posix(): p.stat().st_size for p in iter_files(local)}
+    weights = sum(s for s in sizes.values() if s >= 256 * 1024)
+    model = {"uri": "s3://models/later"}
+    proxy = FaultProxy(s3_server.endpoint).start()
+    try:
+        first = config(model, proxy.endpoint)
+        model_id = first.model_id
+        reports = []
+        for node in ("node1", "node2", "head"):
+            if node == "head":  # the holders' copies changed since they were written: not to be served
+                for holder in ray_cluster.nodes[1:]:
+                    for blob in (holder.cache / ".node-init" / model_id / "blobs").iterdir():
+                        blob.write_bytes(bytes(blob.stat().st_size))
+            # The same model each time, on one node (the replica, here on the head, fetches nothing).
+            target = next(n for n in ray_cluster.nodes if n.name == node)
+            download = msgspec.structs.replace(first.download, local_node=None if node == "head" else DownloadMode.NONE)
+            cfg = msgspec.structs.replace(first, placement=PlacementConfig(bundles=[{node: 1.0}]), download=download)
+            before = proxy.bytes_sent
+            result = await initialize_node(cfg)
+            await result.close()
+            (report,) = [r for r in result.reports if r.node_id == target.node_id]
+            assert all(r.bytes == 0 for r in result.reports if r is not report)
+            reports.append((report, proxy.bytes_sent - before, digest(target.cache / model_id)))
+    finally:
+        proxy.stop()
+    (r1, origin1, d1), (r2, origin2, d2), (r3, origin3, d3) = reports
+    assert r1.peer_bytes == 0 and origin1 >= sum(sizes.values())
+    assert r2.peer_bytes == weights and origin2 < sum(sizes.values()) - weights + 64 * 1024  # from node1
+    assert r3.peer_bytes == 0 and origin3 >= sum(sizes.values())  # the changed copies were refused
+    assert d1 == d2 == d3 == digest(local)  # each node's snapshot, right after its init

@@ -52,7 +52,9 @@ def s3(endpoint: str) -> dict[str, Any]:
 
 
 def config(source: str, **over: Any) -> NodeInitConfig:
-    defaults = {"placement": SPREAD3, "download": {"timeout_s": 30, "stall_timeout_s": 5}}
+    # Faults on the origin link: no node may take the model from another instead (download.share is
+    # tested in tests/node_init/test_share.py, a killed peer included).
+    defaults = {"placement": SPREAD3, "download": {"timeout_s": 30, "stall_timeout_s": 5, "share": "off"}}
     return node_config(source, prefix="r", defaults=defaults, **over)
 
 

@@ -1,0 +1,150 @@
+"""Which nodes hold which files, across inits: a node that joins later reads from them before the origin.
+
+After a node's download completes it records, in Ray's internal KV (no service of ours; it lives as
+long as the cluster), the files its snapshot holds, keyed by source and node. A later init's node
+(a new replica on a fresh node) looks there first: each range it lacks that a live node holds in
+the same version is read on that node by a small task (:func:`read_held`, which re-checks the blob
+against the holder's journal) and arrives through Ray's object store; any failure (the holder died,
+collected that snapshot, or is slow) falls back to the origin. The reader's downloader verifies the
+bytes as it would the origin's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+from collections.abc import Iterator
+from typing import Any
+
+import msgspec
+import structlog
+
+from .._config import DownloadConfig, NodeInitConfig
+from ..download import ModelCache, RemoteFile, Source, cache_root, local_path, model_dir_name
+from ._share import MIN_SHARED_BYTES, SLICE
+
+_log = structlog.get_logger("node_init.holders")
+_NAMESPACE = "node_init"
+#: ``{(key, etag): [(holder node id, the holder's model id), ...]}``
+Holders = dict[tuple[str, str], list[tuple[str, str]]]
+
+
+class Holding(msgspec.Struct, frozen=True):
+    """What one node recorded: the model directory it used and the files of its snapshot."""
+
+    model_id: str
+    files: list[RemoteFile]
+
+
+def enabled(config: NodeInitConfig) -> bool:
+    """Whether this init records and reads holdings (``download.share`` not ``off``, as for sharing)."""
+    share, uri = config.download.share, config.model_source or ""
+    if share == "off" or not uri:
+        return False
+    return uri.startswith(("s3://", "s3a://")) or (share == "on" and local_path(uri) is not None)
+
+
+def _prefix(uri: str) -> str:
+    return f"holders/{hashlib.sha256(uri.encode()).hexdigest()[:24]}/"
+
+
+def record(config: NodeInitConfig, node_id: str, files: list[RemoteFile]) -> None:
+    """Record that ``node_id`` holds ``files`` of the config's source (a complete snapshot)."""
+    from ray.experimental import internal_kv
+
+    value = msgspec.json.encode(Holding(model_id=config.model_id, files=files))
+    internal_kv._internal_kv_put(_prefix(config.model_source or "") + node_id, value, overwrite=True,
+                                 namespace=_NAMESPACE)
+
+
+def holders_for(config: NodeInitConfig, node_id: str, todo: list[RemoteFile]) -> Holders:
+    """For each file of ``todo`` worth reading from a peer: the live nodes holding that version.
+    """
+    import ray
+    from ray.experimental import internal_kv
+
+    wanted = {(f.key, f.etag): f for f in todo if f.size >= MIN_SHARED_BYTES}
+    if not wanted:
+        return {}
+    alive = {n["NodeID"] for n in ray.nodes() if n.get("Alive")}  # type: ignore[no-untyped-call]
+    prefix = _prefix(config.model_source or "")
+    out: Holders = {}
+    for raw_key in internal_kv._internal_kv_list(prefix, namespace=_NAMESPACE) or []:
+        key = raw_key.decode() if isinstance(raw_key, bytes) else str(raw_key)
+        holder = key[len(prefix):]
+        if holder == node_id or holder not in alive:
+            continue
+        raw = internal_kv._internal_kv_get(key, namespace=_NAMESPACE)
+        if raw is None:
+            continue
+        try:
+            holding = msgspec.json.decode(raw, type=Holding)
+        except msgspec.DecodeError:
+            continue
+        for f in holding.files:
+            if (f.key, f.etag) in wanted and wanted[(f.key, f.etag)].size == f.size:
+                out.setdefault((f.key, f.etag), []).append((holder, holding.model_id))
+    return out
+
+
+def read_held(cfg: DownloadConfig, model_id: str, uri: str, file: RemoteFile, start: int, end: int) -> bytes:
+    """On a holder: bytes ``[start, end)`` of its verified blob of ``file`` (checked before and after)."""
+    cache = ModelCache(cache_root(cfg) / model_dir_name(model_id), uri)
+    try:
+        if not cache.is_cached(file):
+            raise LookupError(f"{file.key} is no longer in this node's cache")
+        with open(cache.blobs / cache.blob_name(file), "rb") as fh:
+            fh.seek(start)
+            data = fh.read(end - start)
+        if len(data) != end - start or not cache.is_cached(file):
+            raise LookupError(f"{file.key} changed while it was read")
+        return data
+    finally:
+        cache.close()
+
+
+class HolderSource:
+    """A :class:`~node_init.download.Source` that reads from nodes holding the files, else ``origin``."""
+
+    def __init__(self, origin: Source, config: NodeInitConfig, holders: Holders) -> None:
+        self.origin = origin
+        self.uri = origin.uri
+        self.in_place = origin.in_place
+        self.config = config
+        self.holders = holders
+        self.held_bytes = 0
+        self._wait_s = max(1.0, config.download.stall_timeout_s / 2)
+
+    def __repr__(self) -> str:
+        return f"HolderSource({self.origin!r}, files={len(self.holders)})"
+
+    def list_files(self) -> list[RemoteFile]:
+        return self.origin.list_files()
+
+    def stream(self, file: RemoteFile, start: int, end: int) -> Iterator[bytes | memoryview]:
+        for holder, model_id in self.holders.get((file.key, file.etag), []):
+            data = self._read(holder, model_id, file, start, end)
+            if data is not None:
+                view = memoryview(data)
+                for i in range(0, len(view), SLICE):
+                    yield view[i:i + SLICE]
+                self.held_bytes += len(data)
+                return
+        yield from self.origin.stream(file, start, end)
+
+    def _read(self, holder: str, model_id: str, file: RemoteFile, start: int, end: int) -> bytes | None:
+        import ray
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        task: Any = ray.remote(read_held).options(
+            num_cpus=0, max_retries=0, scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=holder, soft=False))
+        ref = task.remote(self.config.download, model_id, self.uri, file, start, end)
+        try:
+            data = ray.get(ref, timeout=self._wait_s)
+        except (ray.exceptions.RayError, TimeoutError) as exc:
+            with contextlib.suppress(Exception):  # already failed, or its node is gone
+                ray.cancel(ref, force=True)
+            _log.info("holder unavailable: next holder or the source", holder=holder[:12], file=file.key,
+                      error=type(exc).__name__)
+            return None
+        return data if isinstance(data, bytes) and len(data) == end - start else None
