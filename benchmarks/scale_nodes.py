@@ -33,6 +33,10 @@ SHARES = ("off", "auto")
 
 async def one_init(n: int, share: str, run: str) -> dict[str, Any]:
     from node_init import initialize_node, parse_config
+    from node_init.cluster import forget_holdings
+
+    # Every row measures one init from the origin: no node may read from an earlier row's holders.
+    forget_holdings("s3://bench/synthetic-100mb")
 
     config = parse_config({
         "model_id": f"scale-{n}-{share}-{run}", "model_source": "s3://bench/synthetic-100mb",
@@ -48,6 +52,55 @@ async def one_init(n: int, share: str, run: str) -> dict[str, Any]:
     return {"total": total, "download": result.timings["download"],
             "slowest_node": max(r.seconds for r in result.reports),
             "peer_bytes": sum(r.peer_bytes for r in result.reports)}
+
+
+KILL_AT_MB = 10
+
+
+async def kill_one(cluster: Any, doomed: Any, root: Path, source: Path) -> dict[str, Any]:
+    """4 nodes sharing one init; the last node is removed (its raylet killed) once it has some bytes."""
+    import hashlib
+
+    import anyio
+
+    from eventbus import EventBus
+    from node_init import DownloadProgress, NodeInitError, initialize_node, parse_config
+
+    config = parse_config({
+        "model_id": "scale-killed", "model_source": "s3://bench/synthetic-100mb",
+        "placement": {"bundles": [{f"n{i}": 1} for i in range(4)], "strategy": "SPREAD", "ready_timeout_s": 60},
+        "download": {"timeout_s": 600, "share": "auto",
+                     "s3": {"access_key_id": "testing", "secret_access_key": "testing"}},
+    })
+    from node_init.cluster import forget_holdings
+
+    forget_holdings("s3://bench/synthetic-100mb")
+    bus, seen = EventBus(), []
+    bus.subscribe(DownloadProgress, lambda e, c: seen.append(e))
+
+    async def remove_when_it_has_bytes() -> None:
+        while not any(e.node_id == doomed.node_id and e.bytes_done >= KILL_AT_MB * 1e6 for e in seen):
+            await anyio.sleep(0.05)
+        cluster.remove_node(doomed, allow_graceful=False)
+
+    t0, error = time.monotonic(), "succeeded"
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(remove_when_it_has_bytes)
+            result = await initialize_node(config, bus=bus)
+            await result.close()
+            tg.cancel_scope.cancel()
+    except* NodeInitError as group:
+        err = group.exceptions[0]
+        error = f"{type(err).__name__} naming node {'n3' if getattr(err, 'node_id', '') == doomed.node_id else '?'}"
+    seconds = time.monotonic() - t0
+
+    def digest(d: Path) -> dict[str, str]:
+        return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(d.iterdir()) if p.is_file()}
+
+    want = digest(source)
+    identical = all(digest(root / f"n{i}" / "scale-killed") == want for i in range(3))
+    return {"error": error, "seconds": seconds, "survivors_identical": identical}
 
 
 def main(args: argparse.Namespace) -> None:
@@ -74,11 +127,12 @@ def main(args: argparse.Namespace) -> None:
 
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "resources": {"n0": 1},
                                                             "env_vars": env(0), "include_dashboard": False})
-    for i in range(1, max(NODES)):
-        cluster.add_node(num_cpus=1, resources={f"n{i}": 1}, env_vars=env(i))
+    added = [cluster.add_node(num_cpus=1, resources={f"n{i}": 1}, env_vars=env(i)) for i in range(1, max(NODES))]
     cluster.wait_for_nodes()
     ray.init(address=cluster.address, log_to_driver=False)
     cases = [(link, share, n) for link in LINKS for share in SHARES for n in NODES]
+    for n in NODES:  # warm-up, discarded: a Ray worker on every node, as on a cluster that served before
+        asyncio.run(one_init(n, "off", "warm-up"))
     samples: dict[tuple[str, str, int], list[dict[str, Any]]] = {c: [] for c in cases}
     try:
         for run in range(args.repeats):
@@ -92,6 +146,13 @@ def main(args: argparse.Namespace) -> None:
                 samples[(link, share, n)].append(sample)
                 print(f"{link} link, share {share}, {n} node(s): {sample['total']:.2f}s, "
                       f"origin {sample['origin_bytes'] / 1e6:.0f} MB", flush=True)
+        for p in proxies:
+            p.rate = None
+        shared.rate = rate
+        before = shared.bytes_sent
+        killed = asyncio.run(kill_one(cluster, added[-1], root, local))
+        killed["origin_bytes"] = shared.bytes_sent - before
+        print(f"node killed mid-exchange: {killed}", flush=True)
     finally:
         ray.shutdown()
         cluster.shutdown()
@@ -113,13 +174,17 @@ def main(args: argparse.Namespace) -> None:
     table = markdown_table(
         ["origin link", "share", "nodes", "node init s", "vs 1 node", "origin bytes / model", "peer MB",
          f"target ({max(NODES)} nodes)"], lines)
+    table += (f"\n\nA node removed mid-exchange (shared link, share auto, 4 nodes; `Cluster.remove_node` once it "
+              f"had {KILL_AT_MB} MB): {killed['error']} after {killed['seconds']:.1f} s; the 3 survivors' snapshots "
+              f"{'byte-identical to the source' if killed['survivors_identical'] else 'NOT identical to the source'}; "
+              f"origin bytes {killed['origin_bytes'] / size:.2f}x the model.")
     table += (f"\n\nModel: 4 files, {size / 1e6:.0f} MB; {args.rate:g} MB/s per link; medians of {args.repeats} "
               f"runs, interleaved; {date.today().isoformat()}, this machine (2 cores: proxies, S3 server and "
               "the Ray nodes share them).")
     print()
     print(table)
     write_outputs("scale_nodes", {"rate_mb_s": args.rate, "model_bytes": size, "date": date.today().isoformat(),
-                                  "rows": rows,
+                                  "rows": rows, "killed": killed,
                                   "samples": {"/".join(map(str, k)): v for k, v in samples.items()}}, table)
     import matplotlib
 

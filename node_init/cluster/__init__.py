@@ -15,6 +15,7 @@
 Ray is imported lazily, inside the functions that need it.
 """
 
+from ._holders import forget_holdings as forget_holdings
 from ._node import Decision as Decision
 from ._node import local_model_path as local_model_path
 from ._node import node_download as node_download
@@ -36,6 +37,7 @@ __all__ = [
     "NodeObserver",
     "SharedSource",
     "assign",
+    "forget_holdings",
     "local_model_path",
     "node_download",
     "node_task",

@@ -57,6 +57,16 @@ def record(config: NodeInitConfig, node_id: str, files: list[RemoteFile]) -> Non
                                  namespace=_NAMESPACE)
 
 
+def forget_holdings(uri: str) -> None:
+    """Forget every node's holding of ``uri`` (later inits go to the origin until a node records again).
+
+    For benchmarks that measure the origin path, and after wiping nodes' caches by hand.
+    """
+    from ray.experimental import internal_kv
+
+    internal_kv._internal_kv_del(_prefix(uri), del_by_prefix=True, namespace=_NAMESPACE)
+
+
 def holders_for(config: NodeInitConfig, node_id: str, todo: list[RemoteFile]) -> Holders:
     """For each file of ``todo`` worth reading from a peer: the live nodes holding that version.
     """
