@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 import shlex
 import socket
 import subprocess
@@ -157,7 +158,9 @@ def test_an_example_runs_as_written_and_restarts_warm(example: Path, cluster_add
     finally:
         delete(app["name"])
     logs = new_log_text(before)
-    assert "handler failed" not in logs  # handlers.timing on a warm cache, among others
+    # Our bus's line for a failed handler (handlers.timing on a warm cache, among others), as Ray workers
+    # render it (JSON) or a console would; vLLM's own "output_handler failed" at shutdown is not ours.
+    assert not re.search(r'"event": "handler failed"|\] handler failed\s', logs)
     if event_log:
         inits = [e for e in list(read_events(event_log))[seen_before:] if isinstance(e, AfterInit)]
         assert len(inits) == 2
