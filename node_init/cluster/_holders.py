@@ -20,7 +20,7 @@ import msgspec
 import structlog
 
 from .._config import DownloadConfig, NodeInitConfig
-from ..download import ModelCache, RemoteFile, Source, cache_root, local_path, model_dir_name
+from ..download import ModelCache, RemoteFile, Source, cache_root, model_dir_name
 from ._share import MIN_SHARED_BYTES, SLICE
 
 _log = structlog.get_logger("node_init.holders")
@@ -34,14 +34,6 @@ class Holding(msgspec.Struct, frozen=True):
 
     model_id: str
     files: list[RemoteFile]
-
-
-def enabled(config: NodeInitConfig) -> bool:
-    """Whether this init records and reads holdings (``download.share`` not ``off``, as for sharing)."""
-    share, uri = config.download.share, config.model_source or ""
-    if share == "off" or not uri:
-        return False
-    return uri.startswith(("s3://", "s3a://")) or (share == "on" and local_path(uri) is not None)
 
 
 def _prefix(uri: str) -> str:

@@ -166,9 +166,10 @@ def node_download(
 
 def _holders(config: NodeInitConfig, node_id: str, todo: list[RemoteFile], source: Source) -> HolderSource | None:
     """A view of ``source`` that reads what live nodes already hold from them first (``None``: none do)."""
-    from ._holders import HolderSource, enabled, holders_for
+    from ._holders import HolderSource, holders_for
+    from ._share import share_enabled
 
-    if not todo or not enabled(config) or not _ray_up():
+    if not todo or not share_enabled(config) or not _ray_up():
         return None
     try:
         found = holders_for(config, node_id, todo)
@@ -180,9 +181,10 @@ def _holders(config: NodeInitConfig, node_id: str, todo: list[RemoteFile], sourc
 
 def _record(config: NodeInitConfig, node_id: str, files: list[RemoteFile]) -> None:
     """Tell later inits this node holds ``files`` (best effort: a failure costs them only the origin)."""
-    from ._holders import enabled, record
+    from ._holders import record
+    from ._share import share_enabled
 
-    if not enabled(config) or not _ray_up():
+    if not share_enabled(config) or not _ray_up():
         return
     try:
         record(config, node_id, files)

@@ -68,14 +68,19 @@ def assign(needs: dict[str, set[Unit]]) -> dict[Unit, str]:
     return owners
 
 
-def sharing(config: NodeInitConfig, nodes: list[str]) -> bool:
-    """Whether an init on ``nodes`` runs an exchange (``download.share``)."""
+def share_enabled(config: NodeInitConfig) -> bool:
+    """Whether ``download.share`` applies to this source (sharing within an init, holders across inits)."""
     share, uri = config.download.share, config.model_source or ""
-    if share == "off" or len(nodes) < 2 or not uri:
+    if share == "off" or not uri:
         return False
     if uri.startswith(("s3://", "s3a://")):
         return True
     return share == "on" and local_path(uri) is not None  # a mount every node reads: only when asked
+
+
+def sharing(config: NodeInitConfig, nodes: list[str]) -> bool:
+    """Whether an init on ``nodes`` runs an exchange (``download.share``, two or more nodes)."""
+    return len(nodes) >= 2 and share_enabled(config)
 
 
 class Exchange:
@@ -95,7 +100,6 @@ class Exchange:
         self._held: dict[str, int] = {}  # owner -> bytes offered and not yet taken by every consumer
         self._finished: set[str] = set()
         self._gone: set[str] = set()
-        self._counts = {"offered": 0, "taken": 0, "skipped": 0, "missed": 0, "reowned": 0}
         self._cv = asyncio.Condition()
 
     async def _wait(self, predicate: Any, timeout: float) -> bool:
@@ -139,14 +143,12 @@ class Exchange:
                 self._offers[unit] = box
                 owner = self._owners[unit] if self._owners else ""
                 self._held[owner] = self._held.get(owner, 0) + nbytes
-                self._counts["offered"] += 1
             self._cv.notify_all()
 
     async def skip(self, unit: Unit) -> None:
         """The owner will not offer ``unit`` (its consumers go to the source)."""
         async with self._cv:
             self._skipped.add(unit)
-            self._counts["skipped"] += 1
             self._cv.notify_all()
 
     def _unavailable(self, unit: Unit) -> bool:
@@ -168,9 +170,7 @@ class Exchange:
             if owners.get(unit) in self._gone and unit not in self._skipped:
                 owners[unit] = node
                 self._consumers.get(unit, set()).discard(node)
-                self._counts["reowned"] += 1
                 return "own"
-            self._counts["missed"] += 1
             self._release(node, unit)
             self._cv.notify_all()
         return None
@@ -189,7 +189,6 @@ class Exchange:
     async def taken(self, node: str, unit: Unit) -> None:
         """``node`` wrote ``unit``: once every consumer has, the object is released."""
         async with self._cv:
-            self._counts["taken"] += 1
             self._release(node, unit)
             self._cv.notify_all()
 
@@ -216,10 +215,6 @@ class Exchange:
     async def drained(self, node: str, timeout: float) -> bool:
         """Wait until nothing ``node`` offered is still wanted by a peer."""
         return await self._wait(lambda: self._held.get(node, 0) <= 0, timeout)
-
-    async def counts(self) -> dict[str, int]:
-        """Offers made, taken, skipped and missed (for tests and logs)."""
-        return dict(self._counts)
 
 
 def start_exchange(nodes: list[str], local_node: str) -> Any:
