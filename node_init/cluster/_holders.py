@@ -144,8 +144,9 @@ class HolderSource:
         try:
             data = ray.get(ref, timeout=self._wait_s)
         except (ray.exceptions.RayError, TimeoutError) as exc:
-            with contextlib.suppress(Exception):  # already failed, or its node is gone
-                ray.cancel(ref, force=True)
+            if isinstance(exc, TimeoutError):  # still running: stop it (never force: that kills a worker)
+                with contextlib.suppress(Exception):
+                    ray.cancel(ref)
             _log.info("holder unavailable: next holder or the source", holder=holder[:12], file=file.key,
                       error=type(exc).__name__)
             return None
