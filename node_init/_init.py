@@ -163,6 +163,11 @@ async def initialize_node(
             subclasses); ``InitFailed`` was published first, and nothing is
             left running.
     """
+    if config.engine.kind == "vllm":
+        from .engine import start_import
+
+        # Importing vLLM waits on nothing a hook decides: it runs while placement, node tasks and hooks do.
+        start_import()
     bus = wire(config, bus)
     ctx = CallbackCtx.for_config(config, ray_llm_config)
     run = _Run(config, bus, ctx, engine_builder)
@@ -350,7 +355,10 @@ async def _engine_when_ready(run: _Run, replica: _Replica, log: Any) -> None:
     path = replica.decision.path or local_model_path(run.config)
     if not await _before_engine_init(run, path):
         return
-    choice = await choose_overlap(run.config, replica.decision, done=replica.done, samples=replica.samples)
+    from .engine import start_import
+
+    choice = await choose_overlap(run.config, replica.decision, done=replica.done, samples=replica.samples,
+                                  engine_ready=start_import().done)
     log.info("overlap decision", overlap=choice.overlap, reason=choice.reason,
              missing_bytes=replica.decision.missing_bytes,
              rate_mb_s=round(choice.rate_mb_s, 1) if choice.rate_mb_s else None,

@@ -10,11 +10,16 @@ else ``download.expected_rate_mb_s``, else the rate sampled live for
 start, or a second replica waiting on the first one's download lock) counts as a download in
 progress and overlaps. The threshold guards the cost of overlapping
 (the in-place reload, and the CPU the download takes from the boot).
+
+An engine cannot start before vLLM is imported, and node init starts that import with the init, so
+the download runs meanwhile. Given ``engine_ready``, ``auto`` decides once the engine could start,
+on the bytes still missing then and the rate the node sees: a download the import already hid
+boots plainly and pays no hand-off.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Literal
 
 import anyio
@@ -28,6 +33,8 @@ from .cluster import Decision
 OVERLAP_MIN_S = 2.0
 #: How long ``auto`` samples the live download rate when none was measured before.
 OVERLAP_PROBE_S = 0.5
+#: How often ``auto`` looks whether the engine could start yet.
+ENGINE_POLL_S = 0.05
 
 
 @attrs.frozen
@@ -94,25 +101,38 @@ def decide(setting: Literal["auto", "on", "off"], *, possible: bool, remote: boo
 
 
 async def choose_overlap(config: NodeInitConfig, decision: Decision, *, done: anyio.Event,
-                         samples: Sequence[tuple[float, int]]) -> OverlapChoice:
+                         samples: Sequence[tuple[float, int]],
+                         engine_ready: Callable[[], bool] | None = None) -> OverlapChoice:
     """Decide for this init, sampling the live rate first when ``auto`` has nothing to go on.
 
     Args:
         config: The init's config (``engine.overlap``, ``download.expected_rate_mb_s``).
         decision: The replica's own node's decision after ``BeforeDownload``.
         done: Set when that node's download finished.
-        samples: That node's progress so far, appended to while we wait.
+        samples: That node's progress so far ``(monotonic time, bytes done)``, appended to while we wait.
+        engine_ready: Whether an engine could start now (vLLM imported); ``auto`` waits for it,
+            at most ``engine.boot_timeout_s``, then decides on what is still missing.
     """
     setting = config.engine.overlap
     possible = overlap_possible(config, decision)
     remote = is_remote(config)
     rate = decision.rate_mb_s or config.download.expected_rate_mb_s
-    if setting == "auto" and possible and remote and rate is None:
+    missing = decision.missing_bytes
+    if setting == "auto" and possible and remote and engine_ready is not None:
+        with anyio.move_on_after(config.engine.boot_timeout_s):
+            while not engine_ready() and not done.is_set():
+                with anyio.move_on_after(ENGINE_POLL_S):
+                    await done.wait()
+        if samples and not done.is_set():
+            missing = max(0, missing - samples[-1][1])
+            if samples[-1][0] - samples[0][0] >= OVERLAP_PROBE_S:
+                rate = live_rate(samples)  # the link as it is now, over a window long enough
+    if setting == "auto" and possible and remote and rate is None and not done.is_set():
         # Nothing measured yet: sample the live rate briefly (a fast link finishes meanwhile).
         with anyio.move_on_after(OVERLAP_PROBE_S):
             await done.wait()
         rate = None if done.is_set() else live_rate(samples)
-    return decide(setting, possible=possible, remote=remote, missing_bytes=decision.missing_bytes,
+    return decide(setting, possible=possible, remote=remote, missing_bytes=missing,
                   rate_mb_s=rate, finished=done.is_set())
 
 

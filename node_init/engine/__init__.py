@@ -5,6 +5,9 @@
 - :meth:`VLLMEngine.load_weights` hands an engine booted on dummy weights the real
   ones in place (``update_config`` + ``reload_weights``, then the tied ``lm_head``
   re-pack of :class:`NodeInitWorkerExtension`, run in vLLM's workers).
+- :func:`start_import` starts importing vLLM when node init starts (nothing it does waits on a
+  hook), and :func:`warm_model_info` fills the model-info cache a fresh node lacks, so the boot
+  skips vLLM's inspection subprocess.
 - :mod:`node_init.engine.ray_serve` plugs both into ``ray.serve.llm`` (its public
   import path is ``node_init.ray_serve``); it imports Ray Serve LLM, so only where installed.
 
@@ -18,6 +21,8 @@ from ._vllm import VLLMEngine as VLLMEngine
 from ._vllm import boot_engine as boot_engine
 from ._vllm import build_async_llm as build_async_llm
 from ._vllm import engine_args as engine_args
+from ._warm import start_import as start_import
+from ._warm import warm_model_info as warm_model_info
 from ._worker import NodeInitWorkerExtension as NodeInitWorkerExtension
 
 __all__ = [
@@ -28,4 +33,6 @@ __all__ = [
     "boot_engine",
     "build_async_llm",
     "engine_args",
+    "start_import",
+    "warm_model_info",
 ]

@@ -5,7 +5,6 @@ vLLM is imported lazily, here only: ``import node_init`` works without it.
 
 from __future__ import annotations
 
-import importlib
 import threading
 import time
 import uuid
@@ -18,6 +17,7 @@ import structlog
 
 from .._config import NodeInitConfig
 from .._errors import EngineError, brief
+from ._warm import prepare_vllm
 
 _log = structlog.get_logger("node_init.engine")
 #: vLLM imports our worker-side code by this path (``worker_extension_cls``).
@@ -128,9 +128,9 @@ async def boot_engine(config: NodeInitConfig, model_path: str, kwargs: dict[str,
         EngineError: when vLLM is missing or the engine fails to start.
     """
     try:
-        # Importing vLLM takes seconds: off the event loop, which keeps serving node progress
-        # (and, in a Serve replica, health checks) meanwhile.
-        await anyio.to_thread.run_sync(importlib.import_module, "vllm")
+        # Importing vLLM takes seconds: node init started it in a thread when it began (this
+        # waits for the rest), off the event loop, which keeps serving progress and health checks.
+        await prepare_vllm(model_path)
     except ImportError as exc:
         raise EngineError(f"vLLM is not installed ({exc}); install the [cpu] or [gpu] extra",
                           cause=brief(exc)) from exc

@@ -119,3 +119,64 @@ async def test_a_download_that_finishes_during_the_probe_boots_plainly() -> None
         tg.start_soon(finish)
         choice = await choose_overlap(cfg(), decision(), done=done, samples=[(0.0, 0), (1.0, 100 * MB)])
     assert not choice.overlap and choice.reason == "finished"
+
+
+class _Import:
+    """Stands for vLLM's import: ready once ``at`` (monotonic) has passed."""
+
+    def __init__(self, after_s: float) -> None:
+        self.at = time.monotonic() + after_s
+
+    def ready(self) -> bool:
+        return time.monotonic() >= self.at
+
+
+async def _progress(samples: list[tuple[float, int]], rate_mb_s: float, until: float) -> None:
+    """Append ``(time, bytes done)`` every 50 ms at ``rate_mb_s`` until ``until`` seconds have passed."""
+    start = time.monotonic()
+    while (now := time.monotonic()) - start < until:
+        samples.append((now, int((now - start) * rate_mb_s * MB)))
+        await anyio.sleep(0.05)
+
+
+@pytest.mark.anyio
+async def test_auto_decides_once_the_engine_could_start_on_what_is_still_missing() -> None:
+    """100 MB at 40 MB/s: 2.5 s from the start, but only ~1.3 s left when the import ends at 1.2 s."""
+    samples: list[tuple[float, int]] = []
+    start = time.monotonic()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(_progress, samples, 40.0, 1.5)
+        choice = await choose_overlap(cfg(), decision(), done=anyio.Event(), samples=samples,
+                                      engine_ready=_Import(1.2).ready)
+    assert time.monotonic() - start >= 1.2  # waited for the import
+    assert not choice.overlap and choice.reason == "fast"  # the import hid most of the download
+    assert choice.rate_mb_s == pytest.approx(40.0, rel=0.25)
+    assert choice.estimated_s == pytest.approx(1.3, abs=0.4)
+    # The same link without an import to wait for: 2.5 s to go, so it overlaps.
+    assert (await choose_overlap(cfg(), decision(rate=40.0), done=anyio.Event(), samples=[])).overlap
+
+
+@pytest.mark.anyio
+async def test_auto_still_overlaps_a_download_slower_than_the_import() -> None:
+    samples: list[tuple[float, int]] = []
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(_progress, samples, 5.0, 0.8)
+        choice = await choose_overlap(cfg(), decision(), done=anyio.Event(), samples=samples,
+                                      engine_ready=_Import(0.6).ready)
+    assert choice.overlap and choice.reason == "slow" and choice.estimated_s > 15  # ~97 MB at 5 MB/s
+
+
+@pytest.mark.anyio
+async def test_a_download_done_before_the_import_boots_plainly_at_once() -> None:
+    done = anyio.Event()
+
+    async def finish() -> None:
+        await anyio.sleep(0.2)
+        done.set()
+
+    start = time.monotonic()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(finish)
+        choice = await choose_overlap(cfg(), decision(), done=done, samples=[], engine_ready=_Import(30).ready)
+    assert not choice.overlap and choice.reason == "finished"
+    assert time.monotonic() - start < 1.0  # no waiting for the import once nothing is missing
