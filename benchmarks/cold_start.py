@@ -141,34 +141,39 @@ async def _ray_way(uri: str) -> dict[str, Any]:
 
 
 async def _our_way(way: str, uri: str, endpoint: str) -> dict[str, Any]:
-    from eventbus import EventBus
-    from node_init import BeforeEngineInit, initialize_node, parse_config
-    from node_init.engine import start_import
+    from node_init import initialize_node, parse_config
+    from node_init.engine import _vllm, build_async_llm, start_import
 
     config = parse_config({
         "model_id": "bench", "model_source": uri, "placement": None,
         "download": {"s3": {"endpoint_url": endpoint}, "timeout_s": 600},
         "engine": {"kind": "vllm", "overlap": way, "kwargs": ENGINE},
     })
-    bus = EventBus()
     marks: dict[str, float] = {}
+    prepare = _vllm.prepare_vllm
 
-    @bus.on(BeforeEngineInit)
-    def _boot(event: Any, ctx: Any) -> None:
-        marks["boot_start"] = time.time()
+    async def timed_prepare(model_path: str) -> None:
+        marks["boot_start"] = time.time()  # boot_engine starts here (after the download, or on dummy weights)
+        await prepare(model_path)
 
+    def timed_build(args: dict[str, Any]) -> Any:
+        try:
+            return build_async_llm(args)
+        finally:
+            marks["boot_end"] = time.time()
+
+    _vllm.prepare_vllm = timed_prepare  # instrumentation only: the boot itself is unchanged
     t0 = time.time()
-    result = await initialize_node(config, bus=bus)
+    result = await initialize_node(config, engine_builder=timed_build)
     end = time.time()
     tokens = await result.engine.generate_ids(PROMPT, max_tokens=8)
     timings = dict(result.timings)
     await result.close()
     t = {k: v for k, v in timings.items() if isinstance(v, float)}
-    boot_end = marks["boot_start"] + t["engine_boot"]
     # Downloads start once placement is done (BeforeDownload is published on the nodes' own buses).
     download_start = t0 + t.get("before_init", 0.0) + t.get("placement", 0.0)
     out = {"t0": t0, "total": end - t0, **marks, "import_end": t0 + start_import().result(),
-           "boot_end": boot_end, "download_start": download_start,
+           "download_start": download_start,
            "download_end": download_start + t.get("download", 0.0), "tokens": tokens}
     if t.get("weights_load"):
         out["handoff_end"] = end - t.get("after_init", 0.0)

@@ -25,6 +25,7 @@ This module imports ``ray.serve.llm`` (and so vLLM): import it only where they a
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
@@ -49,6 +50,7 @@ from .._modes import DownloadMode
 from .._publish import publish_failure, publish_phase, publish_phase_sync
 from .._wiring import node_bus, wire
 from ._vllm import VLLMEngine
+from ._warm import prepare_vllm
 
 _log = structlog.get_logger("node_init.ray_serve")
 
@@ -255,10 +257,15 @@ class EventBusCallback(CallbackBase):
                          "use OverlappedLLMServer for per-node vetoes", node_id=node_id)
 
     async def on_after_node_init(self) -> None:
-        """``AfterInit`` with Ray's model path and our timing (before Ray boots the engine)."""
+        """``AfterInit`` with Ray's model path and our timing (before Ray boots the engine).
+
+        First fills vLLM's model-info cache for the downloaded model where a fresh node lacks
+        it (:func:`~node_init.engine.warm_model_info`), so Ray's boot skips vLLM's inspection subprocess.
+        """
         if self.hooks_done:
             return
         engine_config: Any = self.llm_config.get_engine_config()
+        await _warm(str(engine_config.actual_hf_model_id))
         ctx = self._ours or _our_ctx(self.config, self.ctx, self.llm_config)
         event = AfterInit(model_id=self.config.model_id, model_path=str(engine_config.actual_hf_model_id),
                           timings={"node_init": time.monotonic() - self._start if self._start else 0.0})
@@ -273,6 +280,15 @@ class EventBusCallback(CallbackBase):
             await publish_failure(self.bus, ctx, exc.__cause__ or exc, model_id=self.config.model_id,
                                   phase=phase, log=_log)
             raise
+
+
+async def _warm(model: str) -> None:
+    """vLLM's model-info cache for Ray's downloaded copy of ``model`` (nothing when it is not on disk)."""
+    from ray.llm._internal.common.utils.download_utils import get_model_location_on_disk
+
+    path = get_model_location_on_disk(model)
+    if os.path.isfile(os.path.join(path, "config.json")):
+        await prepare_vllm(path)
 
 
 class OverlappedVLLMEngine(RayVLLMEngine):  # type: ignore[misc]

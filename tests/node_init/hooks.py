@@ -117,8 +117,12 @@ def seen_on_node(event: BeforeDownload, ctx: CallbackCtx) -> None:
 
 @serve_hooks.on(AfterInit)
 def mark_done(event: AfterInit, ctx: CallbackCtx) -> None:
+    # What vLLM's model-info cache holds when node init ends (before the engine boots).
+    root = os.environ.get("VLLM_CACHE_ROOT")
+    infos = os.path.join(root, "modelinfos") if root else None
     _append({"event": "AfterInit", "pid": os.getpid(), "model_path": event.model_path,
-             "reports": len(event.reports), "timings": sorted(event.timings)})
+             "reports": len(event.reports), "timings": sorted(event.timings),
+             "modelinfos": sorted(os.listdir(infos)) if infos and os.path.isdir(infos) else None})
 
 
 # Writes this node task's pid to ``<ctx.custom_data["pid_dir"]>/<NODE_NAME>`` (a test kills it).

@@ -25,7 +25,8 @@ def tiny(tmp_path_factory: pytest.TempPathFactory, s3_server: S3Server) -> dict[
     return {"local": str(path), "s3": "s3://models/serve-tiny"}
 
 
-def llm_config(model_id: str, source: str, log: Path, kwargs: dict[str, Any], **extra: Any) -> Any:
+def llm_config(model_id: str, source: str, log: Path, kwargs: dict[str, Any], env: dict[str, str] | None = None,
+               **extra: Any) -> Any:
     from ray.serve.llm import LLMConfig
 
     return LLMConfig(
@@ -35,7 +36,7 @@ def llm_config(model_id: str, source: str, log: Path, kwargs: dict[str, Any], **
         placement_group_config={"bundles": [{"CPU": 1}]},
         deployment_config={"autoscaling_config": {"min_replicas": 1, "max_replicas": 1}},
         experimental_configs={"num_ingress_replicas": 1},
-        runtime_env={"env_vars": {"NODE_INIT_TEST_LOG": str(log), "VLLM_CPU_KVCACHE_SPACE": "1"}},
+        runtime_env={"env_vars": {"NODE_INIT_TEST_LOG": str(log), "VLLM_CPU_KVCACHE_SPACE": "1", **(env or {})}},
         callback_config={"callback_class": "node_init.ray_serve:EventBusCallback", "callback_kwargs": kwargs},
         **extra,
     )
@@ -74,7 +75,10 @@ def stock_app(serve_port: int, tiny: dict[str, str], tmp_path_factory: pytest.Te
     from ray import serve
 
     log = tmp_path_factory.mktemp("stock") / "events.jsonl"
-    deploy("stock", llm_config("tiny-stock", tiny["local"], log, {"handlers": ["tests.node_init.hooks:serve_hooks"]}))
+    # A fresh node as far as vLLM's caches go: the replica's model-info cache starts empty.
+    fresh = {"VLLM_CACHE_ROOT": str(tmp_path_factory.mktemp("stock-vllm-cache"))}
+    deploy("stock", llm_config("tiny-stock", tiny["local"], log, {"handlers": ["tests.node_init.hooks:serve_hooks"]},
+                               env=fresh))
     try:
         yield log
     finally:
@@ -112,6 +116,8 @@ def test_stock_path_serves_and_runs_our_handlers_in_replica_and_node(serve_port:
     # The replica's ctx (set in BeforeInit) reached the node through Ray's pickled callback.
     assert all(d["from_replica"] == init["pid"] for d in downloads)
     assert after["pid"] == init["pid"] and after["timings"] == ["node_init"]
+    # Our callback filled vLLM's model-info cache before Ray booted the engine on the fresh node.
+    assert after["modelinfos"] == ["vllm-model_executor-models-llama-LlamaForCausalLM.json"]
 
 
 def test_overlapped_server_serves_with_our_full_flow(serve_port: int, overlapped_app: Path) -> None:

@@ -53,6 +53,7 @@ def test_model_info_is_vllms_own_answer_and_vllm_reads_it(tmp_path: Path) -> Non
     model = build_tiny_llama(tmp_path / "tiny")
     out = _python(f"""
 import json
+from dataclasses import asdict
 from vllm.model_executor.models import registry
 from vllm.model_executor.models.registry import ModelRegistry, _ModelInfo, _run_in_subprocess
 from node_init.engine import warm_model_info
@@ -68,7 +69,9 @@ def refuse(fn):
 
 registry._run_in_subprocess = refuse
 ours = entry.inspect_model_cls()
-print(json.dumps({{"first": first, "again": again, "same": ours == theirs}}))
+# Through JSON, as vLLM's own cache stores it (tuples come back as lists either way).
+same = json.loads(json.dumps(asdict(ours))) == json.loads(json.dumps(asdict(theirs)))
+print(json.dumps({{"first": first, "again": again, "same": same}}))
 """, tmp_path)
     result = json.loads(out.strip().splitlines()[-1])
     assert result["first"] == ["vllm.model_executor.models.llama.LlamaForCausalLM"]
