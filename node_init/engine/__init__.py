@@ -21,6 +21,7 @@ from ._vllm import VLLMEngine as VLLMEngine
 from ._vllm import boot_engine as boot_engine
 from ._vllm import build_async_llm as build_async_llm
 from ._vllm import engine_args as engine_args
+from ._warm import model_architectures as model_architectures
 from ._warm import start_import as start_import
 from ._warm import warm_model_info as warm_model_info
 from ._worker import NodeInitWorkerExtension as NodeInitWorkerExtension
@@ -33,6 +34,7 @@ __all__ = [
     "boot_engine",
     "build_async_llm",
     "engine_args",
+    "model_architectures",
     "start_import",
     "warm_model_info",
 ]

@@ -66,7 +66,7 @@ def start_import() -> concurrent.futures.Future[float]:
         return _import
 
 
-def architectures(model_path: str) -> list[str]:
+def model_architectures(model_path: str) -> list[str]:
     """The model classes vLLM may resolve for the model at ``model_path`` (from its ``config.json``).
 
     ``architectures`` when the config names them; otherwise the classes ``transformers`` maps
@@ -102,7 +102,7 @@ def warm_model_info(model_path: str) -> list[str]:
 
     in_process = current_platform.is_cpu()  # no CUDA to keep uninitialized in this process
     done: list[str] = []
-    for arch in architectures(model_path):
+    for arch in model_architectures(model_path):
         entry = ModelRegistry.models.get(arch)
         if not isinstance(entry, _LazyRegisteredModel):
             continue  # unknown to vLLM, or already imported: nothing to inspect

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from node_init.engine._warm import architectures
+from node_init.engine import model_architectures
 from node_init.testing import build_tiny_llama
 
 REPO = Path(__file__).resolve().parents[2]
@@ -34,18 +34,18 @@ def _config(tmp_path: Path, **fields: object) -> str:
 
 def test_architectures_named_by_the_config(tmp_path: Path) -> None:
     path = _config(tmp_path, architectures=["MistralForCausalLM"], model_type="llama")
-    assert architectures(path) == ["MistralForCausalLM"]
+    assert model_architectures(path) == ["MistralForCausalLM"]
 
 
 def test_architectures_fall_back_to_the_model_type(tmp_path: Path) -> None:
     # vLLM resolves a config without ``architectures`` through transformers' auto classes.
-    assert architectures(_config(tmp_path, model_type="llama")) == ["LlamaForCausalLM", "LlamaModel"]
+    assert model_architectures(_config(tmp_path, model_type="llama")) == ["LlamaForCausalLM", "LlamaModel"]
 
 
 def test_architectures_of_a_missing_or_broken_config_are_none(tmp_path: Path) -> None:
-    assert architectures(str(tmp_path)) == []
+    assert model_architectures(str(tmp_path)) == []
     (tmp_path / "config.json").write_text("{not json")
-    assert architectures(str(tmp_path)) == []
+    assert model_architectures(str(tmp_path)) == []
 
 
 @pytest.mark.engine
