@@ -20,6 +20,12 @@ def cfg(overlap: str = "auto", source: str = "s3://models/m", **download: Any) -
                          "engine": {"kind": "vllm", "overlap": overlap}})
 
 
+async def _set_after(event: anyio.Event, delay_s: float) -> None:
+    """The node's download finishing ``delay_s`` from now."""
+    await anyio.sleep(delay_s)
+    event.set()
+
+
 def decision(missing: int = 100 * MB, *, mode: DownloadMode = DownloadMode.MODEL_AND_TOKENIZER,
              vetoed: bool = False, rate: float | None = None) -> Decision:
     return Decision(node_id="n", mode=mode, vetoed=vetoed, path="/p", missing_bytes=missing, rate_mb_s=rate)
@@ -110,13 +116,8 @@ async def test_a_download_waited_for_overlaps_under_auto() -> None:
 @pytest.mark.anyio
 async def test_a_download_that_finishes_during_the_probe_boots_plainly() -> None:
     done = anyio.Event()
-
-    async def finish() -> None:
-        await anyio.sleep(0.05)
-        done.set()
-
     async with anyio.create_task_group() as tg:
-        tg.start_soon(finish)
+        tg.start_soon(_set_after, done, 0.05)
         choice = await choose_overlap(cfg(), decision(), done=done, samples=[(0.0, 0), (1.0, 100 * MB)])
     assert not choice.overlap and choice.reason == "finished"
 
@@ -169,14 +170,9 @@ async def test_auto_still_overlaps_a_download_slower_than_the_import() -> None:
 @pytest.mark.anyio
 async def test_a_download_done_before_the_import_boots_plainly_at_once() -> None:
     done = anyio.Event()
-
-    async def finish() -> None:
-        await anyio.sleep(0.2)
-        done.set()
-
     start = time.monotonic()
     async with anyio.create_task_group() as tg:
-        tg.start_soon(finish)
+        tg.start_soon(_set_after, done, 0.2)
         choice = await choose_overlap(cfg(), decision(), done=done, samples=[], engine_ready=_Import(30).ready)
     assert not choice.overlap and choice.reason == "finished"
     assert time.monotonic() - start < 1.0  # no waiting for the import once nothing is missing
