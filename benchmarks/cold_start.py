@@ -298,17 +298,19 @@ def main(args: argparse.Namespace) -> None:
         shutil.rmtree(work, ignore_errors=True)
     if args.compare:
         compare(rows, args.compare)
+    kept: dict[str, Any] = {}  # what else the record holds (a quick rerun's figures)
     if args.merge and (RESULTS / f"{args.name}.json").exists():
         key = lambda r: (r["model"], r["node"], r["rate"])  # noqa: E731
         redone = {key(r) for r in rows}
-        old = json.loads((RESULTS / f"{args.name}.json").read_text())["rows"]
-        rows = [r for r in old if key(r) not in redone] + rows
+        record = json.loads((RESULTS / f"{args.name}.json").read_text())
+        kept = {k: v for k, v in record.items() if k not in ("machine", "rows")}
+        rows = [r for r in record["rows"] if key(r) not in redone] + rows
     order = {m: i for i, m in enumerate(("tiny", "smollm2"))}
     rows.sort(key=lambda r: (order.get(r["model"], 9), r["node"], r["rate"] or 1e9))
     table = tables(rows)
     print()
     print(table)
-    write_outputs(args.name, {"rows": rows}, table)
+    write_outputs(args.name, {**kept, "rows": rows}, table)
     plot(rows, args.name)
 
 

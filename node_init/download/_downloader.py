@@ -3,9 +3,9 @@
 Each file is read in ranges (``part_size_mb``, ``concurrency`` at once), every range pinned
 to the version listed (``If-Match`` on S3; size and mtime for a local file), streamed into
 its partial file as bytes arrive (a stall is no bytes at all for ``stall_timeout_s``), and
-hashed while it arrives: a CRC32 per range (in parallel, no second read) for the cache's
-content digest, plus, where a single-part ETag states one, the whole file's MD5 (in order),
-which must match. A whole file becomes a blob; the files of one listing become an immutable snapshot
+hashed while it arrives: where a single-part ETag states an MD5, the whole file's MD5 (in order),
+which must match; otherwise an XXH3-64 per range (in parallel, no second read) for the cache's
+content digest. A whole file becomes a blob; the files of one listing become an immutable snapshot
 (:mod:`node_init.download._cache`). A file that changes at the source mid-download restarts
 the whole set from a fresh listing, so a snapshot is always one version.
 """
@@ -19,7 +19,6 @@ import os
 import queue
 import threading
 import time
-import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -27,10 +26,11 @@ from typing import Any
 import filelock
 import msgspec
 import structlog
+import xxhash
 
 from .._config import DownloadConfig
 from .._errors import DownloadError, describe
-from ._cache import ModelCache, PartState, crc_digest, record_rate, single_part_md5
+from ._cache import RANGE_SUM, ModelCache, PartState, ranges_digest, record_rate, single_part_md5
 from ._retry import Transient, backoff, is_transient
 from ._sources import LocalSource, RemoteFile, Source, SourceChanged, check_key
 
@@ -361,8 +361,10 @@ class Downloader:
     def _read_into(self, state: _FileState, lo: int, hi: int) -> bool:
         """Stream ``[lo, hi)`` into the partial file; retries resume where the bytes stopped."""
         key = state.file.key
-        pos, attempt, crc = lo, 0, 0
+        pos, attempt = lo, 0
         live = state.need_md5 and not state.resumable  # one range, in order: MD5 as bytes arrive
+        # The range checksum is the content digest only where no MD5 is (the MD5 is then the digest).
+        rsum = None if state.need_md5 else xxhash.xxh3_64()
         while True:
             if self._stopped():
                 return False
@@ -374,14 +376,16 @@ class Downloader:
                         raise Transient(f"long read: {pos + len(chunk) - lo} of {hi - lo} bytes at offset {lo}")
                     if not state.write(chunk, pos):
                         return False
-                    crc = zlib.crc32(chunk, crc)
+                    if rsum is not None:
+                        rsum.update(chunk)
                     if live:
                         state.feed(chunk, pos)
                     pos += len(chunk)
                     self.progress.add(len(chunk))
                 if pos != hi:
                     raise Transient(f"short read: {pos - lo} of {hi - lo} bytes at offset {lo}")
-                state.crcs[lo] = crc
+                if rsum is not None:
+                    state.sums[lo] = rsum.intdigest()
                 return True
             except (SourceChanged, DownloadError):
                 raise
@@ -409,7 +413,7 @@ class Downloader:
         if expected is not None and md5 != expected:
             raise self._error(f"the bytes' MD5 {md5} does not match the source's ETag {expected}",
                               file=f.key, bad_bytes=True)
-        digest = f"md5:{md5}" if md5 is not None else state.crc_digest()
+        digest = f"md5:{md5}" if md5 is not None else state.sums_digest()
         if not state.close():
             return  # aborted meanwhile
         try:
@@ -431,10 +435,10 @@ class _FileState:
         self.fd: int | None = None
         self.closed = False
         self.ranges = [(s, min(s + part, file.size)) for s in range(0, file.size, part)] or [(0, 0)]
-        self.state = resume or PartState(etag=file.etag, size=file.size, part_size=part)
+        self.state = resume or PartState(etag=file.etag, size=file.size, part_size=part, sum_kind=RANGE_SUM)
         self.done = set(self.state.done)
         self.part = part
-        self.crcs = {int(k): v for k, v in self.state.crcs.items()}
+        self.sums = {int(k): v for k, v in self.state.sums.items()}
         self.need_md5 = single_part_md5(file.etag) is not None
         self.resumable = len(self.ranges) > 1
         self.committed = False
@@ -499,15 +503,15 @@ class _FileState:
             complete = len(self.done) == len(self.ranges)
             if self.resumable and not complete and not self.closed:
                 self.state.done = sorted(self.done)
-                self.state.crcs = {str(k): v for k, v in self.crcs.items()}
+                self.state.sums = {str(k): v for k, v in self.sums.items()}
                 self.cache.save_state(self.file, self.state)
         if self.resumable and self.need_md5:
             self.hash_through(complete_only=False)
         return complete
 
-    def crc_digest(self) -> str:
-        """The content digest from every range's CRC32 (see ``BlobEntry.digest``)."""
-        return crc_digest(self.part, [self.crcs.get(lo, 0) for lo, _ in self.ranges])
+    def sums_digest(self) -> str:
+        """The content digest from every range's checksum (see ``BlobEntry.digest``)."""
+        return ranges_digest(self.part, [self.sums[lo] for lo, _ in self.ranges])
 
     def feed(self, chunk: bytes | memoryview, pos: int) -> None:
         """Hash bytes of a single-range file as they arrive (in order, so no second read)."""

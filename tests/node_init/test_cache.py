@@ -10,15 +10,18 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import json
 import os
 import shutil
 import subprocess
 import threading
 import time
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import xxhash
 
 from node_init import DownloadConfig, DownloadError, S3Config
 from node_init.download import (
@@ -27,6 +30,7 @@ from node_init.download import (
     ModelCache,
     RemoteFile,
     S3Source,
+    file_digest,
     hold_snapshot,
     list_source,
 )
@@ -161,6 +165,66 @@ def test_a_cache_changed_after_it_was_complete_is_fetched_again(tmp_path: Path) 
     assert fetch(str(src), dest)[1] == ()  # `stat`: cheap, and blind to this
     path, fetched = fetch(str(src), dest, verify="full")
     assert fetched == ("w.safetensors",) and digest(path) == digest(src)
+
+
+def test_a_change_in_any_range_of_a_large_file_is_seen_by_verify_full(tmp_path: Path) -> None:
+    # Three ranges of 1 MiB (no MD5 for a local file: the digest is the ranges' sums).
+    src = write(tmp_path / "src", {"config.json": b"{}", "w.safetensors": os.urandom(3 * MB + 7)})
+    dest = tmp_path / "cache" / "m"
+    fetch(str(src), dest)
+    for offset in (0, MB + 5, 3 * MB + 6):  # first, middle and last range
+        target = dest / "w.safetensors"
+        st = target.stat()
+        with open(target, "r+b") as f:
+            f.seek(offset)
+            old = f.read(1)
+            f.seek(offset)
+            f.write(bytes([old[0] ^ 1]))
+        os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))
+        path, fetched = fetch(str(src), dest, verify="full")
+        assert fetched == ("w.safetensors",), offset
+        assert digest(path) == digest(src)
+
+
+def test_digests_recorded_by_older_releases_still_verify(tmp_path: Path) -> None:
+    # A cache journaled before range sums became XXH3 records CRC32 digests: `verify: full` must
+    # still recompute them. The digest below was recorded by that release for these bytes.
+    path = tmp_path / "w.bin"
+    path.write_bytes(bytes(range(256)) * 10241)
+    old = "crc32/1048576:bc93850392de66db2c149748d98e3b89"
+    assert file_digest(path, old) == old
+    path.write_bytes(bytes(range(256)) * 10240 + bytes(255) + b"\x01")  # one byte differs
+    assert file_digest(path, old) != old
+
+
+def _partial(dest: Path, uri: str, f: RemoteFile, data: bytes, state: dict[str, object]) -> None:
+    """Leave ``f`` as an interrupted download left it: its partial blob and its state file."""
+    cache = ModelCache(dest, uri)
+    cache.prepare(keep=[f])
+    cache.part_path(f).write_bytes(data)
+    (cache.partial / f"{cache.blob_name(f)}.state").write_bytes(json.dumps(state).encode())
+    cache.close()
+
+
+def test_a_partial_file_recorded_by_an_older_release_is_fetched_whole(tmp_path: Path) -> None:
+    data = os.urandom(3 * MB + 7)
+    src = write(tmp_path / "src", {"w.safetensors": data})
+    source, files = list_source(str(src), cfg())
+    f = files[0]
+    # Control: a state in today's format is resumed (its two ranges are not read again).
+    dest = tmp_path / "now" / "m"
+    sums = {str(lo): xxhash.xxh3_64_intdigest(data[lo:lo + MB]) for lo in (0, MB)}
+    _partial(dest, source.uri, f, data[:2 * MB], {"etag": f.etag, "size": f.size, "part_size": MB,
+                                                  "sum_kind": "xxh3", "done": [0, MB], "sums": sums})
+    result = Downloader(source, dest, cfg()).run(files)
+    assert result.bytes == f.size - 2 * MB and digest(dest) == digest(src)
+    # A state without a range-sum kind (CRC32 era) is not trusted: its ranges, wrong here, are redone.
+    dest = tmp_path / "old" / "m"
+    crcs = {str(lo): zlib.crc32(bytes(MB)) for lo in (0, MB)}
+    _partial(dest, source.uri, f, bytes(2 * MB), {"etag": f.etag, "size": f.size, "part_size": MB,
+                                                  "done": [0, MB], "crcs": crcs})
+    result = Downloader(source, dest, cfg()).run(files)
+    assert result.bytes == f.size and digest(dest) == digest(src)
 
 
 def test_bytes_that_differ_from_the_etag_md5_are_refused(tmp_path: Path, s3_server: S3Server) -> None:
