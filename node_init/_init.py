@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import filecmp
 import time
 from pathlib import Path
@@ -24,10 +25,13 @@ from ._wiring import wire
 from .cluster import (
     Decision,
     local_model_path,
+    may_span_nodes,
     placement_nodes,
     remove_placement_group,
     resolve_placement_group,
     run_on_nodes,
+    share_enabled,
+    start_exchange,
 )
 from .download import SnapshotHold, hold_snapshot
 from .overlap import choose_overlap, is_remote
@@ -296,34 +300,44 @@ class _Replica:
             self.done.set()
 
 
-async def _place(run: _Run) -> tuple[list[str], str]:
-    """Placement: the group's distinct nodes, plus the replica's own (the engine loads there)."""
+async def _place(run: _Run) -> tuple[list[str], str, Any]:
+    """Placement: the group's distinct nodes, plus the replica's own (the engine loads there), and
+    the exchange actor for a shared download, started while placement runs (or ``None``)."""
     import ray
 
     if not ray.is_initialized():
         await anyio.to_thread.run_sync(ray.init)  # connecting takes seconds: off the loop
     run.phase = "placement"
     t = time.monotonic()
-    run.pg, run.owns_pg = await resolve_placement_group(run.ctx, run.config)
     local = ray.get_runtime_context().get_node_id()
-    nodes = await placement_nodes(run.pg) if run.pg is not None else []
+    # The actor's worker process takes about a second to start: not after placement, but during it.
+    exchange = None
+    if share_enabled(run.config) and may_span_nodes(run.ctx, run.config):
+        exchange = start_exchange(local, run.config.download.part_size_mb)
+    try:
+        run.pg, run.owns_pg = await resolve_placement_group(run.ctx, run.config)
+        nodes = await placement_nodes(run.pg) if run.pg is not None else []
+    except BaseException:
+        if exchange is not None:
+            ray.kill(exchange)
+        raise
     if local not in nodes:
         nodes.append(local)
     run.timed("placement", t)
-    return nodes, local
+    return nodes, local, exchange
 
 
 async def _with_downloads(run: _Run, log: Any) -> str:
     """Downloads on every node, and the engine boot, at once (see ``_engine_when_ready``)."""
     config, ctx = run.config, run.ctx
-    nodes, local = await _place(run)
+    nodes, local, exchange = await _place(run)
     run.phase = "download"
     log.info("downloading on nodes", nodes=nodes, source=config.model_source)
     replica = _Replica(run, local)
     run.nodes = dict.fromkeys(nodes, "listing and in BeforeDownload")
 
     async def downloads() -> None:
-        run.reports = tuple(await run_on_nodes(config, ctx, nodes, local, replica))
+        run.reports = tuple(await run_on_nodes(config, ctx, nodes, local, replica, exchange=exchange))
         run.marks["download_end"] = time.monotonic()
         run.timings["download"] = run.marks["download_end"] - run.marks["download_start"]
 
@@ -334,6 +348,12 @@ async def _with_downloads(run: _Run, log: Any) -> str:
             tg.start_soon(_engine_when_ready, run, replica, log)
     except BaseExceptionGroup as group:
         raise first_error(group) from None
+    finally:
+        if exchange is not None:  # run_on_nodes kills it; not if it was cancelled before it ran
+            import ray
+
+            with contextlib.suppress(Exception):
+                ray.kill(exchange)
     if "boot_end" in run.marks and "boot_start" in run.marks:
         # Seconds the engine boot and the downloads ran at the same time.
         run.timings["overlap"] = max(0.0, min(run.marks["boot_end"], run.marks["download_end"])

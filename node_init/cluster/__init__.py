@@ -19,19 +19,24 @@ from ._holders import forget_holdings as forget_holdings
 from ._node import Decision as Decision
 from ._node import local_model_path as local_model_path
 from ._node import node_download as node_download
+from ._placement import may_span_nodes as may_span_nodes
 from ._placement import placement_nodes as placement_nodes
 from ._placement import remove_placement_group as remove_placement_group
 from ._placement import resolve_placement_group as resolve_placement_group
 from ._remote import NodeObserver as NodeObserver
 from ._remote import node_task as node_task
 from ._remote import run_on_nodes as run_on_nodes
+from ._share import EXCHANGE_PREFIX as EXCHANGE_PREFIX
 from ._share import Exchange as Exchange
 from ._share import SharedSource as SharedSource
 from ._share import assign as assign
+from ._share import share_enabled as share_enabled
 from ._share import sharing as sharing
+from ._share import start_exchange as start_exchange
 from ._share import units_of as units_of
 
 __all__ = [
+    "EXCHANGE_PREFIX",
     "Decision",
     "Exchange",
     "NodeObserver",
@@ -39,12 +44,15 @@ __all__ = [
     "assign",
     "forget_holdings",
     "local_model_path",
+    "may_span_nodes",
     "node_download",
     "node_task",
     "placement_nodes",
     "remove_placement_group",
     "resolve_placement_group",
     "run_on_nodes",
+    "share_enabled",
     "sharing",
+    "start_exchange",
     "units_of",
 ]

@@ -57,6 +57,18 @@ async def resolve_placement_group(ctx: CallbackCtx, config: NodeInitConfig) -> t
     return pg, True
 
 
+def may_span_nodes(ctx: CallbackCtx, config: NodeInitConfig) -> bool:
+    """Whether the group :func:`resolve_placement_group` will use could span two or more nodes."""
+    import ray.util
+
+    pg = ctx.placement_group or ray.util.get_current_placement_group()
+    if pg is not None:
+        return len(pg.bundle_specs) >= 2
+    if config.placement is None:
+        return False
+    return len(config.placement.bundles) >= 2 and config.placement.strategy != "STRICT_PACK"
+
+
 async def placement_nodes(pg: Any) -> list[str]:
     """Distinct node ids of a ready placement group, in bundle order."""
     import ray.util

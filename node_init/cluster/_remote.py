@@ -96,12 +96,23 @@ async def run_on_nodes(
     nodes: list[str],
     local_node_id: str,
     observer: NodeObserver,
+    *,
+    exchange: Any = None,
 ) -> list[NodeReport]:
     """Run :func:`node_task` pinned to each node, concurrently; cancel all if one fails.
 
     With ``download.share`` in force the nodes share one fetch through an :class:`Exchange`; a
     node that *dies* then does not stop the others: they take its share from the source and
     finish (their caches whole for the retry), and its error is raised after them.
+
+    Args:
+        config: The init's config.
+        ctx: The replica's context (each node task gets a snapshot).
+        nodes: The placement group's distinct nodes, the replica's own included.
+        local_node_id: The replica's node.
+        observer: Receives each node's decision, progress and report.
+        exchange: An :class:`Exchange` started early (while placement ran); used if this init
+            shares, else killed. This function always kills it before it returns.
 
     Raises:
         NodeInitError: the first node's typed error (``DownloadError``,
@@ -115,7 +126,14 @@ async def run_on_nodes(
     snapshot = ctx.snapshot()
     reports: dict[str, NodeReport] = {}
     bound = config.download.node_bound_s
-    exchange = start_exchange(nodes, local_node_id) if sharing(config, nodes) else None
+    if not sharing(config, nodes):
+        if exchange is not None:
+            ray.kill(exchange)
+        exchange = None
+    elif exchange is None:
+        exchange = start_exchange(local_node_id, config.download.part_size_mb)
+    if exchange is not None:
+        exchange.expect.remote(nodes)
     deaths: list[NodeInitError] = []
 
     async def one(node_id: str) -> None:

@@ -20,10 +20,11 @@ from node_init import (
     DownloadMode,
     DownloadProgress,
     NodeInitConfig,
+    PhaseError,
     PlacementConfig,
     initialize_node,
 )
-from node_init.cluster import assign, sharing, units_of
+from node_init.cluster import EXCHANGE_PREFIX, Exchange, assign, sharing, units_of
 from node_init.download import RemoteFile
 from node_init.testing import FaultProxy, S3Server, iter_files, write_model_files
 from tests._configs import node_config
@@ -74,6 +75,112 @@ def test_a_share_setting_outside_its_values_is_refused() -> None:
         node_config("s3://bucket/m", download={"share": "always"})
     with pytest.raises(ConfigError, match="share_memory_mb"):
         node_config("s3://bucket/m", download={"share_memory_mb": 0})
+
+
+# --- the exchange's bookkeeping, in process (the actor's methods; Ray only carries the calls) ----------
+
+PIECE = 256 * 1024
+UNIT = ("w.bin", "e", 0, 3 * PIECE + 10)  # four pieces, the last one short
+
+
+async def planned(nodes: tuple[str, ...] = ("a", "b", "c")) -> tuple[Exchange, str]:
+    """An exchange where every node needs UNIT; returns it and UNIT's owner."""
+    ex = Exchange(PIECE)
+    await ex.expect(list(nodes))
+    owners: dict[str, dict[Any, str]] = {}
+
+    async def join(node: str) -> None:
+        owners[node] = await ex.join(node, [UNIT], 5.0)
+
+    async with anyio.create_task_group() as tg:  # the owner is chosen once every node has joined
+        for node in nodes:
+            tg.start_soon(join, node)
+    assert len({o[UNIT] for o in owners.values()}) == 1
+    return ex, owners[nodes[0]][UNIT]
+
+
+@pytest.mark.anyio
+async def test_a_piece_is_taken_before_its_range_has_finished_downloading() -> None:
+    ex, owner = await planned()
+    consumer = next(n for n in "abc" if n != owner)
+    await ex.offer(UNIT, 0, ["piece-0"], PIECE)  # the owner has read the first piece only
+    assert await ex.take(consumer, UNIT, 0, 1.0) == ["piece-0"]
+    with anyio.fail_after(5):
+        late = await ex.take(consumer, UNIT, 1, 0.2)  # not offered within the wait
+    assert late is None
+
+
+@pytest.mark.anyio
+async def test_offered_bytes_are_released_once_every_consumer_took_them() -> None:
+    ex, owner = await planned()
+    consumers = [n for n in "abc" if n != owner]
+    sizes = [PIECE, PIECE, PIECE, 10]
+    for i, size in enumerate(sizes):
+        await ex.offer(UNIT, i, [f"p{i}"], size)
+    assert not await ex.room(owner, 1, sum(sizes), 0.05)  # the memory bound is reached
+    for node in consumers:
+        for i in range(len(sizes)):
+            assert await ex.take(node, UNIT, i, 1.0) == [f"p{i}"]
+            await ex.taken(node, UNIT, i)
+    assert await ex.room(owner, sum(sizes), sum(sizes), 0.05)
+    assert await ex.drained(owner, 0.05)
+
+
+@pytest.mark.anyio
+async def test_a_consumer_that_reads_from_the_source_releases_what_waits_for_it() -> None:
+    ex, owner = await planned()
+    first, second = [n for n in "abc" if n != owner]
+    await ex.offer(UNIT, 0, ["p0"], PIECE)
+    await ex.offer(UNIT, 1, ["p1"], PIECE)
+    await ex.taken(first, UNIT, 0)
+    await ex.taken(first, UNIT, 1)
+    await ex.release(second, UNIT)  # a lost piece: the rest of its range comes from the source
+    assert await ex.drained(owner, 0.05)
+
+
+@pytest.mark.anyio
+async def test_a_dead_owners_range_is_taken_over_once_and_the_others_wait_for_the_new_owner() -> None:
+    ex, owner = await planned()
+    first, second = sorted(n for n in "abc" if n != owner)
+    await ex.offer(UNIT, 0, ["old-0"], PIECE)
+    await ex.offer(UNIT, 1, ["old-1"], PIECE)
+    for node, had in ((first, 1), (second, 2)):  # `first` has piece 0, `second` pieces 0 and 1
+        for i in range(had):
+            assert await ex.take(node, UNIT, i, 1.0) == [f"old-{i}"]
+            await ex.taken(node, UNIT, i)
+    await ex.gone(owner)  # its objects died with it
+    wants = {first: 1, second: 2}
+    got: dict[str, object] = {}
+
+    async def take(node: str) -> None:
+        got[node] = await ex.take(node, UNIT, wants[node], 5.0)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(take, first)
+        tg.start_soon(take, second)
+        await anyio.sleep(0.2)
+        # One survivor owns the range now; the other waits for it instead of going to the source.
+        assert sorted(map(str, got.values())) == ["own"], got
+        new_owner = next(iter(got))
+        other = second if new_owner == first else first
+        for i in range(4):  # the new owner reads the range again from the start, offering every piece
+            await ex.offer(UNIT, i, [f"new-{i}"], PIECE if i < 3 else 10)
+    assert got[other] == [f"new-{wants[other]}"]
+    # The pieces `other` already had were not held for it: once it takes the rest, nothing is held.
+    for i in range(wants[other], 4):
+        await ex.taken(other, UNIT, i)
+    assert await ex.drained(new_owner, 0.05)
+
+
+@pytest.mark.anyio
+async def test_pieces_after_a_skip_are_not_waited_for() -> None:
+    ex, owner = await planned()
+    consumer = next(n for n in "abc" if n != owner)
+    await ex.offer(UNIT, 0, ["p0"], PIECE)
+    await ex.skip(UNIT, 1)  # over the memory bound: the owner offers nothing more of the range
+    assert await ex.take(consumer, UNIT, 0, 1.0) == ["p0"]
+    with anyio.fail_after(0.5):  # answered at once, not at the wait's bound
+        assert await ex.take(consumer, UNIT, 1, 5.0) is None
 
 
 # --- three real nodes -------------------------------------------------------------------------------------
@@ -176,7 +283,9 @@ async def test_a_peer_killed_mid_exchange_costs_only_its_share(ray_cluster: RayC
     sizes = shared_model["sizes"]
     total, small = sum(sizes.values()), sum(s for s in sizes.values() if s < 256 * 1024)
     node2_share = (total - small) // 3  # six 1 MiB ranges, two each
-    assert proxy.bytes_sent >= total + MIB  # killed mid-exchange: some range crossed the link twice
+    # Killed mid-exchange: part of node2's share crossed the link twice (node2 read some of it before it
+    # died, and a survivor read it all again), beyond what every node fetches anyway (the small files).
+    assert proxy.bytes_sent >= total + 2 * small + 64 * 1024
     # ...but only node2's share did, once more (one survivor takes each of its ranges over), plus
     # what node2 itself had fetched, the small files every node fetches, and the listings.
     assert proxy.bytes_sent <= total + 3 * small + 2 * node2_share + 256 * 1024
@@ -185,6 +294,42 @@ async def test_a_peer_killed_mid_exchange_costs_only_its_share(ray_cluster: RayC
         if node is not node2:  # the survivors refetched node2's share and hold the whole model
             assert digest(node.cache / cfg.model_id) == want
 
+
+
+async def exchanges_alive() -> list[str]:
+    """Exchange actors still alive, once a kill has had time to land (bounded)."""
+    import ray
+
+    for _ in range(100):
+        alive = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+                 if a["name"].startswith(EXCHANGE_PREFIX)]
+        if not alive:
+            break
+        await anyio.sleep(0.1)
+    return alive
+
+
+@pytest.mark.ray
+@pytest.mark.anyio
+async def test_no_exchange_outlives_its_init(ray_cluster: RayCluster, s3_server: S3Server,
+                                             shared_model: dict[str, Any]) -> None:
+    """The exchange starts while placement runs: it is gone after a shared init, after one that
+    turned out to be on a single node, and after one whose placement failed."""
+    cfg = config(shared_model, s3_server.endpoint, share="auto")
+    result = await initialize_node(cfg)
+    await result.close()
+    assert {r.peer_bytes > 0 for r in result.reports} == {True}  # it did share
+    assert await exchanges_alive() == []
+    one_node = msgspec.structs.replace(cfg, model_id=cfg.model_id + "-packed", placement=PlacementConfig(
+        bundles=[{"head": 0.01}, {"head": 0.01}], strategy="PACK"))  # both on the replica's node
+    result = await initialize_node(one_node)
+    await result.close()
+    assert len(result.reports) == 1 and await exchanges_alive() == []
+    unplaceable = msgspec.structs.replace(cfg, model_id=cfg.model_id + "-big", placement=PlacementConfig(
+        bundles=[{"CPU": 64}, {"CPU": 64}], strategy="SPREAD", ready_timeout_s=1))
+    with pytest.raises(PhaseError, match="placement group not ready"):
+        await initialize_node(unplaceable)
+    assert await exchanges_alive() == []
 
 
 @pytest.mark.ray
