@@ -125,6 +125,11 @@ def range_sum(block: bytes | memoryview, kind: str = RANGE_SUM) -> int:
     return xxhash.xxh3_64_intdigest(block) if kind == "xxh3" else zlib.crc32(block)
 
 
+def range_hasher() -> xxhash.xxh3_64:
+    """A streaming hasher of :data:`RANGE_SUM`: its ``intdigest()`` equals :func:`range_sum` of the bytes fed."""
+    return xxhash.xxh3_64()
+
+
 def ranges_digest(part_size: int, sums: list[int], kind: str = RANGE_SUM) -> str:
     """The content digest of a file from its ranges' checksums, in order."""
     width = 16 if kind == "xxh3" else 8

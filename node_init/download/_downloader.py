@@ -26,11 +26,10 @@ from typing import Any
 import filelock
 import msgspec
 import structlog
-import xxhash
 
 from .._config import DownloadConfig
 from .._errors import DownloadError, describe
-from ._cache import RANGE_SUM, ModelCache, PartState, ranges_digest, record_rate, single_part_md5
+from ._cache import RANGE_SUM, ModelCache, PartState, range_hasher, ranges_digest, record_rate, single_part_md5
 from ._retry import Transient, backoff, is_transient
 from ._sources import LocalSource, RemoteFile, Source, SourceChanged, check_key
 
@@ -364,7 +363,7 @@ class Downloader:
         pos, attempt = lo, 0
         live = state.need_md5 and not state.resumable  # one range, in order: MD5 as bytes arrive
         # The range checksum is the content digest only where no MD5 is (the MD5 is then the digest).
-        rsum = None if state.need_md5 else xxhash.xxh3_64()
+        rsum = None if state.need_md5 else range_hasher()
         while True:
             if self._stopped():
                 return False
