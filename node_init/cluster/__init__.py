@@ -8,13 +8,19 @@
   :class:`~node_init.NodeReport`; the replica's :class:`NodeObserver` receives them.
 - With ``download.share`` in force (:func:`sharing`), the nodes fetch the model once between
   them: an :class:`Exchange` actor :func:`assign` s each range several nodes need to one of
-  them, and a :class:`SharedSource` reads a node's share from the source and the rest from its
-  peers through Ray's object store. Across inits, nodes record what they hold in Ray's internal
-  KV, and a node that joins later reads from a holder before the origin (``_holders``).
+  them (a node starts on its :func:`provisional` share meanwhile), and a :class:`SharedSource`
+  reads a node's share from the source and the rest from its peers through Ray's object store.
+  Across inits, nodes record what they hold in Ray's internal KV, and a node that joins later
+  reads from a holder before the origin (``_holders``).
 
 Ray is imported lazily, inside the functions that need it.
 """
 
+from ._exchange import EXCHANGE_PREFIX as EXCHANGE_PREFIX
+from ._exchange import Exchange as Exchange
+from ._exchange import assign as assign
+from ._exchange import provisional as provisional
+from ._exchange import start_exchange as start_exchange
 from ._holders import forget_holdings as forget_holdings
 from ._node import Decision as Decision
 from ._node import local_model_path as local_model_path
@@ -26,13 +32,9 @@ from ._placement import resolve_placement_group as resolve_placement_group
 from ._remote import NodeObserver as NodeObserver
 from ._remote import node_task as node_task
 from ._remote import run_on_nodes as run_on_nodes
-from ._share import EXCHANGE_PREFIX as EXCHANGE_PREFIX
-from ._share import Exchange as Exchange
 from ._share import SharedSource as SharedSource
-from ._share import assign as assign
 from ._share import share_enabled as share_enabled
 from ._share import sharing as sharing
-from ._share import start_exchange as start_exchange
 from ._share import units_of as units_of
 
 __all__ = [
@@ -48,6 +50,7 @@ __all__ = [
     "node_download",
     "node_task",
     "placement_nodes",
+    "provisional",
     "remove_placement_group",
     "resolve_placement_group",
     "run_on_nodes",

@@ -21,7 +21,8 @@ import structlog
 
 from .._config import DownloadConfig, NodeInitConfig
 from ..download import ModelCache, RemoteFile, Source, cache_root, model_dir_name
-from ._share import MIN_SHARED_BYTES, SLICE
+from ._exchange import MIN_SHARED_BYTES
+from ._share import SLICE
 
 _log = structlog.get_logger("node_init.holders")
 _NAMESPACE = "node_init"

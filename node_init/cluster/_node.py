@@ -75,8 +75,12 @@ def node_download(
     cancel: threading.Event | None = None,
     on_decision: Callable[[Decision], None] | None = None,
     exchange: Any = None,
+    nodes: list[str] | None = None,
 ) -> NodeReport:
     """Publish ``BeforeDownload`` on this node, then fetch the model per the mode in force.
+
+    ``exchange``: the init's share exchange (``download.share``), or ``None``; ``nodes``: the
+    init's nodes (this node reads its provisional share while the others join).
 
     Raises:
         PhaseError: a ``BeforeDownload`` handler failed (phase ``before_download``).
@@ -134,7 +138,8 @@ def node_download(
     fetching = source is not None and not skip and in_place is None
     held = _holders(config, node_id, todo, source) if fetching and source is not None else None
     base = held or source
-    shared = _join(exchange, node_id, todo if fetching else [], config, base) if exchange is not None else None
+    shared = (_join(exchange, node_id, todo if fetching else [], config, base, nodes or [node_id])
+              if exchange is not None else None)
     if base is None or not fetching:
         if shared is not None:
             shared.finish(0)
@@ -201,25 +206,29 @@ def _ray_up() -> bool:
 
 
 def _join(exchange: Any, node_id: str, todo: list[RemoteFile], config: NodeInitConfig,
-          source: Source | None) -> SharedSource | None:
+          source: Source | None, nodes: list[str]) -> SharedSource | None:
     """Join the init's exchange with the ranges this node must fetch; its shared view of the source.
 
+    The join's answer waits for every node; the view does not: it starts on the
+    :func:`~node_init.cluster.provisional` owners, which it claims.
     ``None`` when the exchange is unreachable (every range then comes from the source).
     """
     import ray
 
+    from ._exchange import provisional
     from ._share import SharedSource, units_of
 
-    part = config.download.part_size_mb * 1024 * 1024
-    bound = max(1.0, config.download.stall_timeout_s)
+    units = units_of(todo, config.download.part_size_mb * 1024 * 1024)
+    guess = provisional(units, nodes)
+    claimed = [u for u, owner in guess.items() if owner == node_id]
     try:
-        owners = ray.get(exchange.join.remote(node_id, units_of(todo, part), bound), timeout=bound + 30)
-    except (ray.exceptions.RayError, TimeoutError) as exc:
+        joining = exchange.join.remote(node_id, units, max(1.0, config.download.stall_timeout_s), claimed)
+    except ray.exceptions.RayError as exc:
         _log.warning("no exchange: fetching every range from the source", node_id=node_id, error=describe(exc))
         return None
     if source is None:
         return None
-    return SharedSource(source, exchange, node_id, owners, config.download)
+    return SharedSource(source, exchange, node_id, guess, config.download, joining=joining)
 
 
 def _additions(data: dict[str, object], before: dict[str, bytes]) -> dict[str, object]:

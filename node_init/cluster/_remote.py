@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
+import uuid
 from collections.abc import Iterator
 from typing import Any, Protocol
 
 import anyio
+import anyio.to_thread
 import structlog
 
 from .._config import NodeInitConfig
@@ -17,20 +20,36 @@ from .._events import NodeReport
 from .._logging import configure_logging
 from .._wiring import node_bus
 from ..download import Progress
+from ._exchange import start_exchange
 from ._node import Decision, node_download
-from ._share import sharing, start_exchange
+from ._share import sharing
 
 _log = structlog.get_logger("node_init.remote")
 
-#: Seconds between progress items streamed from a node.
+#: Seconds between progress items streamed from a node (and between its checks for a stop request).
 PROGRESS_EVERY_S = 0.25
+#: Ray internal KV namespace of the stop requests the replica leaves for node tasks.
+STOP_NAMESPACE = "node_init_stop"
+#: Seconds a node task has to end by itself once asked to stop (its download thread gets 30).
+STOP_BOUND_S = 45.0
+
+
+def _stop_requested(key: str) -> bool:
+    from ray.experimental import internal_kv
+
+    try:
+        return bool(internal_kv._internal_kv_exists(key, namespace=STOP_NAMESPACE))
+    except Exception:  # the GCS is unreachable: the task ends on its own or with its worker
+        return False
 
 
 def node_task(config: NodeInitConfig, snapshot: dict[str, Any], local_node_id: str,
-              exchange: Any = None) -> Iterator[Any]:
+              exchange: Any = None, nodes: list[str] | None = None, stop_key: str = "") -> Iterator[Any]:
     """Body of the per-node Ray task: yields ``(done, total)`` progress tuples, then a NodeReport.
 
-    ``exchange``: the init's share exchange (``download.share``), or ``None``.
+    ``exchange``: the init's share exchange (``download.share``), or ``None``; ``nodes``: the
+    init's nodes; ``stop_key``: the replica asks this task to stop by setting this key in Ray's
+    internal KV (the task then stops its download and ends without a report).
     """
     import ray
 
@@ -47,7 +66,7 @@ def node_task(config: NodeInitConfig, snapshot: dict[str, Any], local_node_id: s
         try:
             box["report"] = node_download(config, ctx, bus, node_id=node_id, is_local=node_id == local_node_id,
                                           progress=progress, cancel=cancel, on_decision=decisions.append,
-                                          exchange=exchange)
+                                          exchange=exchange, nodes=nodes)
         except BaseException as exc:
             box["error"] = exc
 
@@ -56,6 +75,7 @@ def node_task(config: NodeInitConfig, snapshot: dict[str, Any], local_node_id: s
     try:
         last = (-1, -1)
         sent_decision = False
+        check_at = time.monotonic() + PROGRESS_EVERY_S
         while worker.is_alive():
             # Poll fast until the decision is out: the replica may boot the engine on it.
             worker.join(PROGRESS_EVERY_S if sent_decision else 0.02)
@@ -66,6 +86,12 @@ def node_task(config: NodeInitConfig, snapshot: dict[str, Any], local_node_id: s
             if now != last and progress.total:
                 last = now
                 yield now
+            if stop_key and time.monotonic() >= check_at:
+                check_at = time.monotonic() + PROGRESS_EVERY_S
+                if _stop_requested(stop_key):
+                    cancel.set()  # the download removes its temp files and returns
+                    worker.join(30)
+                    return
     except BaseException:
         # ray.cancel() lands here (KeyboardInterrupt): stop the download, let it remove its temp files.
         cancel.set()
@@ -124,6 +150,7 @@ async def run_on_nodes(
 
     remote = ray.remote(node_task)
     snapshot = ctx.snapshot()
+    stops = f"{uuid.uuid4().hex}/"  # this init's stop requests, one key per node
     reports: dict[str, NodeReport] = {}
     bound = config.download.node_bound_s
     if not sharing(config, nodes):
@@ -143,7 +170,8 @@ async def run_on_nodes(
         }
         if ctx.runtime_env:
             options["runtime_env"] = ctx.runtime_env
-        gen: Any = remote.options(**options).remote(config, snapshot, local_node_id, exchange)
+        gen: Any = remote.options(**options).remote(config, snapshot, local_node_id, exchange, nodes,
+                                                            stops + node_id)
         finished = False
         try:
             with anyio.fail_after(bound):
@@ -171,7 +199,7 @@ async def run_on_nodes(
             await exchange.gone.remote(node_id)
         finally:
             if not finished:
-                await _cancel(gen)
+                await _cancel(gen, stops + node_id)
 
     try:
         async with anyio.create_task_group() as tg:
@@ -182,6 +210,10 @@ async def run_on_nodes(
     finally:
         if exchange is not None:
             ray.kill(exchange)
+        with contextlib.suppress(Exception):
+            from ray.experimental import internal_kv
+
+            internal_kv._internal_kv_del(stops, del_by_prefix=True, namespace=STOP_NAMESPACE)
     if deaths:
         raise deaths[0]
     return [reports[n] for n in nodes]
@@ -197,17 +229,35 @@ def _unwrap(exc: Any, node_id: str, config: NodeInitConfig) -> NodeInitError:
     return DownloadError(f"node task failed: {exc}", node_id=node_id, source=config.model_source or "")
 
 
-async def _cancel(gen: Any) -> None:
-    """Cancel a node's task and wait (bounded) until it has stopped, so none is left behind."""
+async def _cancel(gen: Any, stop_key: str) -> None:
+    """Stop a node's task and wait (bounded) until it has, so none is left behind.
+
+    The task is asked first (``stop_key`` in Ray's internal KV; it checks between progress
+    items): ``ray.cancel`` on a streaming task that is just being pushed to its worker can
+    crash the caller's core worker (Ray 2.60: "Tried to complete task that was not pending").
+    Only a task that does not end by itself within :data:`STOP_BOUND_S` is cancelled.
+    """
     import ray
+    from ray.experimental import internal_kv
+
+    async def drain(bound: float) -> bool:
+        with anyio.move_on_after(bound) as scope, contextlib.suppress(Exception):
+            async for ref in gen:  # its items, then its end (or its error)
+                await ref
+        return not scope.cancelled_caught
 
     with anyio.CancelScope(shield=True):
+        try:
+            await anyio.to_thread.run_sync(
+                lambda: internal_kv._internal_kv_put(stop_key, b"1", overwrite=True, namespace=STOP_NAMESPACE))
+        except Exception as exc:
+            _log.debug("cannot ask the node task to stop", error=describe(exc))
+        else:
+            if await drain(STOP_BOUND_S):
+                return
         try:
             ray.cancel(gen)
         except Exception as exc:  # already finished, or the node is gone
             _log.debug("cancel failed", error=describe(exc))
             return
-        # Drain until the task ends (its items, then its cancellation error); bounded.
-        with anyio.move_on_after(30), contextlib.suppress(Exception):
-            async for ref in gen:
-                await ref
+        await drain(30)

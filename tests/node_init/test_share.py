@@ -24,7 +24,7 @@ from node_init import (
     PlacementConfig,
     initialize_node,
 )
-from node_init.cluster import EXCHANGE_PREFIX, Exchange, assign, sharing, units_of
+from node_init.cluster import EXCHANGE_PREFIX, Exchange, assign, provisional, sharing, units_of
 from node_init.download import RemoteFile
 from node_init.testing import FaultProxy, S3Server, iter_files, write_model_files
 from tests._configs import node_config
@@ -57,6 +57,28 @@ def test_every_range_two_nodes_need_gets_one_owner_among_them_and_loads_balance(
     if all(needs[n] == set(units) for n in needs) and len(needs) > 1:  # the same files everywhere
         load = {n: sum(u[3] - u[2] for u, o in owners.items() if o == n) for n in needs}
         assert max(load.values()) - min(load.values()) <= MIB
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_provisional_shares_are_the_assignment_when_every_node_needs_the_same_files(seed: int) -> None:
+    rng = random.Random(seed)
+    units = [("f", "e", i * MIB, i * MIB + rng.choice([MIB, MIB // 3])) for i in range(rng.randint(1, 30))]
+    nodes = [f"n{k}" for k in range(rng.randint(2, 5))]
+    guess = provisional(units, nodes)
+    claims = {n: {u for u, o in guess.items() if o == n} for n in nodes}
+    # Each node computes its guess alone; the exchange, given every node's claims, agrees with all of them.
+    assert assign({n: set(units) for n in nodes}, claims) == guess == assign({n: set(units) for n in nodes})
+    assert provisional(units, ["n0"]) == {}  # one node: nothing to share
+
+
+def test_a_claimed_range_goes_to_a_claimant_that_needs_it_and_the_rest_balances() -> None:
+    units = [("f", "e", i * MIB, (i + 1) * MIB) for i in range(6)]
+    needs = {"a": set(units), "b": set(units), "c": set(units[:3])}
+    # "a" claims two ranges, "c" claims one it does not need (it guessed wrong): that claim counts for nothing.
+    owners = assign(needs, {"a": {units[0], units[4]}, "c": {units[5]}})
+    assert owners[units[0]] == owners[units[4]] == "a"
+    assert owners[units[5]] in {"a", "b"} and set(owners) == set(units)
+    assert sum(1 for o in owners.values() if o == "b") >= 2  # the unclaimed ones went to the least loaded
 
 
 @pytest.mark.parametrize(("share", "source", "nodes", "expected"), [
@@ -103,7 +125,7 @@ async def planned(nodes: tuple[str, ...] = ("a", "b", "c")) -> tuple[Exchange, s
 async def test_a_piece_is_taken_before_its_range_has_finished_downloading() -> None:
     ex, owner = await planned()
     consumer = next(n for n in "abc" if n != owner)
-    await ex.offer(UNIT, 0, ["piece-0"], PIECE)  # the owner has read the first piece only
+    await ex.offer(owner, UNIT, 0, ["piece-0"], PIECE)  # the owner has read the first piece only
     assert await ex.take(consumer, UNIT, 0, 1.0) == ["piece-0"]
     with anyio.fail_after(5):
         late = await ex.take(consumer, UNIT, 1, 0.2)  # not offered within the wait
@@ -116,7 +138,7 @@ async def test_offered_bytes_are_released_once_every_consumer_took_them() -> Non
     consumers = [n for n in "abc" if n != owner]
     sizes = [PIECE, PIECE, PIECE, 10]
     for i, size in enumerate(sizes):
-        await ex.offer(UNIT, i, [f"p{i}"], size)
+        await ex.offer(owner, UNIT, i, [f"p{i}"], size)
     assert not await ex.room(owner, 1, sum(sizes), 0.05)  # the memory bound is reached
     for node in consumers:
         for i in range(len(sizes)):
@@ -130,8 +152,8 @@ async def test_offered_bytes_are_released_once_every_consumer_took_them() -> Non
 async def test_a_consumer_that_reads_from_the_source_releases_what_waits_for_it() -> None:
     ex, owner = await planned()
     first, second = [n for n in "abc" if n != owner]
-    await ex.offer(UNIT, 0, ["p0"], PIECE)
-    await ex.offer(UNIT, 1, ["p1"], PIECE)
+    await ex.offer(owner, UNIT, 0, ["p0"], PIECE)
+    await ex.offer(owner, UNIT, 1, ["p1"], PIECE)
     await ex.taken(first, UNIT, 0)
     await ex.taken(first, UNIT, 1)
     await ex.release(second, UNIT)  # a lost piece: the rest of its range comes from the source
@@ -142,8 +164,8 @@ async def test_a_consumer_that_reads_from_the_source_releases_what_waits_for_it(
 async def test_a_dead_owners_range_is_taken_over_once_and_the_others_wait_for_the_new_owner() -> None:
     ex, owner = await planned()
     first, second = sorted(n for n in "abc" if n != owner)
-    await ex.offer(UNIT, 0, ["old-0"], PIECE)
-    await ex.offer(UNIT, 1, ["old-1"], PIECE)
+    await ex.offer(owner, UNIT, 0, ["old-0"], PIECE)
+    await ex.offer(owner, UNIT, 1, ["old-1"], PIECE)
     for node, had in ((first, 1), (second, 2)):  # `first` has piece 0, `second` pieces 0 and 1
         for i in range(had):
             assert await ex.take(node, UNIT, i, 1.0) == [f"old-{i}"]
@@ -164,7 +186,7 @@ async def test_a_dead_owners_range_is_taken_over_once_and_the_others_wait_for_th
         new_owner = next(iter(got))
         other = second if new_owner == first else first
         for i in range(4):  # the new owner reads the range again from the start, offering every piece
-            await ex.offer(UNIT, i, [f"new-{i}"], PIECE if i < 3 else 10)
+            await ex.offer(new_owner, UNIT, i, [f"new-{i}"], PIECE if i < 3 else 10)
     assert got[other] == [f"new-{wants[other]}"]
     # The pieces `other` already had were not held for it: once it takes the rest, nothing is held.
     for i in range(wants[other], 4):
@@ -176,11 +198,46 @@ async def test_a_dead_owners_range_is_taken_over_once_and_the_others_wait_for_th
 async def test_pieces_after_a_skip_are_not_waited_for() -> None:
     ex, owner = await planned()
     consumer = next(n for n in "abc" if n != owner)
-    await ex.offer(UNIT, 0, ["p0"], PIECE)
+    await ex.offer(owner, UNIT, 0, ["p0"], PIECE)
     await ex.skip(UNIT, 1)  # over the memory bound: the owner offers nothing more of the range
     assert await ex.take(consumer, UNIT, 0, 1.0) == ["p0"]
     with anyio.fail_after(0.5):  # answered at once, not at the wait's bound
         assert await ex.take(consumer, UNIT, 1, 5.0) is None
+
+
+@pytest.mark.anyio
+async def test_a_node_that_guessed_wrong_is_told_before_it_waits_or_offers() -> None:
+    """Nodes read by their provisional owners before everyone joined; the exchange corrects them:
+    a take waits for the assignment, the owner it names reads the range itself, a non-owner's
+    offer is refused."""
+    other = ("x.bin", "e", 0, PIECE)
+    ex = Exchange(PIECE)
+    await ex.expect(["a", "b", "c"])
+    answers: dict[str, object] = {}
+
+    async def take_early(node: str) -> None:
+        answers[node] = await ex.take(node, UNIT, 0, 5.0)  # asked before the assignment exists
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(take_early, "a")
+        tg.start_soon(take_early, "b")
+        await anyio.sleep(0.1)
+        assert answers == {}  # both wait for the assignment...
+        tg.start_soon(ex.join, "c", [other], 5.0)  # c needs only `other`, which nobody else needs
+        tg.start_soon(ex.join, "b", [UNIT], 5.0, [UNIT])  # both guessed they own UNIT
+        tg.start_soon(ex.join, "a", [UNIT], 5.0, [UNIT])
+        with anyio.fail_after(2):
+            while not answers:
+                await anyio.sleep(0.01)
+        [winner] = answers
+        assert answers[winner] == "own"  # ...then its owner reads it itself, and the other waits for it
+        loser = "b" if winner == "a" else "a"
+        assert not await ex.offer(loser, UNIT, 0, ["wrong"], PIECE)  # the one that guessed wrong: refused
+        assert not await ex.offer("c", other, 0, ["lone"], PIECE)  # one node needs it: nothing to offer
+        assert await ex.offer(winner, UNIT, 0, ["p0"], PIECE)
+    assert answers[loser] == ["p0"]
+    with anyio.fail_after(1):
+        assert await ex.take("c", other, 0, 5.0) is None  # not shared: from the source, at once
 
 
 # --- three real nodes -------------------------------------------------------------------------------------
@@ -244,6 +301,42 @@ async def test_three_nodes_take_the_model_once_from_the_source(ray_cluster: RayC
     for report in result.reports:  # each node's progress ended at its whole download, peers' bytes included
         last = [p for p in bus.progress if p.node_id == report.node_id][-1]
         assert last.bytes_done == last.bytes_total == report.bytes
+
+
+@pytest.mark.ray
+@pytest.mark.anyio
+@pytest.mark.parametrize("handler", ["veto_node1", "custom_download"])
+async def test_nodes_that_need_less_than_their_peers_guessed_still_give_one_verified_copy(
+        ray_cluster: RayCluster, s3_server: S3Server, shared_model: dict[str, Any], handler: str) -> None:
+    """Each node starts on its provisional share (as if every node needed every file) before the
+    others join. Here one node vetoes its download (``veto_node1``), or the worker nodes want the
+    tokenizer only (``custom_download``): the ranges they were guessed to own are read by a node
+    that needs them, once, and nobody waits out a bound for them."""
+    proxy = FaultProxy(s3_server.endpoint).start()
+    try:
+        cfg = config(shared_model, proxy.endpoint, (f"tests.node_init.hooks:{handler}",), share="auto")
+        with anyio.fail_after(60):
+            result = await initialize_node(cfg)
+        await result.close()
+    finally:
+        proxy.stop()
+    sizes = shared_model["sizes"]
+    total = sum(sizes.values())
+    small = sum(s for s in sizes.values() if s < 256 * 1024)
+    full = [r for r in result.reports if r.bytes == total]
+    want = digest(shared_model["local"])
+    by_id = {n.node_id: n for n in ray_cluster.nodes}
+    for report in full:
+        assert digest(by_id[report.node_id].cache / cfg.model_id) == want
+    origin = sum(r.bytes - r.peer_bytes for r in full)
+    if handler == "veto_node1":
+        assert len(full) == 2 and all(r.peer_bytes > 0 for r in full)  # the two left share between them
+        assert origin == total + small  # the weights once; each fetched the small files itself
+        assert next(r for r in result.reports if by_id[r.node_id].name == "node1").vetoed
+    else:  # only the replica's node needs the weights: nothing to share, all of it from the origin
+        assert len(full) == 1 and full[0].peer_bytes == 0
+    # Nothing crossed the origin link twice (a wrong guess costs no bytes), listings aside.
+    assert proxy.bytes_sent <= sum(r.bytes - r.peer_bytes for r in result.reports) + 256 * 1024
 
 
 @pytest.mark.ray
