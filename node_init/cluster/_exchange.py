@@ -139,20 +139,44 @@ class Exchange:
         """Wait until ``node`` may hold ``nbytes`` more for its peers within ``limit``."""
         return await self._wait(lambda: self._held.get(node, 0) + nbytes <= limit, timeout)
 
-    async def offer(self, node: str, unit: Unit, index: int, box: list[Any], nbytes: int) -> bool:
+    async def offer(self, node: str, unit: Unit, index: int, box: list[Any], nbytes: int,
+                    limit: int | None = None, timeout: float = 0.0) -> str:
         """``node`` read piece ``index`` of ``unit``: ``box[0]`` is its object (boxed, so Ray passes
-        the reference). Only consumers that have not taken that piece yet wait for it. ``False``:
-        ``node`` does not own ``unit`` (its provisional view was wrong) and offers no more of it."""
+        the reference). Only consumers that have not taken that piece yet wait for it.
+
+        Returns ``"ok"``; ``"refused"`` when ``node`` does not own ``unit`` (its provisional view
+        was wrong: it takes nothing of it from a peer either); ``"full"`` when ``node`` holds
+        ``limit`` bytes for its peers for longer than ``timeout`` (it offers no more of the range,
+        whose consumers read the rest from the source). One call per piece, room included.
+        """
+        if limit is not None and not await self.room(node, nbytes, limit, timeout):
+            await self.skip(unit, index)
+            return "full"
         async with self._cv:
             if self._owners is None or self._owners.get(unit) != node:
-                return False
+                self._drop_consumer(node, unit)
+                self._cv.notify_all()
+                return "refused"
             pending = {n for n in self._consumers.get(unit, ()) if self._next[unit].get(n, 0) <= index}
             if pending:
                 self._offers[(unit, index)] = box
                 self._pending[(unit, index)] = pending
                 self._held[node] = self._held.get(node, 0) + nbytes
             self._cv.notify_all()
-            return True
+            return "ok"
+
+    async def offer_all(self, node: str, offers: list[tuple[Unit, int, list[Any], int]], limit: int,
+                        timeout: float) -> list[str]:
+        """:meth:`offer` each of ``offers`` in order, in one call (the pieces read before the
+        assignment); after a range's first answer other than ``"ok"``, its later pieces are ``"stopped"``."""
+        out: list[str] = []
+        stopped: set[Unit] = set()
+        for unit, index, box, nbytes in offers:
+            answer = "stopped" if unit in stopped else await self.offer(node, unit, index, box, nbytes, limit, timeout)
+            if answer != "ok":
+                stopped.add(unit)
+            out.append(answer)
+        return out
 
     async def skip(self, unit: Unit, index: int) -> None:
         """The owner will not offer ``unit`` from piece ``index`` on (its consumers go to the source)."""
@@ -168,7 +192,8 @@ class Exchange:
 
     async def take(self, node: str, unit: Unit, index: int, timeout: float) -> list[Any] | str | None:
         """The owner's offer of piece ``index`` of ``unit`` once made; ``None`` when it will not come
-        within ``timeout`` (``node`` then reads the rest of the range from the source).
+        within ``timeout`` (``node`` then reads the rest of the range from the source). Asking for
+        piece ``index`` says ``node`` has written piece ``index - 1`` (see :meth:`taken`).
 
         ``"own"`` when ``node`` owns the range (the assignment differs from its provisional view),
         or its owner is gone and ``node`` is the first to ask: ``node`` then fetches it from the
@@ -177,6 +202,8 @@ class Exchange:
         piece = (unit, index)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
+        if index > 0:  # a consumer asks for a piece once it has written the one before (one call, not two)
+            await self.taken(node, unit, index - 1)
         if not await self._wait(lambda: self._owners is not None, timeout):
             return None  # asked before every node joined, and they did not in time
         owner = (self._owners or {}).get(unit)

@@ -157,9 +157,30 @@ class SharedSource:
             self.owners = {**owners, **{u: self.node_id for u in self._took_over}}
             early, self._early, self._early_bytes = self._early, [], 0
             self._joined.set()
-        for unit, index, ref, nbytes in early:
-            if unit not in self._stopped and not self._closed and not self._send(unit, index, ref, nbytes):
-                self._stopped.add(unit)  # its tee offers no more of it either
+        if early and not self._closed:
+            self._send_early(early)
+
+    def _send_early(self, early: list[tuple[Unit, int, Any, int]]) -> None:
+        import ray
+
+        mine = [(u, i, [ref], n) for u, i, ref, n in early if self.owners.get(u) == self.node_id]
+        for unit in {u for u, _, _, _ in early if self.owners.get(u) != self.node_id}:
+            self._stopped.add(unit)  # not this node's after all: its tee offers no more of it
+            self._tell("release", self.node_id, unit)
+        if not mine:
+            return
+        try:
+            answers = ray.get(self.exchange.offer_all.remote(self.node_id, mine, self._limit, self._wait_s),
+                              timeout=len(mine) * self._wait_s + 30)
+        except (ray.exceptions.RayError, TimeoutError) as exc:  # the exchange is gone: peers use the source
+            _log.info("cannot offer to peers", node_id=self.node_id, error=type(exc).__name__)
+            self._stopped.update(u for u, _, _, _ in mine)
+            return
+        for (unit, _, _, _), answer in zip(mine, answers, strict=True):
+            if answer == "ok":
+                self.stats.offered += 1
+            else:
+                self._stopped.add(unit)
 
     def __repr__(self) -> str:
         return f"SharedSource({self.origin!r}, node_id={self.node_id!r})"
@@ -205,8 +226,8 @@ class SharedSource:
             self.stats.peer_bytes += len(view)
             pos += len(view)
             self._taken_upto[unit] = index + 1
-            self._tell("taken", self.node_id, unit, index)
-            if pos >= end:
+            if pos >= end:  # the next take would have said so; there is none
+                self._tell("taken", self.node_id, unit, index)
                 return
 
     def _tee(self, unit: Unit, file: RemoteFile, start: int, end: int, *,
@@ -271,14 +292,12 @@ class SharedSource:
             self._tell("release", self.node_id, unit)
             return False
         try:
-            if not ray.get(self.exchange.room.remote(self.node_id, nbytes, self._limit, self._wait_s),
-                           timeout=self._wait_s + 30):
-                self._tell("skip", unit, index)
-                return False
-            if not ray.get(self.exchange.offer.remote(self.node_id, unit, index, [ref], nbytes), timeout=30):
-                return False
+            answer = ray.get(self.exchange.offer.remote(self.node_id, unit, index, [ref], nbytes, self._limit,
+                                                        self._wait_s), timeout=self._wait_s + 30)
         except (ray.exceptions.RayError, TimeoutError) as exc:  # the exchange is gone: peers use the source
             _log.info("cannot offer to peers", node_id=self.node_id, file=unit[0], error=type(exc).__name__)
+            return False
+        if answer != "ok":
             return False
         self.stats.offered += 1
         return True

@@ -149,6 +149,22 @@ async def test_offered_bytes_are_released_once_every_consumer_took_them() -> Non
 
 
 @pytest.mark.anyio
+async def test_asking_for_the_next_piece_releases_the_one_before() -> None:
+    """One call per piece each way: a take says the piece before it was written, an offer waits for room."""
+    ex, owner = await planned(("a", "b"))
+    consumer = "b" if owner == "a" else "a"
+    assert await ex.offer_all(owner, [(UNIT, 0, ["p0"], PIECE), (UNIT, 1, ["p1"], PIECE)], 2 * PIECE, 0.05) \
+        == ["ok", "ok"]
+    assert await ex.offer(owner, UNIT, 2, ["p2"], PIECE, 2 * PIECE, 0.05) == "full"  # the bound holds...
+    assert await ex.take(consumer, UNIT, 0, 1.0) == ["p0"]
+    assert await ex.take(consumer, UNIT, 1, 1.0) == ["p1"]  # ...until piece 0 is written
+    assert await ex.room(owner, PIECE, 2 * PIECE, 0.05)
+    with anyio.fail_after(1):  # the "full" answer skipped the rest of the range: from the source, at once
+        assert await ex.take(consumer, UNIT, 2, 5.0) is None
+    assert await ex.drained(owner, 0.05)  # and what was offered is no longer held for it
+
+
+@pytest.mark.anyio
 async def test_a_consumer_that_reads_from_the_source_releases_what_waits_for_it() -> None:
     ex, owner = await planned()
     first, second = [n for n in "abc" if n != owner]
@@ -208,34 +224,38 @@ async def test_pieces_after_a_skip_are_not_waited_for() -> None:
 @pytest.mark.anyio
 async def test_a_node_that_guessed_wrong_is_told_before_it_waits_or_offers() -> None:
     """Nodes read by their provisional owners before everyone joined; the exchange corrects them:
-    a take waits for the assignment, the owner it names reads the range itself, a non-owner's
-    offer is refused."""
-    other = ("x.bin", "e", 0, PIECE)
+    a take waits for the assignment, a range nobody claimed goes to a node that needs it (which then
+    reads it itself), of two claimants one owns the range and the other's offer is refused."""
+    other, u2, u3 = ("x.bin", "e", 0, PIECE), ("y.bin", "e", 0, PIECE), ("z.bin", "e", 0, PIECE)
     ex = Exchange(PIECE)
     await ex.expect(["a", "b", "c"])
     answers: dict[str, object] = {}
+    joined: dict[str, dict[Any, str]] = {}
 
-    async def take_early(node: str) -> None:
-        answers[node] = await ex.take(node, UNIT, 0, 5.0)  # asked before the assignment exists
+    async def take_early(node: str, unit: Any) -> None:
+        answers[unit[0]] = await ex.take(node, unit, 0, 5.0)
+
+    async def join(node: str, units: list[Any], claimed: list[Any]) -> None:
+        joined[node] = await ex.join(node, units, 5.0, claimed)
 
     async with anyio.create_task_group() as tg:
-        tg.start_soon(take_early, "a")
-        tg.start_soon(take_early, "b")
+        tg.start_soon(take_early, "b", UNIT)  # b guessed c owns UNIT and u2 (it thought c needed them)
+        tg.start_soon(take_early, "b", u2)
         await anyio.sleep(0.1)
-        assert answers == {}  # both wait for the assignment...
-        tg.start_soon(ex.join, "c", [other], 5.0)  # c needs only `other`, which nobody else needs
-        tg.start_soon(ex.join, "b", [UNIT], 5.0, [UNIT])  # both guessed they own UNIT
-        tg.start_soon(ex.join, "a", [UNIT], 5.0, [UNIT])
+        assert answers == {}  # both wait for the assignment
+        tg.start_soon(join, "a", [UNIT, u2, u3], [UNIT, u3])
+        tg.start_soon(join, "b", [UNIT, u2, u3], [u3])
+        tg.start_soon(join, "c", [other], [other])  # c needs only `other`, which nobody else needs
         with anyio.fail_after(2):
-            while not answers:
+            while u2[0] not in answers:
                 await anyio.sleep(0.01)
-        [winner] = answers
-        assert answers[winner] == "own"  # ...then its owner reads it itself, and the other waits for it
-        loser = "b" if winner == "a" else "a"
-        assert not await ex.offer(loser, UNIT, 0, ["wrong"], PIECE)  # the one that guessed wrong: refused
-        assert not await ex.offer("c", other, 0, ["lone"], PIECE)  # one node needs it: nothing to offer
-        assert await ex.offer(winner, UNIT, 0, ["p0"], PIECE)
-    assert answers[loser] == ["p0"]
+        assert joined["a"][UNIT] == "a"  # the only claimant owns it
+        assert answers[u2[0]] == "own"  # unclaimed: the less loaded node that needs it reads it itself
+        loser = "a" if joined["a"][u3] == "b" else "b"
+        assert await ex.offer(loser, u3, 0, ["wrong"], PIECE) == "refused"  # two claimants: one owns it
+        assert await ex.offer("c", other, 0, ["lone"], PIECE) == "refused"  # one node needs it: not shared
+        assert await ex.offer("a", UNIT, 0, ["p0"], PIECE) == "ok"
+    assert answers[UNIT[0]] == ["p0"]  # b's early take got the owner's piece
     with anyio.fail_after(1):
         assert await ex.take("c", other, 0, 5.0) is None  # not shared: from the source, at once
 
