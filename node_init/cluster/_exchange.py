@@ -294,7 +294,8 @@ def start_exchange(local_node: str, part_size_mb: int) -> Any:
     """One :class:`Exchange` actor for this init, on the replica's node (it dies with the replica).
 
     Started before placement (a Ray actor takes a worker process, about a second here): the
-    init names its nodes with :meth:`Exchange.expect` once placement has.
+    init names its nodes with :meth:`Exchange.expect` once placement has. Pinned to that node,
+    not preferred: placed on a peer, it would die with that peer and stop the sharing.
     """
     import ray
     import ray.cloudpickle
@@ -303,5 +304,5 @@ def start_exchange(local_node: str, part_size_mb: int) -> Any:
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # type: ignore[no-untyped-call]
     return ray.remote(Exchange).options(
         num_cpus=0, max_restarts=0, name=f"{EXCHANGE_PREFIX}{uuid.uuid4().hex[:12]}",
-        scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=local_node, soft=True),
+        scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=local_node, soft=False),
     ).remote(piece_size(part_size_mb * 1024 * 1024))

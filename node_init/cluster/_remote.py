@@ -196,7 +196,10 @@ async def run_on_nodes(
             if exchange is None:
                 raise error from None
             deaths.append(error)  # the others refetch its share and finish first
-            await exchange.gone.remote(node_id)
+            try:
+                await exchange.gone.remote(node_id)
+            except ray.exceptions.RayError as gone:  # no exchange: the others already read from the source
+                _log.info("exchange unreachable", node_id=node_id, error=describe(gone))
         finally:
             if not finished:
                 await _cancel(gen, stops + node_id)

@@ -409,6 +409,61 @@ async def test_a_peer_killed_mid_exchange_costs_only_its_share(ray_cluster: RayC
 
 
 
+@pytest.mark.ray
+@pytest.mark.anyio
+@pytest.mark.parametrize("and_a_node", [False, True])
+async def test_an_exchange_that_dies_mid_download_costs_only_origin_bytes(
+        ray_cluster: RayCluster, s3_server: S3Server, shared_model: dict[str, Any], tmp_path: Path,
+        and_a_node: bool) -> None:
+    """The exchange actor is killed once the nodes are under way: every node reads what it still
+    lacks from the source, and the init succeeds with every node's snapshot whole and verified.
+    If a node dies too, the init fails typed, naming that node, and the others are still whole."""
+    import ray
+
+    proxy = FaultProxy(s3_server.endpoint, rate_mb_s=3.0).start()  # slow enough to kill it mid-download
+    bus = Recorder()
+    bus.subscribe(BeforeInit, lambda e, ctx: ctx.custom_data.update(pid_dir=str(tmp_path)))
+    node2 = next(n for n in ray_cluster.nodes if n.name == "node2")
+    killed: list[str] = []
+
+    async def kill_once_under_way() -> None:
+        while not any(p.bytes_done >= MIB for p in bus.progress):
+            await anyio.sleep(0.05)
+        [name] = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+                  if a["name"].startswith(EXCHANGE_PREFIX)]
+        ray.kill(ray.get_actor(name))
+        killed.append(name)
+        if and_a_node:
+            os.kill(int((tmp_path / "node2").read_text()), signal.SIGKILL)
+
+    cfg = config(shared_model, proxy.endpoint, ("tests.node_init.hooks:pid_file",), share="auto")
+    error: DownloadError | None = None
+    try:
+        with anyio.fail_after(90):
+            try:
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(kill_once_under_way)
+                    result = await initialize_node(cfg, bus=bus)
+                await result.close()
+            except ExceptionGroup as group:
+                raise group.exceptions[0] from None
+    except DownloadError as exc:
+        error = exc
+    finally:
+        proxy.stop()
+    assert killed
+    if and_a_node:
+        assert error is not None and error.node_id == node2.node_id
+    else:
+        assert error is None
+        assert all(r.bytes == sum(shared_model["sizes"].values()) for r in result.reports)
+    want = digest(shared_model["local"])
+    for node in ray_cluster.nodes:
+        if not (and_a_node and node is node2):
+            assert digest(node.cache / cfg.model_id) == want
+    assert await exchanges_alive() == []
+
+
 async def exchanges_alive() -> list[str]:
     """Exchange actors still alive, once a kill has had time to land (bounded)."""
     import ray
