@@ -291,6 +291,21 @@ class Recorder(EventBus):
         self.subscribe(DownloadProgress, lambda e, c: self.progress.append(e))
 
 
+def pid_recorder(pid_dir: Path) -> Recorder:
+    """A Recorder whose init has each node task write its pid to ``pid_dir/<NODE_NAME>``
+    (with the ``tests.node_init.hooks:pid_file`` handler), so a test can kill one."""
+    bus = Recorder()
+    bus.subscribe(BeforeInit, lambda e, ctx: ctx.custom_data.update(pid_dir=str(pid_dir)))
+    return bus
+
+
+def kill_task_of(pid_dir: Path, node_name: str) -> int:
+    """SIGKILL the node task of ``node_name`` (a node lost); its pid."""
+    pid = int((pid_dir / node_name).read_text())
+    os.kill(pid, signal.SIGKILL)
+    return pid
+
+
 @pytest.mark.ray
 @pytest.mark.anyio
 @pytest.mark.parametrize("share", ["auto", "off"])
@@ -369,17 +384,14 @@ async def test_a_peer_killed_mid_exchange_costs_only_its_share(ray_cluster: RayC
     fails, typed, naming node2 (a placement group with a dead node cannot serve).
     """
     proxy = FaultProxy(s3_server.endpoint, rate_mb_s=3.0).start()  # slow enough to kill node2 mid-share
-    bus = Recorder()
-    bus.subscribe(BeforeInit, lambda e, ctx: ctx.custom_data.update(pid_dir=str(tmp_path)))
+    bus = pid_recorder(tmp_path)
     node2 = next(n for n in ray_cluster.nodes if n.name == "node2")
     killed: list[int] = []
 
     async def kill_node2_when_it_has_bytes() -> None:
         while not any(p.node_id == node2.node_id and p.bytes_done >= MIB for p in bus.progress):
             await anyio.sleep(0.05)
-        pid = int((tmp_path / "node2").read_text())
-        os.kill(pid, signal.SIGKILL)
-        killed.append(pid)
+        killed.append(kill_task_of(tmp_path, "node2"))
 
     try:
         cfg = config(shared_model, proxy.endpoint, ("tests.node_init.hooks:pid_file",), share="auto")
@@ -408,7 +420,6 @@ async def test_a_peer_killed_mid_exchange_costs_only_its_share(ray_cluster: RayC
             assert digest(node.cache / cfg.model_id) == want
 
 
-
 @pytest.mark.ray
 @pytest.mark.anyio
 @pytest.mark.parametrize("and_a_node", [False, True])
@@ -421,8 +432,7 @@ async def test_an_exchange_that_dies_mid_download_costs_only_origin_bytes(
     import ray
 
     proxy = FaultProxy(s3_server.endpoint, rate_mb_s=3.0).start()  # slow enough to kill it mid-download
-    bus = Recorder()
-    bus.subscribe(BeforeInit, lambda e, ctx: ctx.custom_data.update(pid_dir=str(tmp_path)))
+    bus = pid_recorder(tmp_path)
     node2 = next(n for n in ray_cluster.nodes if n.name == "node2")
     killed: list[str] = []
 
@@ -434,7 +444,7 @@ async def test_an_exchange_that_dies_mid_download_costs_only_origin_bytes(
         ray.kill(ray.get_actor(name))
         killed.append(name)
         if and_a_node:
-            os.kill(int((tmp_path / "node2").read_text()), signal.SIGKILL)
+            kill_task_of(tmp_path, "node2")
 
     cfg = config(shared_model, proxy.endpoint, ("tests.node_init.hooks:pid_file",), share="auto")
     error: DownloadError | None = None
