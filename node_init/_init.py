@@ -24,6 +24,7 @@ from ._watchdog import Watchdog
 from ._wiring import wire
 from .cluster import (
     Decision,
+    close_exchange,
     local_model_path,
     may_span_nodes,
     placement_nodes,
@@ -302,7 +303,7 @@ class _Replica:
 
 async def _place(run: _Run) -> tuple[list[str], str, Any]:
     """Placement: the group's distinct nodes, plus the replica's own (the engine loads there), and
-    the exchange actor for a shared download, started while placement runs (or ``None``)."""
+    this init's exchange for a shared download, started while placement runs (or ``None``)."""
     import ray
 
     if not ray.is_initialized():
@@ -310,16 +311,15 @@ async def _place(run: _Run) -> tuple[list[str], str, Any]:
     run.phase = "placement"
     t = time.monotonic()
     local = ray.get_runtime_context().get_node_id()
-    # The actor's worker process takes about a second to start: not after placement, but during it.
+    # A hub that has to start takes about a second (a worker process): not after placement, but during it.
     exchange = None
     if share_enabled(run.config) and may_span_nodes(run.ctx, run.config):
-        exchange = start_exchange(local, run.config.download.part_size_mb)
+        exchange = start_exchange(run.config.download.part_size_mb, run.config.download.node_bound_s + 60)
     try:
         run.pg, run.owns_pg = await resolve_placement_group(run.ctx, run.config)
         nodes = await placement_nodes(run.pg) if run.pg is not None else []
     except BaseException:
-        if exchange is not None:
-            ray.kill(exchange)
+        close_exchange(exchange)
         raise
     if local not in nodes:
         nodes.append(local)
@@ -349,11 +349,8 @@ async def _with_downloads(run: _Run, log: Any) -> str:
     except BaseExceptionGroup as group:
         raise first_error(group) from None
     finally:
-        if exchange is not None:  # run_on_nodes kills it; not if it was cancelled before it ran
-            import ray
-
-            with contextlib.suppress(Exception):
-                ray.kill(exchange)
+        with contextlib.suppress(Exception):  # run_on_nodes closes it; not if it was cancelled before it ran
+            close_exchange(exchange)
     if "boot_end" in run.marks and "boot_start" in run.marks:
         # Seconds the engine boot and the downloads ran at the same time.
         run.timings["overlap"] = max(0.0, min(run.marks["boot_end"], run.marks["download_end"])

@@ -7,18 +7,23 @@
   (:func:`node_download`), streams back its :class:`Decision`, progress, and finally a
   :class:`~node_init.NodeReport`; the replica's :class:`NodeObserver` receives them.
 - With ``download.share`` in force (:func:`sharing`), the nodes fetch the model once between
-  them: an :class:`Exchange` actor :func:`assign` s each range several nodes need to one of
-  them (a node starts on its :func:`provisional` share meanwhile), and a :class:`SharedSource`
-  reads a node's share from the source and the rest from its peers through Ray's object store.
+  them: the init's :class:`Exchange` (held, like every init's, by the cluster's one
+  :class:`ExchangeHub` actor) :func:`assign` s each range several nodes need to one of them (a
+  node starts on its :func:`provisional` share meanwhile), and a :class:`SharedSource` reads a
+  node's share from the source and the rest from its peers through Ray's object store.
   Across inits, nodes record what they hold in Ray's internal KV, and a node that joins later
   reads from a holder before the origin (``_holders``).
 
 Ray is imported lazily, inside the functions that need it.
 """
 
-from ._exchange import EXCHANGE_PREFIX as EXCHANGE_PREFIX
+from ._exchange import EXCHANGE_NAME as EXCHANGE_NAME
+from ._exchange import EXCHANGE_NAMESPACE as EXCHANGE_NAMESPACE
 from ._exchange import Exchange as Exchange
+from ._exchange import ExchangeHub as ExchangeHub
+from ._exchange import InitExchange as InitExchange
 from ._exchange import assign as assign
+from ._exchange import close_exchange as close_exchange
 from ._exchange import provisional as provisional
 from ._exchange import start_exchange as start_exchange
 from ._holders import forget_holdings as forget_holdings
@@ -38,12 +43,16 @@ from ._share import sharing as sharing
 from ._share import units_of as units_of
 
 __all__ = [
-    "EXCHANGE_PREFIX",
+    "EXCHANGE_NAME",
+    "EXCHANGE_NAMESPACE",
     "Decision",
     "Exchange",
+    "ExchangeHub",
+    "InitExchange",
     "NodeObserver",
     "SharedSource",
     "assign",
+    "close_exchange",
     "forget_holdings",
     "local_model_path",
     "may_span_nodes",

@@ -1,15 +1,20 @@
 """The exchange of a shared download: who fetches which range, and the hand-off of offered pieces.
 
-The :class:`Exchange` actor runs in a process of its own, started for each init. This module
-imports nothing but the standard library, and :func:`start_exchange` sends it to Ray by value:
-the actor's process starts without importing ``node_init`` (about 0.75 s of CPU here, on the
-cores the downloads need).
+Every init's :class:`Exchange` lives in one long-lived actor per cluster, the
+:class:`ExchangeHub` (named :data:`EXCHANGE_NAME`, on the head node). A Ray actor takes a worker
+process of its own, about a second and 1.4 CPU-seconds here, on the cores the downloads need: the
+first init that shares pays it, later ones (new replicas, scale-ups, restarts) do not. This module
+imports nothing but the standard library, and :func:`start_exchange` sends it to Ray by value: the
+hub's process starts without importing ``node_init`` (about 0.75 s of CPU).
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
 import sys
+import time
 import uuid
 from typing import Any
 
@@ -17,8 +22,10 @@ from typing import Any
 Unit = tuple[str, str, int, int]
 #: Ranges smaller than this come from the source on every node (the object store's overhead wins).
 MIN_SHARED_BYTES = 256 * 1024
-#: Exchange actors are named with this prefix (``ray list actors`` shows whose they are).
-EXCHANGE_PREFIX = "node-init-exchange-"
+#: The hub actor's name and namespace (``ray list actors`` shows it). The number is the protocol's
+#: version: a library that changes the calls names a new hub rather than talk to an old one.
+EXCHANGE_NAME = "node-init-exchange-2"
+EXCHANGE_NAMESPACE = "node_init"
 #: A piece of a range: (range, index).
 Piece = tuple[Unit, int]
 
@@ -290,19 +297,119 @@ class Exchange:
         return await self._wait(lambda: self._held.get(node, 0) <= 0, timeout)
 
 
-def start_exchange(local_node: str, part_size_mb: int) -> Any:
-    """One :class:`Exchange` actor for this init, on the replica's node (it dies with the replica).
+class ExchangeHub:
+    """The cluster's one long-lived actor that holds the :class:`Exchange` of every init under way.
 
-    Started before placement (a Ray actor takes a worker process, about a second here): the
-    init names its nodes with :meth:`Exchange.expect` once placement has. Pinned to that node,
-    not preferred: placed on a peer, it would die with that peer and stop the sharing.
+    An init's state is made by its first call (the replica's :meth:`open`, or a node's call that
+    overtook it) and dropped by :meth:`close`, or once nothing called it for its ``bound_s``
+    (a replica that died mid-init). Calls for a closed init raise ``LookupError``: a late node
+    then reads from the source, as it does when the hub itself is unreachable.
+    """
+
+    def __init__(self) -> None:
+        self._inits: dict[str, Exchange] = {}
+        self._expires: dict[str, float] = {}
+        self._closed: collections.deque[str] = collections.deque(maxlen=4096)
+
+    def _get(self, init: str, piece: int, bound_s: float) -> Exchange:
+        now = time.monotonic()
+        for old in [i for i, at in self._expires.items() if at < now and i != init]:
+            self._drop(old)
+        if init in self._closed:
+            raise LookupError(f"exchange {init} is closed: its init ended")
+        exchange = self._inits.get(init)
+        if exchange is None:
+            exchange = self._inits[init] = Exchange(piece)
+        self._expires[init] = now + bound_s
+        return exchange
+
+    async def open(self, init: str, piece: int, bound_s: float) -> None:
+        """Make ``init``'s exchange; it is dropped after ``bound_s`` seconds without a call."""
+        self._get(init, piece, bound_s)
+
+    async def call(self, init: str, piece: int, bound_s: float, method: str, *args: Any, **kwargs: Any) -> Any:
+        """``init``'s :class:`Exchange` ``method`` (see :class:`InitExchange`)."""
+        if method.startswith("_") or not callable(getattr(Exchange, method, None)):
+            raise AttributeError(f"Exchange has no call {method!r}")
+        return await getattr(self._get(init, piece, bound_s), method)(*args, **kwargs)
+
+    async def close(self, init: str) -> None:
+        """Drop ``init``'s exchange (its references with it, so Ray frees the pieces)."""
+        self._drop(init)
+
+    def _drop(self, init: str) -> None:
+        self._inits.pop(init, None)
+        self._expires.pop(init, None)
+        if init not in self._closed:
+            self._closed.append(init)
+
+    async def inits(self) -> list[str]:
+        """The inits whose exchange is held (for tests and ``ray`` debugging)."""
+        return sorted(self._inits)
+
+
+class InitExchange:
+    """One init's exchange on the hub, called like an actor handle: ``x.offer.remote(...)``.
+
+    Picklable: the replica sends it to each node task.
+    """
+
+    def __init__(self, hub: Any, init: str, piece: int, bound_s: float) -> None:
+        self.hub, self.init, self.piece, self.bound_s = hub, init, piece, bound_s
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, str, int, float]]:
+        return InitExchange, (self.hub, self.init, self.piece, self.bound_s)
+
+    def __getattr__(self, method: str) -> Any:
+        if method.startswith("_"):
+            raise AttributeError(method)
+        return _Call(self, method)
+
+    def close(self) -> None:
+        """Drop this init's state on the hub (fire and forget; the hub also drops it at its bound)."""
+        import ray
+
+        with contextlib.suppress(ray.exceptions.RayError):  # the hub is gone, and the state with it
+            self.hub.close.remote(self.init)
+
+    def __repr__(self) -> str:
+        return f"InitExchange({self.init!r})"
+
+
+class _Call:
+    def __init__(self, exchange: InitExchange, method: str) -> None:
+        self._x, self._method = exchange, method
+
+    def remote(self, *args: Any, **kwargs: Any) -> Any:
+        x = self._x
+        return x.hub.call.remote(x.init, x.piece, x.bound_s, self._method, *args, **kwargs)
+
+
+def start_exchange(part_size_mb: int, bound_s: float) -> InitExchange:
+    """This init's :class:`Exchange`, on the cluster's :class:`ExchangeHub` (started if none runs).
+
+    Called before placement, so a hub that has to start does so while placement runs: the init
+    names its nodes with :meth:`Exchange.expect` once placement has. The hub is pinned to the head
+    node: placed on a worker node, it would die with that node and stop every init's sharing.
+
+    Args:
+        part_size_mb: The downloader's range size (pieces are a quarter of it).
+        bound_s: Drop the init's state after this long without a call (its replica died).
     """
     import ray
     import ray.cloudpickle
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # type: ignore[no-untyped-call]
-    return ray.remote(Exchange).options(
-        num_cpus=0, max_restarts=0, name=f"{EXCHANGE_PREFIX}{uuid.uuid4().hex[:12]}",
-        scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=local_node, soft=False),
-    ).remote(piece_size(part_size_mb * 1024 * 1024))
+    hub: Any = ray.remote(ExchangeHub).options(
+        name=EXCHANGE_NAME, namespace=EXCHANGE_NAMESPACE, lifetime="detached", get_if_exists=True,
+        num_cpus=0, max_restarts=-1, max_concurrency=10_000, resources={"node:__internal_head__": 0.001},
+    ).remote()
+    exchange = InitExchange(hub, uuid.uuid4().hex, piece_size(part_size_mb * 1024 * 1024), bound_s)
+    hub.open.remote(exchange.init, exchange.piece, bound_s)
+    return exchange
+
+
+def close_exchange(exchange: Any) -> None:
+    """Drop an init's exchange, if it has one."""
+    if exchange is not None:
+        exchange.close()

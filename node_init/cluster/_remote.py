@@ -20,7 +20,7 @@ from .._events import NodeReport
 from .._logging import configure_logging
 from .._wiring import node_bus
 from ..download import Progress
-from ._exchange import start_exchange
+from ._exchange import close_exchange, start_exchange
 from ._node import Decision, node_download
 from ._share import sharing
 
@@ -137,8 +137,8 @@ async def run_on_nodes(
         nodes: The placement group's distinct nodes, the replica's own included.
         local_node_id: The replica's node.
         observer: Receives each node's decision, progress and report.
-        exchange: An :class:`Exchange` started early (while placement ran); used if this init
-            shares, else killed. This function always kills it before it returns.
+        exchange: This init's exchange, started early (:func:`start_exchange`, while placement
+            ran); used if this init shares. This function always closes it before it returns.
 
     Raises:
         NodeInitError: the first node's typed error (``DownloadError``,
@@ -154,11 +154,10 @@ async def run_on_nodes(
     reports: dict[str, NodeReport] = {}
     bound = config.download.node_bound_s
     if not sharing(config, nodes):
-        if exchange is not None:
-            ray.kill(exchange)
+        close_exchange(exchange)
         exchange = None
     elif exchange is None:
-        exchange = start_exchange(local_node_id, config.download.part_size_mb)
+        exchange = start_exchange(config.download.part_size_mb, bound + 60)
     if exchange is not None:
         exchange.expect.remote(nodes)
     deaths: list[NodeInitError] = []
@@ -211,8 +210,7 @@ async def run_on_nodes(
     except BaseExceptionGroup as group:
         raise first_error(group) from None
     finally:
-        if exchange is not None:
-            ray.kill(exchange)
+        close_exchange(exchange)
         with contextlib.suppress(Exception):
             from ray.experimental import internal_kv
 

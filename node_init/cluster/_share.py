@@ -1,6 +1,7 @@
 """Fetch once per cluster: disjoint shares from the source, the rest from peers through Ray's object store.
 
-The replica starts one :class:`~node_init.cluster.Exchange` actor per init, while placement runs.
+The replica opens one :class:`~node_init.cluster.Exchange` per init, on the cluster's long-lived
+:class:`~node_init.cluster.ExchangeHub` actor, while placement runs.
 Each node task joins it after its ``BeforeDownload`` (vetoes and modes respected) with the ranges it
 still has to fetch; once every node has joined (or is gone), each range that two or more nodes need
 goes to one of them, balancing bytes. A node does not wait for that: it starts on its provisional

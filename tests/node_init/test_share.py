@@ -24,7 +24,17 @@ from node_init import (
     PlacementConfig,
     initialize_node,
 )
-from node_init.cluster import EXCHANGE_PREFIX, Exchange, assign, provisional, sharing, units_of
+from node_init.cluster import (
+    EXCHANGE_NAME,
+    EXCHANGE_NAMESPACE,
+    Exchange,
+    ExchangeHub,
+    InitExchange,
+    assign,
+    provisional,
+    sharing,
+    units_of,
+)
 from node_init.download import RemoteFile
 from node_init.testing import FaultProxy, S3Server, iter_files, write_model_files
 from tests._configs import node_config
@@ -306,6 +316,38 @@ def kill_task_of(pid_dir: Path, node_name: str) -> int:
     return pid
 
 
+@pytest.mark.anyio
+async def test_the_hub_keeps_inits_apart_and_drops_each_when_closed_or_abandoned() -> None:
+    """One hub serves every init: a node's call may make an init's state before the replica's
+    open lands; a closed init's late call is refused (the node reads from the source); an init
+    nobody called for its bound (its replica died) is dropped by a later init's call."""
+    hub = ExchangeHub()
+    await hub.open("one", PIECE, 60.0)
+    await hub.call("two", PIECE, 0.05, "expect", ["a", "b"])
+    assert await hub.inits() == ["one", "two"]
+    await hub.call("one", PIECE, 60.0, "expect", ["a"])
+    assert await hub.call("one", PIECE, 60.0, "join", "a", [UNIT], 1.0) == {}  # alone in "one": nothing shared
+    await hub.close("one")
+    with pytest.raises(LookupError, match="one is closed"):
+        await hub.call("one", PIECE, 60.0, "finished", "a")
+    await anyio.sleep(0.1)
+    await hub.open("three", PIECE, 60.0)
+    assert await hub.inits() == ["three"]
+    for method in ("_wait", "no_such_call"):
+        with pytest.raises(AttributeError, match="no call"):
+            await hub.call("three", PIECE, 60.0, method)
+
+
+def test_an_init_exchange_travels_to_node_tasks_whole() -> None:
+    import pickle
+
+    sent = pickle.loads(pickle.dumps(InitExchange("hub", "init-1", PIECE, 30.0)))
+    assert (sent.hub, sent.init, sent.piece, sent.bound_s) == ("hub", "init-1", PIECE, 30.0)
+    assert "init-1" in repr(sent)
+    with pytest.raises(AttributeError):
+        sent._private  # noqa: B018
+
+
 @pytest.mark.ray
 @pytest.mark.anyio
 @pytest.mark.parametrize("share", ["auto", "off"])
@@ -426,9 +468,10 @@ async def test_a_peer_killed_mid_exchange_costs_only_its_share(ray_cluster: RayC
 async def test_an_exchange_that_dies_mid_download_costs_only_origin_bytes(
         ray_cluster: RayCluster, s3_server: S3Server, shared_model: dict[str, Any], tmp_path: Path,
         and_a_node: bool) -> None:
-    """The exchange actor is killed once the nodes are under way: every node reads what it still
+    """The exchange hub is killed once the nodes are under way: every node reads what it still
     lacks from the source, and the init succeeds with every node's snapshot whole and verified.
-    If a node dies too, the init fails typed, naming that node, and the others are still whole."""
+    If a node dies too, the init fails typed, naming that node, and the others are still whole.
+    The next init starts a new hub."""
     import ray
 
     proxy = FaultProxy(s3_server.endpoint, rate_mb_s=3.0).start()  # slow enough to kill it mid-download
@@ -439,10 +482,8 @@ async def test_an_exchange_that_dies_mid_download_costs_only_origin_bytes(
     async def kill_once_under_way() -> None:
         while not any(p.bytes_done >= MIB for p in bus.progress):
             await anyio.sleep(0.05)
-        [name] = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
-                  if a["name"].startswith(EXCHANGE_PREFIX)]
-        ray.kill(ray.get_actor(name))
-        killed.append(name)
+        ray.kill(ray.get_actor(EXCHANGE_NAME, namespace=EXCHANGE_NAMESPACE))
+        killed.append(EXCHANGE_NAME)
         if and_a_node:
             kill_task_of(tmp_path, "node2")
 
@@ -471,43 +512,56 @@ async def test_an_exchange_that_dies_mid_download_costs_only_origin_bytes(
     for node in ray_cluster.nodes:
         if not (and_a_node and node is node2):
             assert digest(node.cache / cfg.model_id) == want
-    assert await exchanges_alive() == []
+    assert await open_exchanges() == []
 
 
-async def exchanges_alive() -> list[str]:
-    """Exchange actors still alive, once a kill has had time to land (bounded)."""
+async def open_exchanges() -> list[str]:
+    """Inits whose exchange the cluster's hub still holds (none without a hub), once closes landed (bounded)."""
     import ray
 
+    held: list[str] = []
     for _ in range(100):
-        alive = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
-                 if a["name"].startswith(EXCHANGE_PREFIX)]
-        if not alive:
+        try:
+            held = await ray.get_actor(EXCHANGE_NAME, namespace=EXCHANGE_NAMESPACE).inits.remote()
+        except (ValueError, ray.exceptions.RayActorError):  # no hub (killed): nothing held
+            return []
+        if not held:
             break
         await anyio.sleep(0.1)
-    return alive
+    return held
 
 
 @pytest.mark.ray
 @pytest.mark.anyio
 async def test_no_exchange_outlives_its_init(ray_cluster: RayCluster, s3_server: S3Server,
                                              shared_model: dict[str, Any]) -> None:
-    """The exchange starts while placement runs: it is gone after a shared init, after one that
-    turned out to be on a single node, and after one whose placement failed."""
+    """An init's exchange opens while placement runs: the hub drops it after a shared init, after
+    one that turned out to be on a single node, and after one whose placement failed. Later inits
+    share through the same hub, not a new actor each."""
+    import ray
+
     cfg = config(shared_model, s3_server.endpoint, share="auto")
     result = await initialize_node(cfg)
     await result.close()
     assert {r.peer_bytes > 0 for r in result.reports} == {True}  # it did share
-    assert await exchanges_alive() == []
+    assert await open_exchanges() == []
+    hub = ray.get_actor(EXCHANGE_NAME, namespace=EXCHANGE_NAMESPACE)
+    again = msgspec.structs.replace(cfg, model_id=cfg.model_id + "-again")
+    result = await initialize_node(again)
+    await result.close()
+    assert {r.peer_bytes > 0 for r in result.reports} == {True}
+    assert ray.get_actor(EXCHANGE_NAME, namespace=EXCHANGE_NAMESPACE)._actor_id == hub._actor_id
+    assert await open_exchanges() == []
     one_node = msgspec.structs.replace(cfg, model_id=cfg.model_id + "-packed", placement=PlacementConfig(
         bundles=[{"head": 0.01}, {"head": 0.01}], strategy="PACK"))  # both on the replica's node
     result = await initialize_node(one_node)
     await result.close()
-    assert len(result.reports) == 1 and await exchanges_alive() == []
+    assert len(result.reports) == 1 and await open_exchanges() == []
     unplaceable = msgspec.structs.replace(cfg, model_id=cfg.model_id + "-big", placement=PlacementConfig(
         bundles=[{"CPU": 64}, {"CPU": 64}], strategy="SPREAD", ready_timeout_s=1))
     with pytest.raises(PhaseError, match="placement group not ready"):
         await initialize_node(unplaceable)
-    assert await exchanges_alive() == []
+    assert await open_exchanges() == []
 
 
 @pytest.mark.ray
