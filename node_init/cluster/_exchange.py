@@ -97,6 +97,8 @@ class Exchange:
         self._held: dict[str, int] = {}  # owner -> bytes offered and not yet taken by every consumer
         self._finished: set[str] = set()
         self._gone: set[str] = set()
+        self._offered_by: dict[Piece, str] = {}
+        self._taken_over: dict[Unit, float] = {}  # range -> when a consumer took it over (loop time)
         self._cv = asyncio.Condition()
 
     async def _wait(self, predicate: Any, timeout: float) -> bool:
@@ -167,6 +169,7 @@ class Exchange:
             pending = {n for n in self._consumers.get(unit, ()) if self._next[unit].get(n, 0) <= index}
             if pending:
                 self._offers[(unit, index)] = box
+                self._offered_by[(unit, index)] = node
                 self._pending[(unit, index)] = pending
                 self._held[node] = self._held.get(node, 0) + nbytes
             self._cv.notify_all()
@@ -203,8 +206,10 @@ class Exchange:
         piece ``index`` says ``node`` has written piece ``index - 1`` (see :meth:`taken`).
 
         ``"own"`` when ``node`` owns the range (the assignment differs from its provisional view),
-        or its owner is gone and ``node`` is the first to ask: ``node`` then fetches it from the
-        source and offers it, so a dead node's share is fetched once more, not once per survivor.
+        or its owner is gone, or offered nothing for a whole ``timeout`` without finishing, and
+        ``node`` is the first to ask: ``node`` then fetches it from the source and offers it, so a
+        dead or hung node's share is fetched once more, not once per survivor. The old owner's
+        later offers of it are refused.
         """
         piece = (unit, index)
         loop = asyncio.get_running_loop()
@@ -217,15 +222,27 @@ class Exchange:
         if owner is None or owner == node:
             return None if owner is None else "own"
         while True:
+            # A range taken over while this node waited gets its new owner a whole wait.
+            over = self._taken_over.get(unit)
+            limit = deadline if over is None else max(deadline, over + timeout)
             ready = await self._wait(lambda: piece in self._offers or self._unavailable(piece),
-                                     max(0.0, deadline - loop.time()))
+                                     max(0.0, limit - loop.time()))
             async with self._cv:
                 if piece in self._offers:
                     return self._offers[piece]
+                over = self._taken_over.get(unit)
+                if not ready and over is not None and loop.time() < over + timeout:
+                    continue
                 owners = self._owners or {}
-                if ready and owners.get(unit) in self._gone and unit not in self._skipped:
+                # Its owner is gone, or silent for a whole wait though not finished (a node Ray has
+                # not declared dead yet, or hung): the first node to ask reads the range and offers
+                # it, so it crosses the origin link once more, not once per waiting node.
+                silent = not ready and owners.get(unit) not in self._finished
+                if (silent or (ready and owners.get(unit) in self._gone)) and unit not in self._skipped:
                     owners[unit] = node
+                    self._taken_over[unit] = loop.time()
                     self._drop_consumer(node, unit)
+                    self._cv.notify_all()
                     return "own"
                 if not ready or self._unavailable(piece):
                     self._drop_consumer(node, unit)
@@ -241,9 +258,9 @@ class Exchange:
         if not pending:
             del self._pending[piece]
             self._offers.pop(piece, None)
-            owner = (self._owners or {}).get(piece[0])
-            if owner is not None and owner in self._held:
-                self._held[owner] -= piece_bytes(piece[0], piece[1], self._piece)
+            offerer = self._offered_by.pop(piece, None)  # the owner then: a range may have changed hands
+            if offerer is not None and offerer in self._held:
+                self._held[offerer] -= piece_bytes(piece[0], piece[1], self._piece)
 
     def _drop_consumer(self, node: str, unit: Unit) -> None:
         """``node`` takes nothing more of ``unit``: release the pieces offered and waiting for it."""
@@ -263,6 +280,35 @@ class Exchange:
             if index + 1 >= pieces_of(unit, self._piece):
                 self._consumers.get(unit, set()).discard(node)
             self._cv.notify_all()
+
+    async def lost(self, node: str, unit: Unit, index: int) -> str | None:
+        """``node`` could not read the object of piece ``index`` that :meth:`take` gave it (its owner's
+        node died, or the owner hangs and cannot say where the object is).
+
+        Returns ``"own"`` to the first node to say so about that owner: it reads the range from the
+        source and offers it; the owner's offers of it are withdrawn, so the others wait for the
+        new owner's, and the range crosses the origin link once more, not once per node. ``"retry"``
+        when another node took it over already (take the piece again); ``None``: use the source.
+        """
+        async with self._cv:
+            owners = self._owners or {}
+            owner, offerer = owners.get(unit), self._offered_by.get((unit, index))
+            if owner == node:
+                return "own"
+            if owner is None or unit in self._skipped:
+                self._drop_consumer(node, unit)
+                self._cv.notify_all()
+                return None
+            if unit in self._taken_over and offerer != owner:
+                return "retry"  # taken over since that offer: its new owner offers again
+            owners[unit] = node
+            self._taken_over[unit] = asyncio.get_running_loop().time()
+            self._drop_consumer(node, unit)
+            for i in range(pieces_of(unit, self._piece)):  # the old owner's objects are unreadable
+                for consumer in list(self._pending.get((unit, i), ())):
+                    self._taken(consumer, (unit, i))
+            self._cv.notify_all()
+            return "own"
 
     async def release(self, node: str, unit: Unit) -> None:
         """``node`` reads the rest of ``unit`` from the source (a peer's piece was lost or wrong)."""

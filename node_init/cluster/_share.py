@@ -316,18 +316,33 @@ class SharedSource:
         """A piece's bytes from its owner; ``"own"`` if this node took the range over; ``None``: use the source."""
         import ray
 
-        try:
-            box = ray.get(self.exchange.take.remote(self.node_id, unit, index, self._wait_s),
-                          timeout=self._wait_s + 30)
+        data: object = None
+        for _ in range(3):  # a piece whose object was lost: taken over here, or taken again from its new owner
+            try:
+                box = ray.get(self.exchange.take.remote(self.node_id, unit, index, self._wait_s),
+                              timeout=self._wait_s + 30)
+            except (ray.exceptions.RayError, TimeoutError) as exc:  # the exchange is gone
+                _log.info("peer's range unavailable", node_id=self.node_id, file=unit[0], error=type(exc).__name__)
+                return None
             if box is None:
                 return None
             if box == "own":
                 return "own"
-            data = ray.get(box[0], timeout=self._wait_s)
-        except (ray.exceptions.RayError, TimeoutError) as exc:  # the owner died, the object was lost
-            _log.info("peer's range unavailable", node_id=self.node_id, file=unit[0], error=type(exc).__name__)
-            self._tell("release", self.node_id, unit)
-            return None
+            try:
+                data = ray.get(box[0], timeout=self._wait_s)
+                break
+            except (ray.exceptions.RayError, TimeoutError) as exc:  # the owner's node died, or it hangs
+                _log.info("peer's piece lost", node_id=self.node_id, file=unit[0], index=index,
+                          error=type(exc).__name__)
+                try:
+                    answer = ray.get(self.exchange.lost.remote(self.node_id, unit, index), timeout=30)
+                except (ray.exceptions.RayError, TimeoutError):
+                    answer = None
+                if answer == "own":
+                    return "own"
+                if answer != "retry":
+                    self._tell("release", self.node_id, unit)
+                    return None
         if not isinstance(data, bytes) or len(data) != piece_bytes(unit, index, self._piece):
             self._tell("release", self.node_id, unit)
             return None

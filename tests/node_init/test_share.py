@@ -137,9 +137,55 @@ async def test_a_piece_is_taken_before_its_range_has_finished_downloading() -> N
     consumer = next(n for n in "abc" if n != owner)
     await ex.offer(owner, UNIT, 0, ["piece-0"], PIECE)  # the owner has read the first piece only
     assert await ex.take(consumer, UNIT, 0, 1.0) == ["piece-0"]
+    await ex.finished(owner)  # and will offer no more: the consumer reads the rest from the source
     with anyio.fail_after(5):
-        late = await ex.take(consumer, UNIT, 1, 0.2)  # not offered within the wait
-    assert late is None
+        assert await ex.take(consumer, UNIT, 1, 5.0) is None
+
+
+@pytest.mark.anyio
+async def test_a_silent_owner_s_range_is_taken_over_by_one_node_not_read_by_each() -> None:
+    """An owner that offers nothing for a whole wait and has not finished (hung, or dead before Ray
+    says so): the first node whose wait ends reads the range and offers it; the other waits for
+    that, not for the source; the old owner's later offers are refused."""
+    ex, owner = await planned()
+    first, second = [n for n in "abc" if n != owner]
+    await ex.offer(owner, UNIT, 0, ["piece-0"], PIECE)
+    for node in (first, second):
+        assert await ex.take(node, UNIT, 0, 1.0) == ["piece-0"]
+    got: dict[str, Any] = {}
+
+    async def take(node: str, wait: float) -> None:
+        got[node] = await ex.take(node, UNIT, 1, wait)
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(take, first, 0.2)
+            tg.start_soon(take, second, 0.3)  # its wait ends after the takeover: it waits on
+            await anyio.sleep(0.4)
+            assert got == {first: "own"}
+            assert await ex.offer(first, UNIT, 1, ["again-1"], PIECE) == "ok"
+    assert got == {first: "own", second: ["again-1"]}
+    assert await ex.offer(owner, UNIT, 1, ["late-1"], PIECE) == "refused"
+
+
+@pytest.mark.anyio
+async def test_a_lost_piece_s_range_is_taken_over_by_the_first_node_to_lose_it() -> None:
+    """Taken offers whose objects cannot be read (the owner's node died before Ray said so, or the
+    owner hangs): the first node to say so owns the range, the owner's offers are withdrawn (its
+    memory bound with them), and the other node takes the new owner's pieces."""
+    ex, owner = await planned()
+    first, second = [n for n in "abc" if n != owner]
+    for i in range(2):
+        assert await ex.offer(owner, UNIT, i, [f"old-{i}"], PIECE, limit=2 * PIECE) == "ok"
+    for node in (first, second):
+        assert await ex.take(node, UNIT, 0, 1.0) == ["old-0"]
+    assert await ex.lost(first, UNIT, 0) == "own"
+    assert await ex.lost(second, UNIT, 0) == "retry"
+    assert await ex.room(owner, 2 * PIECE, 2 * PIECE, 0.05)  # its withdrawn offers no longer count
+    assert await ex.offer(first, UNIT, 0, ["new-0"], PIECE) == "ok"
+    with anyio.fail_after(5):
+        assert await ex.take(second, UNIT, 0, 1.0) == ["new-0"]
+    assert await ex.offer(owner, UNIT, 2, ["old-2"], PIECE) == "refused"
 
 
 @pytest.mark.anyio
@@ -460,6 +506,57 @@ async def test_a_peer_killed_mid_exchange_costs_only_its_share(ray_cluster: RayC
     for node in ray_cluster.nodes:
         if node is not node2:  # the survivors refetched node2's share and hold the whole model
             assert digest(node.cache / cfg.model_id) == want
+
+
+@pytest.mark.ray
+@pytest.mark.anyio
+@pytest.mark.parametrize("stop_at", [1, MIB + 1], ids=["first_bytes", "after_offers"])
+async def test_a_hung_peer_s_share_is_taken_over_once_and_it_finishes_when_it_resumes(
+        ray_cluster: RayCluster, s3_server: S3Server, shared_model: dict[str, Any], tmp_path: Path,
+        stop_at: int) -> None:
+    """node2's task process is SIGSTOPped (hung, or dead before Ray says so): after its first bytes,
+    or once it has offered pieces its peers took but may not be able to read (the objects' owner
+    does not answer); SIGCONTed once the others hold the model. One of them took each of node2's
+    ranges over, after a wait on it or a piece it could not read, and offered it to the other, so
+    node2's share crossed the link once more (node2 reads it too, for itself), not once per
+    waiting node. Every snapshot is whole."""
+    proxy = FaultProxy(s3_server.endpoint, rate_mb_s=3.0).start()
+    bus = pid_recorder(tmp_path)
+    node2 = next(n for n in ray_cluster.nodes if n.name == "node2")
+    others = [n.node_id for n in ray_cluster.nodes if n is not node2]
+    sizes = shared_model["sizes"]
+    total, small = sum(sizes.values()), sum(s for s in sizes.values() if s < 256 * 1024)
+    stopped: list[int] = []
+
+    async def hang_node2_until_the_others_hold_the_model() -> None:
+        while not any(p.node_id == node2.node_id and p.bytes_done >= stop_at for p in bus.progress):
+            await anyio.sleep(0.01)
+        pid = int((tmp_path / "node2").read_text())
+        os.kill(pid, signal.SIGSTOP)
+        stopped.append(pid)
+        try:
+            while not all(any(p.node_id == n and p.bytes_done >= total for p in bus.progress) for n in others):
+                await anyio.sleep(0.05)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+
+    try:
+        cfg = config(shared_model, proxy.endpoint, ("tests.node_init.hooks:pid_file",), share="auto")
+        with anyio.fail_after(90):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(hang_node2_until_the_others_hold_the_model)
+                result = await initialize_node(cfg, bus=bus)
+            await result.close()
+    finally:
+        proxy.stop()
+    assert stopped
+    node2_share = (total - small) // 3  # six 1 MiB ranges, two each
+    assert proxy.bytes_sent <= total + 2 * small + node2_share + 512 * 1024, proxy.bytes_sent - total
+    # Every node takes the two thirds it does not own from peers, but the taker-over reads node2's share.
+    assert sum(r.peer_bytes for r in result.reports) >= 2 * (total - small) - node2_share - 256 * 1024
+    want = digest(shared_model["local"])
+    for node in ray_cluster.nodes:
+        assert digest(node.cache / cfg.model_id) == want
 
 
 @pytest.mark.ray
