@@ -31,6 +31,24 @@ LINKS = ("per-node", "shared")
 SHARES = ("off", "auto")
 
 
+#: Seconds of quiet before each measured init (after the last one's bundles are back).
+QUIET_S = 1.0
+
+
+def quiet_cluster() -> None:
+    """Wait until the previous init's placement group has given every node's bundle back, then
+    :data:`QUIET_S`: each row starts on an idle cluster, so the last row's teardown (the group's
+    removal, which delays a new group's scheduling by up to ~1 s here, its workers and objects
+    going) is not measured into the next row, for either flow."""
+    import ray
+
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not all(
+            ray.available_resources().get(f"n{i}", 0) >= 1 for i in range(max(NODES))):
+        time.sleep(0.02)
+    time.sleep(QUIET_S)
+
+
 async def one_init(n: int, share: str, run: str) -> dict[str, Any]:
     from node_init import initialize_node, parse_config
     from node_init.cluster import forget_holdings
@@ -44,6 +62,7 @@ async def one_init(n: int, share: str, run: str) -> dict[str, Any]:
         "download": {"timeout_s": 600, "share": share,
                      "s3": {"access_key_id": "testing", "secret_access_key": "testing"}},
     })
+    quiet_cluster()
     t0 = time.monotonic()
     result = await initialize_node(config)
     total = time.monotonic() - t0
@@ -77,6 +96,7 @@ async def kill_one(cluster: Any, doomed: Any, root: Path, source: Path) -> dict[
     forget_holdings("s3://bench/synthetic-100mb")
     bus, seen = EventBus(), []
     bus.subscribe(DownloadProgress, lambda e, c: seen.append(e))
+    quiet_cluster()
 
     async def remove_when_it_has_bytes() -> None:
         while not any(e.node_id == doomed.node_id and e.bytes_done >= KILL_AT_MB * 1e6 for e in seen):
@@ -188,7 +208,8 @@ def main(args: argparse.Namespace) -> None:
               f"{'byte-identical to the source' if killed['survivors_identical'] else 'NOT identical to the source'}; "
               f"origin bytes {killed['origin_bytes'] / size:.2f}x the model.")
     table += (f"\n\nModel: 4 files, {size / 1e6:.0f} MB; {args.rate:g} MB/s per link; medians of {args.repeats} "
-              f"runs, interleaved; {date.today().isoformat()}, this machine (2 cores: proxies, S3 server and "
+              f"runs, interleaved, each started on an idle cluster (the last run's placement group returned, then "
+              f"{QUIET_S:g} s); {date.today().isoformat()}, this machine (2 cores: proxies, S3 server and "
               "the Ray nodes share them).")
     print()
     print(table)
