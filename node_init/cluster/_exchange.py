@@ -24,7 +24,7 @@ Unit = tuple[str, str, int, int]
 MIN_SHARED_BYTES = 256 * 1024
 #: The hub actor's name and namespace (``ray list actors`` shows it). The number is the protocol's
 #: version: a library that changes the calls names a new hub rather than talk to an old one.
-EXCHANGE_NAME = "node-init-exchange-2"
+EXCHANGE_NAME = "node-init-exchange-3"
 EXCHANGE_NAMESPACE = "node_init"
 #: A piece of a range: (range, index).
 Piece = tuple[Unit, int]
@@ -168,6 +168,9 @@ class Exchange:
                 return "refused"
             pending = {n for n in self._consumers.get(unit, ()) if self._next[unit].get(n, 0) <= index}
             if pending:
+                replaced = self._offered_by.get((unit, index))
+                if replaced is not None and (unit, index) in self._pending and replaced in self._held:
+                    self._held[replaced] -= nbytes  # an old owner's offer of it, never to be taken
                 self._offers[(unit, index)] = box
                 self._offered_by[(unit, index)] = node
                 self._pending[(unit, index)] = pending
@@ -200,47 +203,61 @@ class Exchange:
         return (index >= self._skipped.get(unit, index + 1) or owner in self._gone
                 or (owner in self._finished and piece not in self._offers))
 
-    async def take(self, node: str, unit: Unit, index: int, timeout: float) -> list[Any] | str | None:
+    async def take(self, node: str, unit: Unit, index: int, timeout: float,
+                   budget: float | None = None) -> list[Any] | str | None:
         """The owner's offer of piece ``index`` of ``unit`` once made; ``None`` when it will not come
-        within ``timeout`` (``node`` then reads the rest of the range from the source). Asking for
-        piece ``index`` says ``node`` has written piece ``index - 1`` (see :meth:`taken`).
+        in time (``node`` then reads the rest of the range from the source). Asking for piece
+        ``index`` says ``node`` has written piece ``index - 1`` (see :meth:`taken`).
 
         ``"own"`` when ``node`` owns the range (the assignment differs from its provisional view),
         or its owner is gone, or offered nothing for a whole ``timeout`` without finishing, and
         ``node`` is the first to ask: ``node`` then fetches it from the source and offers it, so a
         dead or hung node's share is fetched once more, not once per survivor. The old owner's
         later offers of it are refused.
+
+        Args:
+            node: The asking node.
+            unit: The range.
+            index: The piece of it.
+            timeout: How long an owner may be silent before it counts as hung.
+            budget: The whole wait, however often the range changes hands meanwhile (default
+                ``2 * timeout``). A range taken over while ``node`` waited gives its new owner up
+                to ``timeout`` more, within this; a wait shorter than ``timeout`` never takes over.
         """
         piece = (unit, index)
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
+        start = loop.time()
+        budget = 2 * timeout if budget is None else budget
+        cap, deadline = start + budget, start + min(timeout, budget)
         if index > 0:  # a consumer asks for a piece once it has written the one before (one call, not two)
             await self.taken(node, unit, index - 1)
-        if not await self._wait(lambda: self._owners is not None, timeout):
+        if not await self._wait(lambda: self._owners is not None, max(0.0, deadline - loop.time())):
             return None  # asked before every node joined, and they did not in time
         owner = (self._owners or {}).get(unit)
         if owner is None or owner == node:
             return None if owner is None else "own"
         while True:
-            # A range taken over while this node waited gets its new owner a whole wait.
             over = self._taken_over.get(unit)
-            limit = deadline if over is None else max(deadline, over + timeout)
+            limit = deadline if over is None else min(cap, max(deadline, over + timeout))
             ready = await self._wait(lambda: piece in self._offers or self._unavailable(piece),
                                      max(0.0, limit - loop.time()))
             async with self._cv:
                 if piece in self._offers:
                     return self._offers[piece]
+                now = loop.time()
                 over = self._taken_over.get(unit)
-                if not ready and over is not None and loop.time() < over + timeout:
+                fresh = over is not None and now < over + timeout  # its new owner's first wait runs
+                if not ready and fresh and now < cap:
                     continue
                 owners = self._owners or {}
                 # Its owner is gone, or silent for a whole wait though not finished (a node Ray has
                 # not declared dead yet, or hung): the first node to ask reads the range and offers
-                # it, so it crosses the origin link once more, not once per waiting node.
-                silent = not ready and owners.get(unit) not in self._finished
+                # it, so it crosses the origin link once more, not once per waiting node. A new
+                # owner still within its first wait is not silent yet: at the budget, read alone.
+                silent = not ready and not fresh and budget >= timeout and owners.get(unit) not in self._finished
                 if (silent or (ready and owners.get(unit) in self._gone)) and unit not in self._skipped:
                     owners[unit] = node
-                    self._taken_over[unit] = loop.time()
+                    self._taken_over[unit] = now
                     self._drop_consumer(node, unit)
                     self._cv.notify_all()
                     return "own"
@@ -281,14 +298,15 @@ class Exchange:
                 self._consumers.get(unit, set()).discard(node)
             self._cv.notify_all()
 
-    async def lost(self, node: str, unit: Unit, index: int) -> str | None:
+    async def lost(self, node: str, unit: Unit, index: int, box: list[Any] | None = None) -> str | None:
         """``node`` could not read the object of piece ``index`` that :meth:`take` gave it (its owner's
         node died, or the owner hangs and cannot say where the object is).
 
         Returns ``"own"`` to the first node to say so about that owner: it reads the range from the
         source and offers it; the owner's offers of it are withdrawn, so the others wait for the
         new owner's, and the range crosses the origin link once more, not once per node. ``"retry"``
-        when another node took it over already (take the piece again); ``None``: use the source.
+        when another node took it over already, or the piece was offered again since ``box`` (the
+        offer ``node`` could not read) was: take the piece again; ``None``: use the source.
         """
         async with self._cv:
             owners = self._owners or {}
@@ -299,6 +317,9 @@ class Exchange:
                 self._drop_consumer(node, unit)
                 self._cv.notify_all()
                 return None
+            current = self._offers.get((unit, index))
+            if box is not None and current is not None and current[0] != box[0]:
+                return "retry"  # a newer offer of the piece (its new owner's) waits to be taken
             if unit in self._taken_over and offerer != owner:
                 return "retry"  # taken over since that offer: its new owner offers again
             owners[unit] = node

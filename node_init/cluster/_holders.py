@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -26,6 +28,8 @@ from ._share import SLICE
 
 _log = structlog.get_logger("node_init.holders")
 _NAMESPACE = "node_init"
+#: Reads a node runs at once on one holder.
+HOLDER_READS = 2
 #: ``{(key, etag): [(holder node id, the holder's model id), ...]}``
 Holders = dict[tuple[str, str], list[tuple[str, str]]]
 
@@ -116,7 +120,14 @@ class HolderSource:
         self.config = config
         self.holders = holders
         self.held_bytes = 0
-        self._wait_s = max(1.0, config.download.stall_timeout_s / 2)
+        # All the holders of a range get two thirds of the stall bound (the first one may need a worker
+        # started on its node): the source then still has a third of it to send the first bytes.
+        self._wait_s = max(1.0, config.download.stall_timeout_s * 2 / 3)
+        # Each read is a task on the holder, and a busy task needs a worker process of its own: Ray
+        # starts them one per CPU at a time (seconds each), so a reader's whole concurrency at once
+        # would queue worker starts past the bound. A few at a time reuse the workers they started.
+        self._slots: dict[str, threading.BoundedSemaphore] = {
+            h: threading.BoundedSemaphore(HOLDER_READS) for hs in holders.values() for h, _ in hs}
 
     def __repr__(self) -> str:
         return f"HolderSource({self.origin!r}, files={len(self.holders)})"
@@ -125,8 +136,15 @@ class HolderSource:
         return self.origin.list_files()
 
     def stream(self, file: RemoteFile, start: int, end: int) -> Iterator[bytes | memoryview]:
+        until = time.monotonic() + self._wait_s
         for holder, model_id in self.holders.get((file.key, file.etag), []):
-            data = self._read(holder, model_id, file, start, end)
+            slot = self._slots[holder]
+            if not slot.acquire(timeout=max(0.0, until - time.monotonic())):
+                break
+            try:
+                data = self._read(holder, model_id, file, start, end, until - time.monotonic())
+            finally:
+                slot.release()
             if data is not None:
                 view = memoryview(data)
                 for i in range(0, len(view), SLICE):
@@ -135,15 +153,18 @@ class HolderSource:
                 return
         yield from self.origin.stream(file, start, end)
 
-    def _read(self, holder: str, model_id: str, file: RemoteFile, start: int, end: int) -> bytes | None:
+    def _read(self, holder: str, model_id: str, file: RemoteFile, start: int, end: int,
+              timeout: float) -> bytes | None:
         import ray
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
         task: Any = ray.remote(read_held).options(
             num_cpus=0, max_retries=0, scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=holder, soft=False))
+        if timeout <= 0:
+            return None
         ref = task.remote(self.config.download, model_id, self.uri, file, start, end)
         try:
-            data = ray.get(ref, timeout=self._wait_s)
+            data = ray.get(ref, timeout=timeout)
         except (ray.exceptions.RayError, TimeoutError) as exc:
             if isinstance(exc, TimeoutError):  # still running: stop it (never force: that kills a worker)
                 with contextlib.suppress(Exception):

@@ -19,6 +19,7 @@ file whole), so every byte still goes through one ``Downloader`` and one cache.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -106,8 +107,9 @@ class SharedSource:
         node_id: This node.
         owners: Owner of each shared range this node needs: from :meth:`Exchange.join`, or its
             :func:`provisional` owners while ``joining`` is pending.
-        cfg: ``part_size_mb``, ``share_memory_mb`` and ``stall_timeout_s`` (half of it bounds a
-            wait on a peer: the downloader's stall check must not fire while a peer is late).
+        cfg: ``part_size_mb``, ``share_memory_mb`` and ``stall_timeout_s`` (two thirds of it bound
+            a wait on a peer, all told: the downloader's stall check must not fire while a peer is
+            late, and the source then still has a third of it to send the first bytes).
         joining: The pending :meth:`Exchange.join` call (an object reference), if any.
     """
 
@@ -123,7 +125,7 @@ class SharedSource:
         self._part = cfg.part_size_mb * 1024 * 1024
         self._piece = piece_size(self._part)
         self._limit = cfg.share_memory_mb * 1024 * 1024
-        self._wait_s = max(1.0, cfg.stall_timeout_s / 2)
+        self._wait_s = max(1.0, cfg.stall_timeout_s / 3)  # an owner silent this long counts as hung
         self._join_s = max(1.0, cfg.stall_timeout_s) + 30  # the exchange's own bound, plus its start
         self._tees: dict[Unit, _Tee] = {}  # own ranges being read: the piece not yet offered
         self._taken_upto: dict[Unit, int] = {}  # peers' ranges: pieces taken so far
@@ -313,14 +315,23 @@ class SharedSource:
             _log.info("exchange unreachable", node_id=self.node_id, method=method, error=type(exc).__name__)
 
     def _take(self, unit: Unit, index: int) -> bytes | str | None:
-        """A piece's bytes from its owner; ``"own"`` if this node took the range over; ``None``: use the source."""
+        """A piece's bytes from its owner; ``"own"`` if this node took the range over; ``None``: use the source.
+
+        The wait for the offer is at most two waits (:attr:`_wait_s`, a third of the stall bound)
+        however often the range changes hands meanwhile, so a late peer leaves the source a third
+        of the stall bound to send the range's first bytes. Reading a piece's object, and taking it
+        again after a lost one (twice at most), take what is left of those two waits, or half a
+        wait if that is less: Ray's get of a hung owner's object was seen to return seconds late.
+        """
         import ray
 
+        end = time.monotonic() + 2 * self._wait_s
         data: object = None
         for _ in range(3):  # a piece whose object was lost: taken over here, or taken again from its new owner
+            left = max(end - time.monotonic(), self._wait_s / 2)  # a retry gives the new owner half a wait
             try:
-                box = ray.get(self.exchange.take.remote(self.node_id, unit, index, self._wait_s),
-                              timeout=self._wait_s + 30)
+                box = ray.get(self.exchange.take.remote(self.node_id, unit, index, self._wait_s, left),
+                              timeout=left + 30)
             except (ray.exceptions.RayError, TimeoutError) as exc:  # the exchange is gone
                 _log.info("peer's range unavailable", node_id=self.node_id, file=unit[0], error=type(exc).__name__)
                 return None
@@ -328,14 +339,19 @@ class SharedSource:
                 return None
             if box == "own":
                 return "own"
+            get_s = min(self._wait_s, max(end - time.monotonic(), self._wait_s / 2))
             try:
-                data = ray.get(box[0], timeout=self._wait_s)
+                data = ray.get(box[0], timeout=get_s)
                 break
             except (ray.exceptions.RayError, TimeoutError) as exc:  # the owner's node died, or it hangs
                 _log.info("peer's piece lost", node_id=self.node_id, file=unit[0], index=index,
                           error=type(exc).__name__)
+                if isinstance(exc, TimeoutError) and get_s < self._wait_s:
+                    # Out of time, not proof of a lost piece: read the range alone, leave it to its owner.
+                    self._tell("release", self.node_id, unit)
+                    return None
                 try:
-                    answer = ray.get(self.exchange.lost.remote(self.node_id, unit, index), timeout=30)
+                    answer = ray.get(self.exchange.lost.remote(self.node_id, unit, index, box), timeout=30)
                 except (ray.exceptions.RayError, TimeoutError):
                     answer = None
                 if answer == "own":
