@@ -321,14 +321,18 @@ class SharedSource:
         however often the range changes hands meanwhile, so a late peer leaves the source a third
         of the stall bound to send the range's first bytes. Reading a piece's object, and taking it
         again after a lost one (twice at most), take what is left of those two waits, or half a
-        wait if that is less: Ray's get of a hung owner's object was seen to return seconds late.
+        wait if less is left: Ray's get of a hung owner's object was seen to return seconds late.
         """
         import ray
 
         end = time.monotonic() + 2 * self._wait_s
+
+        def remaining() -> float:  # a retry still gives the new owner half a wait
+            return max(end - time.monotonic(), self._wait_s / 2)
+
         data: object = None
         for _ in range(3):  # a piece whose object was lost: taken over here, or taken again from its new owner
-            left = max(end - time.monotonic(), self._wait_s / 2)  # a retry gives the new owner half a wait
+            left = remaining()
             try:
                 box = ray.get(self.exchange.take.remote(self.node_id, unit, index, self._wait_s, left),
                               timeout=left + 30)
@@ -339,7 +343,7 @@ class SharedSource:
                 return None
             if box == "own":
                 return "own"
-            get_s = min(self._wait_s, max(end - time.monotonic(), self._wait_s / 2))
+            get_s = min(self._wait_s, remaining())
             try:
                 data = ray.get(box[0], timeout=get_s)
                 break
