@@ -54,6 +54,8 @@ def is_async_handler(handler: Any) -> bool:
 
 
 #: Every option's default (see :class:`~eventbus.typing.SubscribeOptions`).
+#: A thread handler with no timeout is waited for in slices this long, so a cancel is taken at once.
+_POLL_S = 1.0
 DEFAULTS: SubscribeOptions = {"priority": 0, "timeout": None, "on_error": "raise", "to_thread": False}
 
 
@@ -177,10 +179,8 @@ class Subscription:
         name = self.name
 
         async def run_in_thread(event: Any, ctx: Any) -> Any:
-            if timeout is None:
-                return await anyio.to_thread.run_sync(fn, event, ctx)
-            # A thread we may abandon gets its own daemon thread: an abandoned worker thread of
-            # anyio's pool would keep the process from exiting while the handler hangs.
+            # Its own daemon thread, which a timeout or a cancellation abandons: a worker thread of
+            # anyio's pool cannot be abandoned by a cancel without keeping the process from exiting.
             done = threading.Event()
             box: list[Any] = []
 
@@ -193,10 +193,13 @@ class Subscription:
                     done.set()
 
             threading.Thread(target=target, name=f"eventbus:{name}", daemon=True).start()
-            # The wait itself ends within the timeout, so abandoning it on cancellation is safe.
-            finished = await anyio.to_thread.run_sync(done.wait, timeout, abandon_on_cancel=True)
-            if not finished:
-                raise self._timeout_error(event)
+            # Each wait ends within its bound, so abandoning one on cancellation is safe.
+            if timeout is not None:
+                if not await anyio.to_thread.run_sync(done.wait, timeout, abandon_on_cancel=True):
+                    raise self._timeout_error(event)
+            else:
+                while not await anyio.to_thread.run_sync(done.wait, _POLL_S, abandon_on_cancel=True):
+                    pass
             ok, value = box[0]
             if not ok:
                 raise value

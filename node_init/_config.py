@@ -105,14 +105,6 @@ class DownloadConfig(_Strict, kw_only=True, forbid_unknown_fields=True, frozen=T
     share_memory_mb: int = 512
     s3: S3Config = S3Config()
 
-    @property
-    def node_bound_s(self) -> float:
-        """Outer bound on one node's task: its own bounds (lock wait, download) plus slack.
-
-        The node enforces ``lock_timeout_s`` and ``timeout_s`` itself; this catches a node
-        that never answers at all.
-        """
-        return self.timeout_s + self.lock_timeout_s + 60.0
 
 
 class PlacementConfig(_Strict, kw_only=True, forbid_unknown_fields=True, frozen=True):
@@ -198,6 +190,12 @@ def _validate(c: NodeInitConfig) -> None:
     ):
         if not value > 0:
             raise ConfigError(f"must be > 0, got {value}", field=name)
+    from ._bounds import MIN_STALL_S
+
+    if c.download.stall_timeout_s < MIN_STALL_S:
+        raise ConfigError(f"must be >= {MIN_STALL_S:g} s, got {c.download.stall_timeout_s} (a third of it bounds a "
+                          "peer's silence; shorter, a healthy peer's Ray call reads as a hung one)",
+                          field="download.stall_timeout_s")
     if c.download.retries < 0:
         raise ConfigError(f"must be >= 0, got {c.download.retries}", field="download.retries")
     for name, count in (("download.concurrency", c.download.concurrency),

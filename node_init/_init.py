@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import filecmp
 import time
 from pathlib import Path
@@ -14,6 +13,7 @@ import structlog
 
 from eventbus import EventBus, Outcome
 
+from ._bounds import TEARDOWN_S, Bounds
 from ._config import NodeInitConfig
 from ._ctx import CallbackCtx
 from ._errors import DownloadError, NodeInitError, PhaseError, describe, first_error
@@ -24,15 +24,15 @@ from ._watchdog import Watchdog
 from ._wiring import wire
 from .cluster import (
     Decision,
-    close_exchange,
+    NodeStatus,
     local_model_path,
     may_span_nodes,
+    open_exchange,
     placement_nodes,
     remove_placement_group,
     resolve_placement_group,
     run_on_nodes,
     share_enabled,
-    start_exchange,
 )
 from .download import SnapshotHold, hold_snapshot
 from .overlap import choose_overlap, is_remote
@@ -86,6 +86,8 @@ class _Run:
     def __init__(self, config: NodeInitConfig, bus: EventBus, ctx: CallbackCtx,
                  builder: EngineBuilder | None = None) -> None:
         self.config = config
+        self.bounds = Bounds.of(config)
+        self.deadline = time.time() + config.init_timeout_s  # told to the node tasks (they stop past it)
         self.builder = builder
         self.bus = bus
         self.ctx = ctx
@@ -121,6 +123,13 @@ class _Run:
             return await publish_phase(self.bus, event, self.ctx, phase=phase or self.phase)
         finally:
             self.publishing.remove(event)
+
+    def timed_out_phase(self) -> str:
+        """The phase a timeout names: a node still in its ``BeforeDownload`` handlers, else this run's."""
+        if self.phase in ("download", "engine", "before_engine_init") and any(
+                state.startswith("in BeforeDownload") for state in list(self.nodes.values())):
+            return "before_download"
+        return self.phase
 
     def running(self) -> str:
         """What is running, in words (for the watchdog: called from its thread)."""
@@ -185,10 +194,10 @@ async def initialize_node(
             with anyio.CancelScope() as scope:
                 dog.start(scope)
                 return await _flow(run, start, log)
-            raise dog.error(run.phase)  # only the watchdog cancels this scope
+            raise dog.error(run.timed_out_phase())  # only the watchdog cancels this scope
         except BaseException as exc:
             dog.stop()
-            error = dog.error(run.phase) if dog.fired else exc
+            error = dog.error(run.timed_out_phase()) if dog.fired else exc
             await _fail(run, error, log)
             if error is not exc:
                 raise error from None
@@ -282,6 +291,10 @@ class _Replica:
             self.decision = decision
             self.decided.set()
 
+    async def on_status(self, status: NodeStatus) -> None:
+        if self.run.nodes.get(status.node_id) != "done":
+            self.run.nodes[status.node_id] = status.doing
+
     async def on_progress(self, node_id: str, done: int, total: int) -> None:
         if node_id == self.local:
             self.samples.append((time.monotonic(), done))
@@ -301,56 +314,50 @@ class _Replica:
             self.done.set()
 
 
-async def _place(run: _Run) -> tuple[list[str], str, Any]:
-    """Placement: the group's distinct nodes, plus the replica's own (the engine loads there), and
-    this init's exchange for a shared download, started while placement runs (or ``None``)."""
+async def _place(run: _Run) -> tuple[list[str], str]:
+    """Placement: the group's distinct nodes, plus the replica's own (the engine loads there)."""
     import ray
 
-    if not ray.is_initialized():
-        await anyio.to_thread.run_sync(ray.init)  # connecting takes seconds: off the loop
     run.phase = "placement"
     t = time.monotonic()
     local = ray.get_runtime_context().get_node_id()
-    # A hub that has to start takes about a second (a worker process): not after placement, but during it.
-    exchange = None
-    if share_enabled(run.config) and may_span_nodes(run.ctx, run.config):
-        exchange = start_exchange(run.config.download.part_size_mb, run.config.download.node_bound_s + 60)
-    try:
-        run.pg, run.owns_pg = await resolve_placement_group(run.ctx, run.config)
-        nodes = await placement_nodes(run.pg) if run.pg is not None else []
-    except BaseException:
-        close_exchange(exchange)
-        raise
+    run.pg, run.owns_pg = await resolve_placement_group(run.ctx, run.config)
+    nodes = await placement_nodes(run.pg) if run.pg is not None else []
     if local not in nodes:
         nodes.append(local)
     run.timed("placement", t)
-    return nodes, local, exchange
+    return nodes, local
 
 
 async def _with_downloads(run: _Run, log: Any) -> str:
     """Downloads on every node, and the engine boot, at once (see ``_engine_when_ready``)."""
+    import ray
+
     config, ctx = run.config, run.ctx
-    nodes, local, exchange = await _place(run)
-    run.phase = "download"
-    log.info("downloading on nodes", nodes=nodes, source=config.model_source)
-    replica = _Replica(run, local)
-    run.nodes = dict.fromkeys(nodes, "listing and in BeforeDownload")
+    if not ray.is_initialized():
+        await anyio.to_thread.run_sync(ray.init)  # connecting takes seconds: off the loop
+    # The init's exchange for a shared download: a hub that has to start takes about a second (a
+    # worker process), so it starts before placement and runs while placement does.
+    with open_exchange(config, wanted=share_enabled(config) and may_span_nodes(ctx, config)) as exchange:
+        nodes, local = await _place(run)
+        run.phase = "download"
+        log.info("downloading on nodes", nodes=nodes, source=config.model_source)
+        replica = _Replica(run, local)
+        run.nodes = dict.fromkeys(nodes, "listing")
 
-    async def downloads() -> None:
-        run.reports = tuple(await run_on_nodes(config, ctx, nodes, local, replica, exchange=exchange))
-        run.marks["download_end"] = time.monotonic()
-        run.timings["download"] = run.marks["download_end"] - run.marks["download_start"]
+        async def downloads() -> None:
+            run.reports = tuple(await run_on_nodes(config, ctx, nodes, local, replica, exchange=exchange,
+                                                   deadline=run.deadline))
+            run.marks["download_end"] = time.monotonic()
+            run.timings["download"] = run.marks["download_end"] - run.marks["download_start"]
 
-    run.marks["download_start"] = time.monotonic()
-    try:
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(downloads)
-            tg.start_soon(_engine_when_ready, run, replica, log)
-    except BaseExceptionGroup as group:
-        raise first_error(group) from None
-    finally:
-        with contextlib.suppress(Exception):  # run_on_nodes closes it; not if it was cancelled before it ran
-            close_exchange(exchange)
+        run.marks["download_start"] = time.monotonic()
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(downloads)
+                tg.start_soon(_engine_when_ready, run, replica, log)
+        except BaseExceptionGroup as group:
+            raise first_error(group) from None
     if "boot_end" in run.marks and "boot_start" in run.marks:
         # Seconds the engine boot and the downloads ran at the same time.
         run.timings["overlap"] = max(0.0, min(run.marks["boot_end"], run.marks["download_end"])
@@ -365,7 +372,7 @@ async def _with_downloads(run: _Run, log: Any) -> str:
 
 async def _engine_when_ready(run: _Run, replica: _Replica, log: Any) -> None:
     """Boot once the replica's node has decided: on dummy weights now (overlap), or on its files."""
-    bound = run.config.download.node_bound_s
+    bound = run.bounds.node_s
     with anyio.fail_after(bound):
         await replica.decided.wait()
     assert replica.decision is not None
@@ -441,15 +448,14 @@ async def _fail(run: _Run, exc: BaseException, log: Any) -> None:
     # An error from a node task (it names its node) happened in the download phase, whatever
     # the engine task concurrently set run.phase to.
     phase = getattr(exc, "phase", "download" if node_id else run.phase)
-    with anyio.CancelScope(shield=True):
-        if run.engine is not None:
-            with anyio.move_on_after(30):
-                await run.engine.shutdown()
+    # Shielded from the cancellation that may have brought us here, and bounded as a whole.
+    with anyio.CancelScope(shield=True), anyio.move_on_after(TEARDOWN_S):
         if run.hold is not None:
             run.hold.release()
+        if run.engine is not None:
+            await run.engine.shutdown()
         if run.owns_pg and run.pg is not None:
-            with anyio.move_on_after(30):
-                await remove_placement_group(run.pg)
+            await remove_placement_group(run.pg)
         if not isinstance(exc, Exception):
             return  # cancelled: nobody is waiting for an InitFailed
         await publish_failure(run.bus, run.ctx, exc, model_id=run.config.model_id, phase=phase,

@@ -13,14 +13,14 @@ import structlog
 
 from eventbus import Event, EventBus, HandlerError, Outcome
 
+from ._bounds import TEARDOWN_S
 from ._ctx import CallbackCtx
 from ._errors import PhaseError, describe
-from ._events import ErrorInfo, InitFailed
+from ._events import BeforeDownload, ErrorInfo, InitFailed
+from ._modes import DownloadMode
 
 _log = structlog.get_logger("node_init")
 
-#: Bound on the InitFailed publish: the original error must reach the caller.
-FAILED_PUBLISH_TIMEOUT_S = 30.0
 
 
 def phase_error(exc: HandlerError, phase: str, node_id: str | None = None) -> PhaseError:
@@ -46,13 +46,23 @@ def publish_phase_sync(bus: EventBus, event: Event, ctx: CallbackCtx | None, *, 
         raise phase_error(exc, phase, node_id) from exc
 
 
+def publish_before_download(bus: EventBus, ctx: CallbackCtx, *, model_id: str, node_id: str,
+                            mode: DownloadMode, source: str = "", destination: str = "",
+                            files: tuple[str, ...] = (), expected_bytes: int = 0) -> Outcome:
+    """Build and publish ``BeforeDownload`` on a node (in a thread of that node's process), the one
+    place both the node task and the stock Ray Serve callback do it."""
+    event = BeforeDownload(model_id=model_id, node_id=node_id, source=source, destination=destination, mode=mode,
+                           files=files, expected_bytes=expected_bytes)
+    return publish_phase_sync(bus, event, ctx, phase="before_download", node_id=node_id)
+
+
 async def publish_failure(bus: EventBus, ctx: CallbackCtx | None, exc: BaseException, *, model_id: str,
                           phase: str, node_id: str | None = None, log: Any = _log) -> None:
     """Log a failed init and publish ``InitFailed`` (bounded; a failing handler is only logged)."""
     info = ErrorInfo(type=type(exc).__name__, message=str(exc), phase=phase, node_id=node_id)
     log.error("node init failed", phase=phase, node_id=node_id, error=str(exc))
     try:
-        with anyio.move_on_after(FAILED_PUBLISH_TIMEOUT_S):
+        with anyio.move_on_after(TEARDOWN_S):  # the original error must reach the caller
             await bus.publish(InitFailed(model_id=model_id, phase=phase, node_id=node_id, error=info), ctx)
     except Exception as handler_exc:  # the original error matters more
         log.error("an InitFailed handler failed", error=describe(handler_exc))

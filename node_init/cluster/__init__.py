@@ -34,10 +34,13 @@ from ._placement import may_span_nodes as may_span_nodes
 from ._placement import placement_nodes as placement_nodes
 from ._placement import remove_placement_group as remove_placement_group
 from ._placement import resolve_placement_group as resolve_placement_group
+from ._remote import STOP_NAMESPACE as STOP_NAMESPACE
 from ._remote import NodeObserver as NodeObserver
+from ._remote import NodeStatus as NodeStatus
 from ._remote import node_task as node_task
 from ._remote import run_on_nodes as run_on_nodes
 from ._share import SharedSource as SharedSource
+from ._share import open_exchange as open_exchange
 from ._share import share_enabled as share_enabled
 from ._share import sharing as sharing
 from ._share import units_of as units_of
@@ -45,11 +48,13 @@ from ._share import units_of as units_of
 __all__ = [
     "EXCHANGE_NAME",
     "EXCHANGE_NAMESPACE",
+    "STOP_NAMESPACE",
     "Decision",
     "Exchange",
     "ExchangeHub",
     "InitExchange",
     "NodeObserver",
+    "NodeStatus",
     "SharedSource",
     "assign",
     "close_exchange",
@@ -58,6 +63,7 @@ __all__ = [
     "may_span_nodes",
     "node_download",
     "node_task",
+    "open_exchange",
     "placement_nodes",
     "provisional",
     "remove_placement_group",

@@ -21,6 +21,7 @@ from typing import Any
 import msgspec
 import structlog
 
+from .._bounds import Bounds
 from .._config import DownloadConfig, NodeInitConfig
 from ..download import ModelCache, RemoteFile, Source, cache_root, model_dir_name
 from ._exchange import MIN_SHARED_BYTES
@@ -122,7 +123,7 @@ class HolderSource:
         self.held_bytes = 0
         # All the holders of a range get two thirds of the stall bound (the first one may need a worker
         # started on its node): the source then still has a third of it to send the first bytes.
-        self._wait_s = max(1.0, config.download.stall_timeout_s * 2 / 3)
+        self._wait_s = Bounds.of(config).holders_s
         # Each read is a task on the holder, and a busy task needs a worker process of its own: Ray
         # starts them one per CPU at a time (seconds each), so a reader's whole concurrency at once
         # would queue worker starts past the bound. A few at a time reuse the workers they started.

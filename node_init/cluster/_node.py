@@ -12,12 +12,13 @@ import structlog
 
 from eventbus import EventBus
 
+from .._bounds import Bounds
 from .._config import NodeInitConfig
 from .._ctx import CallbackCtx
 from .._errors import DownloadError, describe
 from .._events import BeforeDownload, ErrorInfo, NodeReport
 from .._modes import DownloadMode
-from .._publish import publish_phase_sync
+from .._publish import publish_before_download
 from ..download import (
     Downloader,
     ModelCache,
@@ -76,11 +77,13 @@ def node_download(
     on_decision: Callable[[Decision], None] | None = None,
     exchange: Any = None,
     nodes: list[str] | None = None,
+    on_status: Callable[[str], None] = lambda doing: None,
 ) -> NodeReport:
     """Publish ``BeforeDownload`` on this node, then fetch the model per the mode in force.
 
     ``exchange``: the init's share exchange (``download.share``), or ``None``; ``nodes``: the
-    init's nodes (this node reads its provisional share while the others join).
+    init's nodes (this node reads its provisional share while the others join); ``on_status``:
+    told what the node is doing when that changes (for the replica's timeout message).
 
     Raises:
         PhaseError: a ``BeforeDownload`` handler failed (phase ``before_download``).
@@ -112,11 +115,12 @@ def node_download(
 
     wanted, todo = todo_for(mode)
     before = {k: msgspec.json.encode(v) for k, v in ctx.custom_data.items()}  # what the replica sent
-    event = BeforeDownload(
-        model_id=config.model_id, node_id=node_id, source=uri, destination=dest_path, mode=mode,
-        files=tuple(f.key for f in wanted), expected_bytes=sum(f.size for f in todo),
-    )
-    outcome = publish_phase_sync(bus, event, ctx, phase="before_download", node_id=node_id)
+    handlers = ", ".join(s.name for s in bus.subscribers(BeforeDownload))
+    on_status(f"in BeforeDownload handlers [{handlers}]")
+    outcome = publish_before_download(bus, ctx, model_id=config.model_id, node_id=node_id, mode=mode, source=uri,
+                                      destination=dest_path, files=tuple(f.key for f in wanted),
+                                      expected_bytes=sum(f.size for f in todo))
+    on_status("downloading")
     errors = tuple(ErrorInfo(type=type(e).__name__, message=str(e), phase="before_download", node_id=node_id)
                    for e in outcome.errors)
     new_mode = _mode(ctx, is_local)  # read after the publish: handlers may change it
@@ -158,7 +162,7 @@ def node_download(
             shared.finish(0)  # failed or cancelled: the peers take this node's share from the source
         raise
     if shared is not None:
-        shared.finish(config.download.stall_timeout_s)
+        shared.finish(Bounds.of(config).stall_s)  # peers still reading its pieces get one stall bound
     peer = (shared.stats.peer_bytes if shared is not None else 0) + (held.held_bytes if held is not None else 0)
     if (shared is not None and shared.owners) or held is not None:
         log.info("shared download", origin_bytes=result.bytes - peer, peer_bytes=peer,
@@ -222,7 +226,7 @@ def _join(exchange: Any, node_id: str, todo: list[RemoteFile], config: NodeInitC
     guess = provisional(units, nodes)
     claimed = [u for u, owner in guess.items() if owner == node_id]
     try:
-        joining = exchange.join.remote(node_id, units, max(1.0, config.download.stall_timeout_s), claimed)
+        joining = exchange.join.remote(node_id, units, Bounds.of(config).join_s, claimed)
     except ray.exceptions.RayError as exc:
         _log.warning("no exchange: fetching every range from the source", node_id=node_id, error=describe(exc))
         return None

@@ -11,8 +11,10 @@ from typing import Any, Protocol
 
 import anyio
 import anyio.to_thread
+import msgspec
 import structlog
 
+from .._bounds import CANCEL_DRAIN_S, PROGRESS_EVERY_S, STOP_S, THREAD_JOIN_S, Bounds
 from .._config import NodeInitConfig
 from .._ctx import CallbackCtx
 from .._errors import DownloadError, NodeInitError, PhaseError, describe, first_error
@@ -20,18 +22,20 @@ from .._events import NodeReport
 from .._logging import configure_logging
 from .._wiring import node_bus
 from ..download import Progress
-from ._exchange import close_exchange, start_exchange
 from ._node import Decision, node_download
 from ._share import sharing
 
 _log = structlog.get_logger("node_init.remote")
 
-#: Seconds between progress items streamed from a node (and between its checks for a stop request).
-PROGRESS_EVERY_S = 0.25
 #: Ray internal KV namespace of the stop requests the replica leaves for node tasks.
 STOP_NAMESPACE = "node_init_stop"
-#: Seconds a node task has to end by itself once asked to stop (its download thread gets 30).
-STOP_BOUND_S = 45.0
+
+
+class NodeStatus(msgspec.Struct, frozen=True, kw_only=True):
+    """What a node task is doing now, streamed when it changes (the replica's timeout names it)."""
+
+    node_id: str
+    doing: str
 
 
 def _stop_requested(key: str) -> bool:
@@ -44,36 +48,52 @@ def _stop_requested(key: str) -> bool:
 
 
 def node_task(config: NodeInitConfig, snapshot: dict[str, Any], local_node_id: str,
-              exchange: Any = None, nodes: list[str] | None = None, stop_key: str = "") -> Iterator[Any]:
-    """Body of the per-node Ray task: yields ``(done, total)`` progress tuples, then a NodeReport.
+              exchange: Any = None, nodes: list[str] | None = None, stop_key: str = "",
+              deadline: float | None = None) -> Iterator[Any]:
+    """Body of the per-node Ray task: yields its :class:`Decision`, :class:`NodeStatus` and
+    ``(done, total)`` progress items, then a NodeReport.
 
     ``exchange``: the init's share exchange (``download.share``), or ``None``; ``nodes``: the
     init's nodes; ``stop_key``: the replica asks this task to stop by setting this key in Ray's
-    internal KV (the task then stops its download and ends without a report).
+    internal KV (the task then stops its download and ends without a report); ``deadline``: the
+    init's deadline (``time.time()``): past it the task stops by itself and raises a
+    ``PhaseError`` naming what it was doing, so it ends even when its replica is gone.
     """
     import ray
 
     configure_logging()
     node_id = ray.get_runtime_context().get_node_id()
     structlog.contextvars.bind_contextvars(node_id=node_id, model_id=config.model_id, phase="download")
+    if stop_key and _stop_requested(stop_key):
+        return  # the init ended before this task started
     bus = node_bus(config, node_id)  # CallbackLoadError names this node
     ctx = CallbackCtx.from_snapshot(config, snapshot)
     progress, cancel = Progress(), threading.Event()
     box: dict[str, Any] = {}
     decisions: list[Any] = []
+    doing = ["listing"]
 
     def work() -> None:
         try:
             box["report"] = node_download(config, ctx, bus, node_id=node_id, is_local=node_id == local_node_id,
                                           progress=progress, cancel=cancel, on_decision=decisions.append,
-                                          exchange=exchange, nodes=nodes)
+                                          exchange=exchange, nodes=nodes, on_status=lambda s: doing.__setitem__(0, s))
         except BaseException as exc:
             box["error"] = exc
+
+    def stop() -> bool:
+        """Stop the download; whether its thread ended (one stuck in a handler's C call cannot be
+        interrupted: it is left to end by itself or with this worker process)."""
+        cancel.set()  # the download removes its temp files and returns at its next chunk
+        worker.join(THREAD_JOIN_S)
+        if worker.is_alive():
+            _log.warning("the download thread did not stop; leaving it", node_id=node_id, doing=doing[0])
+        return not worker.is_alive()
 
     worker = threading.Thread(target=work, name="node-init-download", daemon=True)
     worker.start()
     try:
-        last = (-1, -1)
+        last, told, expired = (-1, -1), "", ""
         sent_decision = False
         check_at = time.monotonic() + PROGRESS_EVERY_S
         while worker.is_alive():
@@ -82,21 +102,30 @@ def node_task(config: NodeInitConfig, snapshot: dict[str, Any], local_node_id: s
             if not sent_decision and decisions:
                 sent_decision = True
                 yield decisions[0]
+            if doing[0] != told:
+                told = doing[0]
+                yield NodeStatus(node_id=node_id, doing=told)
             now = (progress.done, progress.total)
             if now != last and progress.total:
                 last = now
                 yield now
+            if deadline is not None and time.time() >= deadline and worker.is_alive():
+                expired = doing[0]
+                break
             if stop_key and time.monotonic() >= check_at:
                 check_at = time.monotonic() + PROGRESS_EVERY_S
                 if _stop_requested(stop_key):
-                    cancel.set()  # the download removes its temp files and returns
-                    worker.join(30)
+                    stop()
                     return
     except BaseException:
         # ray.cancel() lands here (KeyboardInterrupt): stop the download, let it remove its temp files.
-        cancel.set()
-        worker.join(30)
+        stop()
         raise
+    if expired:
+        stop()
+        raise PhaseError(f"the init's deadline passed on node {node_id} while {expired}",
+                         phase="before_download" if expired.startswith("in BeforeDownload") else "download",
+                         node_id=node_id, cause=f"InitTimeout: {expired}")
     if "error" in box:
         raise box["error"]
     if not sent_decision and decisions:
@@ -115,6 +144,8 @@ class NodeObserver(Protocol):
 
     async def on_report(self, report: NodeReport) -> None: ...
 
+    async def on_status(self, status: NodeStatus) -> None: ...
+
 
 async def run_on_nodes(
     config: NodeInitConfig,
@@ -124,6 +155,7 @@ async def run_on_nodes(
     observer: NodeObserver,
     *,
     exchange: Any = None,
+    deadline: float | None = None,
 ) -> list[NodeReport]:
     """Run :func:`node_task` pinned to each node, concurrently; cancel all if one fails.
 
@@ -136,9 +168,11 @@ async def run_on_nodes(
         ctx: The replica's context (each node task gets a snapshot).
         nodes: The placement group's distinct nodes, the replica's own included.
         local_node_id: The replica's node.
-        observer: Receives each node's decision, progress and report.
-        exchange: This init's exchange, started early (:func:`start_exchange`, while placement
-            ran); used if this init shares. This function always closes it before it returns.
+        observer: Receives each node's decision, status, progress and report.
+        exchange: This init's exchange (:func:`open_exchange`, opened while placement ran): used
+            if this init shares. The caller owns it (opens and closes it).
+        deadline: The init's deadline (``time.time()``), told to each node task, which stops by
+            itself past it.
 
     Raises:
         NodeInitError: the first node's typed error (``DownloadError``,
@@ -152,15 +186,14 @@ async def run_on_nodes(
     snapshot = ctx.snapshot()
     stops = f"{uuid.uuid4().hex}/"  # this init's stop requests, one key per node
     reports: dict[str, NodeReport] = {}
-    bound = config.download.node_bound_s
+    bounds = Bounds.of(config)
+    bound = bounds.node_s
     if not sharing(config, nodes):
-        close_exchange(exchange)
         exchange = None
-    elif exchange is None:
-        exchange = start_exchange(config.download.part_size_mb, bound + 60)
     if exchange is not None:
         exchange.expect.remote(nodes)
     deaths: list[NodeInitError] = []
+    lingering: set[str] = set()  # tasks that had not ended when their stop's bound did: they keep the key
 
     async def one(node_id: str) -> None:
         options: dict[str, Any] = {
@@ -170,7 +203,7 @@ async def run_on_nodes(
         if ctx.runtime_env:
             options["runtime_env"] = ctx.runtime_env
         gen: Any = remote.options(**options).remote(config, snapshot, local_node_id, exchange, nodes,
-                                                            stops + node_id)
+                                                    stops + node_id, deadline)
         finished = False
         try:
             with anyio.fail_after(bound):
@@ -181,6 +214,8 @@ async def run_on_nodes(
                         await observer.on_report(item)
                     elif isinstance(item, Decision):
                         await observer.on_decision(item)
+                    elif isinstance(item, NodeStatus):
+                        await observer.on_status(item)
                     else:
                         await observer.on_progress(node_id, item[0], item[1])
             finished = True
@@ -200,8 +235,8 @@ async def run_on_nodes(
             except ray.exceptions.RayError as gone:  # no exchange: the others already read from the source
                 _log.info("exchange unreachable", node_id=node_id, error=describe(gone))
         finally:
-            if not finished:
-                await _cancel(gen, stops + node_id)
+            if not finished and not await _cancel(gen, stops + node_id):
+                lingering.add(node_id)
 
     try:
         async with anyio.create_task_group() as tg:
@@ -210,11 +245,11 @@ async def run_on_nodes(
     except BaseExceptionGroup as group:
         raise first_error(group) from None
     finally:
-        close_exchange(exchange)
         with contextlib.suppress(Exception):
             from ray.experimental import internal_kv
 
-            internal_kv._internal_kv_del(stops, del_by_prefix=True, namespace=STOP_NAMESPACE)
+            for node_id in set(nodes) - lingering:
+                internal_kv._internal_kv_del(stops + node_id, namespace=STOP_NAMESPACE)
     if deaths:
         raise deaths[0]
     return [reports[n] for n in nodes]
@@ -230,13 +265,15 @@ def _unwrap(exc: Any, node_id: str, config: NodeInitConfig) -> NodeInitError:
     return DownloadError(f"node task failed: {exc}", node_id=node_id, source=config.model_source or "")
 
 
-async def _cancel(gen: Any, stop_key: str) -> None:
+async def _cancel(gen: Any, stop_key: str) -> bool:
     """Stop a node's task and wait (bounded) until it has, so none is left behind.
 
     The task is asked first (``stop_key`` in Ray's internal KV; it checks between progress
-    items): ``ray.cancel`` on a streaming task that is just being pushed to its worker can
-    crash the caller's core worker (Ray 2.60: "Tried to complete task that was not pending").
-    Only a task that does not end by itself within :data:`STOP_BOUND_S` is cancelled.
+    items) and ends within :data:`~node_init._bounds.STOP_S`: ``ray.cancel`` on a streaming task
+    that is just being pushed to its worker can crash the caller's core worker (Ray 2.60: "Tried
+    to complete task that was not pending"). Only a task that has not ended by then is cancelled,
+    and its end awaited for :data:`~node_init._bounds.CANCEL_DRAIN_S`; a task that has not even
+    started sees the key (or its deadline) when it does. Whether the task has ended.
     """
     import ray
     from ray.experimental import internal_kv
@@ -247,18 +284,19 @@ async def _cancel(gen: Any, stop_key: str) -> None:
                 await ref
         return not scope.cancelled_caught
 
-    with anyio.CancelScope(shield=True):
+    with anyio.CancelScope(shield=True), anyio.move_on_after(STOP_S + CANCEL_DRAIN_S):
         try:
             await anyio.to_thread.run_sync(
                 lambda: internal_kv._internal_kv_put(stop_key, b"1", overwrite=True, namespace=STOP_NAMESPACE))
         except Exception as exc:
             _log.debug("cannot ask the node task to stop", error=describe(exc))
         else:
-            if await drain(STOP_BOUND_S):
-                return
+            if await drain(STOP_S):
+                return True
         try:
             ray.cancel(gen)
         except Exception as exc:  # already finished, or the node is gone
             _log.debug("cancel failed", error=describe(exc))
-            return
-        await drain(30)
+            return True
+        return await drain(CANCEL_DRAIN_S)
+    return False

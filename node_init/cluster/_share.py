@@ -18,6 +18,7 @@ file whole), so every byte still goes through one ``Downloader`` and one cache.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Iterator
@@ -26,9 +27,19 @@ from typing import Any
 import attrs
 import structlog
 
+from .._bounds import Bounds
 from .._config import DownloadConfig, NodeInitConfig
 from ..download import RemoteFile, Source, local_path
-from ._exchange import MIN_SHARED_BYTES, Unit, piece_bytes, piece_size, pieces_of
+from ._exchange import (
+    MIN_SHARED_BYTES,
+    InitExchange,
+    Unit,
+    close_exchange,
+    piece_bytes,
+    piece_size,
+    pieces_of,
+    start_exchange,
+)
 
 _log = structlog.get_logger("node_init.share")
 
@@ -68,6 +79,18 @@ def share_enabled(config: NodeInitConfig) -> bool:
 def sharing(config: NodeInitConfig, nodes: list[str]) -> bool:
     """Whether an init on ``nodes`` runs an exchange (``download.share``, two or more nodes)."""
     return len(nodes) >= 2 and share_enabled(config)
+
+
+@contextlib.contextmanager
+def open_exchange(config: NodeInitConfig, *, wanted: bool) -> Iterator[InitExchange | None]:
+    """The one place an init's exchange lives: opened on the cluster's hub if ``wanted`` (else
+    ``None``), closed when the block ends, however it ends."""
+    exchange = start_exchange(config.download.part_size_mb, Bounds.of(config).exchange_idle_s) if wanted else None
+    try:
+        yield exchange
+    finally:
+        with contextlib.suppress(Exception):  # the hub is gone: it dropped the state with it
+            close_exchange(exchange)
 
 
 @attrs.define
@@ -125,8 +148,9 @@ class SharedSource:
         self._part = cfg.part_size_mb * 1024 * 1024
         self._piece = piece_size(self._part)
         self._limit = cfg.share_memory_mb * 1024 * 1024
-        self._wait_s = max(1.0, cfg.stall_timeout_s / 3)  # an owner silent this long counts as hung
-        self._join_s = max(1.0, cfg.stall_timeout_s) + 30  # the exchange's own bound, plus its start
+        self._bounds = bounds = Bounds.of_download(cfg)
+        self._wait_s = bounds.silence_s  # an owner silent this long counts as hung
+        self._join_s = bounds.rpc(bounds.join_s)  # the exchange's own bound, plus its start
         self._tees: dict[Unit, _Tee] = {}  # own ranges being read: the piece not yet offered
         self._taken_upto: dict[Unit, int] = {}  # peers' ranges: pieces taken so far
         self._released: set[Unit] = set()  # peers' ranges read from the source instead
@@ -174,7 +198,7 @@ class SharedSource:
             return
         try:
             answers = ray.get(self.exchange.offer_all.remote(self.node_id, mine, self._limit, self._wait_s),
-                              timeout=len(mine) * self._wait_s + 30)
+                              timeout=self._bounds.rpc(len(mine) * self._wait_s))
         except (ray.exceptions.RayError, TimeoutError) as exc:  # the exchange is gone: peers use the source
             _log.info("cannot offer to peers", node_id=self.node_id, error=type(exc).__name__)
             self._stopped.update(u for u, _, _, _ in mine)
@@ -296,7 +320,7 @@ class SharedSource:
             return False
         try:
             answer = ray.get(self.exchange.offer.remote(self.node_id, unit, index, [ref], nbytes, self._limit,
-                                                        self._wait_s), timeout=self._wait_s + 30)
+                                                        self._wait_s), timeout=self._bounds.rpc(self._wait_s))
         except (ray.exceptions.RayError, TimeoutError) as exc:  # the exchange is gone: peers use the source
             _log.info("cannot offer to peers", node_id=self.node_id, file=unit[0], error=type(exc).__name__)
             return False
@@ -325,17 +349,17 @@ class SharedSource:
         """
         import ray
 
-        end = time.monotonic() + 2 * self._wait_s
+        end = time.monotonic() + self._bounds.peer_wait_s
 
         def remaining() -> float:  # a retry still gives the new owner half a wait
-            return max(end - time.monotonic(), self._wait_s / 2)
+            return max(end - time.monotonic(), self._bounds.retry_s)
 
         data: object = None
         for _ in range(3):  # a piece whose object was lost: taken over here, or taken again from its new owner
             left = remaining()
             try:
                 box = ray.get(self.exchange.take.remote(self.node_id, unit, index, self._wait_s, left),
-                              timeout=left + 30)
+                              timeout=self._bounds.rpc(left))
             except (ray.exceptions.RayError, TimeoutError) as exc:  # the exchange is gone
                 _log.info("peer's range unavailable", node_id=self.node_id, file=unit[0], error=type(exc).__name__)
                 return None
@@ -355,7 +379,8 @@ class SharedSource:
                     self._tell("release", self.node_id, unit)
                     return None
                 try:
-                    answer = ray.get(self.exchange.lost.remote(self.node_id, unit, index, box), timeout=30)
+                    answer = ray.get(self.exchange.lost.remote(self.node_id, unit, index, box),
+                                     timeout=self._bounds.rpc(0))
                 except (ray.exceptions.RayError, TimeoutError):
                     answer = None
                 if answer == "own":
@@ -377,9 +402,9 @@ class SharedSource:
             self._settler.join(self._join_s)
         self._closed = True
         try:
-            ray.get(self.exchange.finished.remote(self.node_id), timeout=30)
+            ray.get(self.exchange.finished.remote(self.node_id), timeout=self._bounds.rpc(0))
             if self.stats.offered and timeout > 0 and \
-                    not ray.get(self.exchange.drained.remote(self.node_id, timeout), timeout=timeout + 30):
+                    not ray.get(self.exchange.drained.remote(self.node_id, timeout), timeout=self._bounds.rpc(timeout)):
                 _log.warning("peers did not take every offered range in time", node_id=self.node_id)
         except (ray.exceptions.RayError, TimeoutError) as exc:  # the init is over (its exchange is gone)
             _log.info("exchange gone before this node finished", node_id=self.node_id, error=type(exc).__name__)

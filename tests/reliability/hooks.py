@@ -6,10 +6,10 @@ import os
 import time
 
 from eventbus import HandlerSet
-from node_init import AfterInit, BeforeDownload, BeforeEngineInit, BeforeInit, CallbackCtx
+from node_init import EVENTS, BeforeDownload, CallbackCtx
 
-PHASE_EVENTS = {"before_init": BeforeInit, "before_download": BeforeDownload,
-                "before_engine_init": BeforeEngineInit, "after_init": AfterInit}
+#: The event of each phase that has one a handler can veto (the registry says which).
+PHASE_EVENTS = {str(spec.phase): cls for cls, spec in EVENTS.items() if spec.vetoable or spec.hook}
 
 
 def _raiser(phase: str) -> HandlerSet:
@@ -64,3 +64,29 @@ def fail_holding_the_secret(event: BeforeDownload, ctx: CallbackCtx) -> None:
 
     secret = reveal(ctx.llm_config.download.s3.secret_access_key)  # a frame local a traceback could show
     raise RuntimeError(f"injected failure on {event.node_id} ({len(secret or '')} characters held)")
+
+
+def _stuck(phase: str, kind: str) -> HandlerSet:
+    """A handler that never returns: ``sync`` on the publishing thread (on a node, one C call nothing
+    can interrupt), ``async`` awaiting forever, ``thread`` a C call in a worker thread."""
+    import anyio
+
+    hs = HandlerSet()
+    if kind == "async":
+        async def stuck(event: object, ctx: CallbackCtx) -> None:
+            await anyio.sleep_forever()
+
+        hs.add(PHASE_EVENTS[phase], stuck)
+    else:
+        def stuck(event: object, ctx: CallbackCtx) -> None:  # type: ignore[misc]
+            time.sleep(3600)
+
+        hs.add(PHASE_EVENTS[phase], stuck, to_thread=kind == "thread")
+    stuck.__qualname__ = f"stuck_{kind}_{phase}"
+    return hs
+
+
+stuck_sync_before_download = _stuck("before_download", "sync")
+stuck_async_before_download = _stuck("before_download", "async")
+stuck_thread_before_download = _stuck("before_download", "thread")
+

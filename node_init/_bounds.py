@@ -1,0 +1,122 @@
+"""Every wait of an init, derived in one place from the config (:class:`Bounds`).
+
+The relations the README states hold for every config the parser accepts, and a property
+test checks them: a wait on a peer is two thirds of the stall bound at most, so the source
+still has a third of it to send a range's first bytes; a node task ends within
+:attr:`Bounds.stop_s` of being asked; an init fails within ``init_timeout_s`` plus
+:attr:`Bounds.slack_s`.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, ClassVar
+
+import attrs
+
+if TYPE_CHECKING:
+    from ._config import DownloadConfig, NodeInitConfig
+
+#: The smallest ``download.stall_timeout_s`` accepted: a third of it bounds a peer's silence, and
+#: below a third of a second a healthy peer's Ray call reads as a hung one.
+MIN_STALL_S = 1.0
+#: A Ray call's own latency on top of the wait it carries (actor queue, worker start, object transfer).
+RPC_SLACK_S = 30.0
+#: A node task's outer bound past its own (lock wait, download): catches a node that never answers.
+NODE_SLACK_S = 60.0
+#: Seconds the event loop gets to honour the watchdog's cancellation before its thread is interrupted.
+GRACE_S = 5.0
+#: Seconds between progress items a node streams (and between its checks for a stop request).
+PROGRESS_EVERY_S = 0.25
+#: Seconds a stopping node task gives its download thread to remove its temp files before it
+#: returns without it (a thread stuck in a handler's C call cannot be interrupted: it is left
+#: to finish or to die with its worker process).
+THREAD_JOIN_S = 3.0
+#: Seconds a node task asked to stop has before the replica cancels it: its thread's join, two
+#: polls of the stop key, and a second for the KV write and the stream's end to cross.
+STOP_S = THREAD_JOIN_S + 2 * PROGRESS_EVERY_S + 1.0
+#: Seconds to wait for a cancelled node task's stream to end (then it is left to Ray).
+CANCEL_DRAIN_S = 2.0
+#: Bound on everything a failed init undoes (engine shutdown, placement group, InitFailed publish).
+TEARDOWN_S = 10.0
+
+
+@attrs.frozen
+class Bounds:
+    """The waits of one init, each named, from the config's few settings.
+
+    Attributes:
+        init_s: ``init_timeout_s``: the whole init.
+        stall_s: ``download.stall_timeout_s``: no byte at all for this long fails a download.
+        download_s: ``download.timeout_s``: one node's download.
+        lock_s: ``download.lock_timeout_s``: a second process's wait for the node's downloader.
+    """
+
+    #: The smallest ``download.stall_timeout_s`` a config may set.
+    MIN_STALL_S: ClassVar[float] = MIN_STALL_S
+
+    init_s: float = 3600.0
+    stall_s: float = 60.0
+    download_s: float = 600.0
+    lock_s: float = 900.0
+
+    @classmethod
+    def of(cls, config: NodeInitConfig) -> Bounds:
+        """The bounds of an init."""
+        return cls.of_download(config.download, init_s=config.init_timeout_s)
+
+    @classmethod
+    def of_download(cls, cfg: DownloadConfig, *, init_s: float = 3600.0) -> Bounds:
+        """The bounds of a download (``init_s``: the init around it, if known)."""
+        return cls(init_s=init_s, stall_s=cfg.stall_timeout_s, download_s=cfg.timeout_s, lock_s=cfg.lock_timeout_s)
+
+    @property
+    def silence_s(self) -> float:
+        """An owner that offers nothing for this long, and has not finished, counts as hung."""
+        return self.stall_s / 3
+
+    @property
+    def peer_wait_s(self) -> float:
+        """A node's wait for one piece of a peer's range, all told (two silences, two thirds of
+        the stall bound): however often the range changes hands, the source keeps a third."""
+        return 2 * self.silence_s
+
+    @property
+    def retry_s(self) -> float:
+        """The least a new owner gets after a lost piece (half a silence): Ray's get of a hung
+        owner's object was seen to return seconds late, so a retry is never given nothing."""
+        return self.silence_s / 2
+
+    @property
+    def join_s(self) -> float:
+        """The exchange's wait for every node of the init to join before it assigns."""
+        return self.stall_s
+
+    @property
+    def holders_s(self) -> float:
+        """All the holders of one range, tried in turn (two thirds of the stall bound)."""
+        return 2 * self.stall_s / 3
+
+    @property
+    def node_s(self) -> float:
+        """Outer bound on one node's task: its own bounds (lock wait, download) plus slack."""
+        return self.download_s + self.lock_s + NODE_SLACK_S
+
+    @property
+    def exchange_idle_s(self) -> float:
+        """The hub drops an init's exchange unused this long (its replica died)."""
+        return self.node_s + NODE_SLACK_S
+
+    @property
+    def stop_s(self) -> float:
+        """A node task asked to stop (or past its deadline) has ended within this."""
+        return STOP_S
+
+    @property
+    def slack_s(self) -> float:
+        """An init fails within ``init_s`` plus this: the node tasks' stop, a cancelled task's
+        drain, and the teardown of what the init started (each its own bound)."""
+        return STOP_S + CANCEL_DRAIN_S + TEARDOWN_S
+
+    def rpc(self, wait_s: float) -> float:
+        """The bound on a Ray call that itself waits ``wait_s``."""
+        return wait_s + RPC_SLACK_S
