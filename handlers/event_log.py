@@ -55,16 +55,9 @@ def log_event(event: Event, ctx: object) -> None:
     _write(_encoder.encode(line) + b"\n")
 
 
-_TYPES: dict[str, type[Event]] = {
-    cls.__name__: cls
-    for cls in (node_init.BeforeInit, node_init.BeforeDownload, node_init.DownloadProgress,
-                node_init.BeforeEngineInit, node_init.AfterInit, node_init.InitFailed)
-}
-
-
 def read_events(path: str | os.PathLike[str], types: dict[str, type[Event]] | None = None) -> Iterator[Any]:
     """Typed events back from an event-log file (unknown types come back as dicts)."""
-    known = {**_TYPES, **(types or {})}
+    known = {**{cls.__name__: cls for cls in node_init.EVENTS}, **(types or {})}  # the registry, as it is now
     for raw in Path(path).read_bytes().splitlines():
         if not raw.strip():
             continue

@@ -9,16 +9,20 @@ imports them). Inside ``node_init``, the flow reads top to bottom:
   :func:`initialize_node`, the flow itself (with its overlap policy);
 - ``node_init.download``: sources and the downloader that fills a node's cache (no Ray);
 - ``node_init.cluster``: the placement group and the Ray task on each of its nodes;
-- ``node_init.engine``: vLLM's boot and the weight hand-off; ``node_init.ray_serve``
-  (imported on demand) plugs all of it into ``ray.serve.llm``.
+- ``node_init.engine``: vLLM's boot and the weight hand-off;
+- ``node_init.ray_serve`` (imported on demand): plugs the flow into ``ray.serve.llm``. No
+  subpackage imports the flow; only it and the CLI, above the flow, do.
 
 Start with :func:`initialize_node` and :func:`load_config`; subscribe to the
-events (``BeforeInit``, ``BeforeDownload``, ``DownloadProgress``,
-``BeforeEngineInit``, ``AfterInit``, ``InitFailed``) with an
-``eventbus.HandlerSet`` or write a class-style :class:`RayServeLLMCallback`.
-``node_init.ray_serve`` (imported on demand) plugs into ``ray.serve.llm``.
+events (:data:`EVENTS`, each declared once with its phase, where it is published and
+its class-style hook: ``BeforeInit``, ``BeforeDownload``, ``DownloadProgress``,
+``BeforeEngineInit``, ``AfterInit``, ``InitFailed``) with an ``eventbus.HandlerSet``
+or write a class-style :class:`RayServeLLMCallback`. Every wait of an init is
+derived in one place from its config (:class:`Bounds`). ``node_init.ray_serve``
+(imported on demand, a consumer of the flow above it) plugs into ``ray.serve.llm``.
 """
 
+from ._bounds import Bounds as Bounds
 from ._callback import RayServeLLMCallback as RayServeLLMCallback
 from ._callback import get_or_create_callback as get_or_create_callback
 from ._config import DownloadConfig as DownloadConfig
@@ -37,14 +41,18 @@ from ._errors import DownloadError as DownloadError
 from ._errors import EngineError as EngineError
 from ._errors import NodeInitError as NodeInitError
 from ._errors import PhaseError as PhaseError
+from ._events import EVENTS as EVENTS
 from ._events import AfterInit as AfterInit
 from ._events import BeforeDownload as BeforeDownload
 from ._events import BeforeEngineInit as BeforeEngineInit
 from ._events import BeforeInit as BeforeInit
 from ._events import DownloadProgress as DownloadProgress
 from ._events import ErrorInfo as ErrorInfo
+from ._events import EventSpec as EventSpec
 from ._events import InitFailed as InitFailed
 from ._events import NodeReport as NodeReport
+from ._events import Phase as Phase
+from ._events import registered as registered
 from ._init import InitResult as InitResult
 from ._init import initialize_node as initialize_node
 from ._loader import load_handler_set as load_handler_set
@@ -54,10 +62,12 @@ from ._modes import DownloadMode as DownloadMode
 from ._wiring import wire as wire
 
 __all__ = [
+    "EVENTS",
     "AfterInit",
     "BeforeDownload",
     "BeforeEngineInit",
     "BeforeInit",
+    "Bounds",
     "CallbackCtx",
     "CallbackLoadError",
     "ConfigError",
@@ -68,11 +78,13 @@ __all__ = [
     "EngineConfig",
     "EngineError",
     "ErrorInfo",
+    "EventSpec",
     "InitFailed",
     "InitResult",
     "NodeInitConfig",
     "NodeInitError",
     "NodeReport",
+    "Phase",
     "PhaseError",
     "PlacementConfig",
     "RayServeLLMCallback",
@@ -85,6 +97,7 @@ __all__ = [
     "load_handler_set",
     "load_object",
     "parse_config",
+    "registered",
     "reveal",
     "wire",
 ]

@@ -13,7 +13,7 @@ from eventbus import HandlerSet
 from ._config import NodeInitConfig
 from ._ctx import CallbackCtx
 from ._errors import CallbackLoadError, describe
-from ._events import AfterInit, BeforeDownload, BeforeInit
+from ._events import HOOKS
 from ._loader import load_callback_class
 
 
@@ -37,7 +37,6 @@ class RayServeLLMCallback(Protocol):
         """Called in the replica when everything is up."""
 
 
-_HOOKS = (("on_before_init", BeforeInit), ("on_before_download", BeforeDownload), ("on_after_init", AfterInit))
 _instances: dict[tuple[str, bytes], Any] = {}
 _lock = threading.Lock()
 
@@ -74,7 +73,7 @@ def callback_handlers(callback: Any, *, timeout: float | None = None) -> Handler
     cannot time anything out).
     """
     handlers = HandlerSet()
-    for hook_name, event_type in _HOOKS:
+    for hook_name, event_type in HOOKS.items():
         hook = getattr(callback, hook_name, None)
         if hook is None:
             continue

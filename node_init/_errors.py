@@ -78,6 +78,8 @@ class DownloadError(PhaseError):
     Attributes:
         source: The model source URI.
         file: The file (relative key) that failed, if one did.
+        resumable: Whether what was written may be kept for the next attempt to resume from
+            (``False`` after a checksum mismatch or a failed write: the partial files go).
     """
 
     def __init__(
@@ -88,10 +90,13 @@ class DownloadError(PhaseError):
         source: str = "",
         file: str | None = None,
         cause: str = "",
+        resumable: bool = True,
     ) -> None:
         self.source = source
         self.file = file
-        detail = f"{message} (source {source}" + (f", file {file})" if file else ")")
+        self.resumable = resumable
+        shown = file if file is None or file.isprintable() else repr(file)[1:-1]  # a NUL or newline, escaped
+        detail = f"{message} (source {source}" + (f", file {shown})" if file else ")")
         super().__init__(detail, phase="download", node_id=node_id, cause=cause)
 
 

@@ -1,14 +1,75 @@
-"""The typed events of node initialization (msgspec structs; all encode to JSON)."""
+"""The typed events of node initialization (msgspec structs; all encode to JSON), and their registry.
+
+Every event is declared once, with :func:`registered`: its phase (the phase a failing handler's
+error names), where it is published, whether a veto skips anything, and the class-style hook it
+maps to. The package exports, the class-style callbacks, the Serve build check, the event log's
+reader and the tests read :data:`EVENTS`; adding an event is its declaration and its publish call.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import enum
+from collections.abc import Callable
+from typing import Any, Literal, TypeVar
 
+import attrs
 import msgspec
 
 from eventbus import Event
 
 from ._modes import DownloadMode
+
+E = TypeVar("E", bound=type[Event])
+
+
+class Phase(enum.StrEnum):
+    """The phases of an init, in order (an error, ``InitFailed`` and the logs name one)."""
+
+    BEFORE_INIT = "before_init"
+    PLACEMENT = "placement"
+    BEFORE_DOWNLOAD = "before_download"
+    DOWNLOAD = "download"
+    BEFORE_ENGINE_INIT = "before_engine_init"
+    ENGINE = "engine"
+    AFTER_INIT = "after_init"
+
+
+@attrs.frozen
+class EventSpec:
+    """One registered event.
+
+    Attributes:
+        event: The event class.
+        phase: The phase it belongs to (a handler's failure is that phase's ``PhaseError``).
+        where: ``replica`` or ``node`` (published in each node's own process).
+        vetoable: Whether a ``False`` skips a default action (else it is only logged).
+        hook: The class-style :class:`~node_init.RayServeLLMCallback` hook it calls, if any.
+    """
+
+    event: type[Event]
+    phase: Phase
+    where: Literal["replica", "node"] = "replica"
+    vetoable: bool = False
+    hook: str | None = None
+
+
+#: Every node-init event, in the order an init publishes them (filled by :func:`registered`).
+EVENTS: dict[type[Event], EventSpec] = {}
+#: The class-style hooks, by name, and the event each is called on.
+HOOKS: dict[str, type[Event]] = {}
+
+
+def registered(phase: Phase, *, where: Literal["replica", "node"] = "replica", vetoable: bool = False,
+               hook: str | None = None) -> Callable[[E], E]:
+    """Declare an event class in :data:`EVENTS` (a class decorator)."""
+
+    def add(cls: E) -> E:
+        EVENTS[cls] = EventSpec(cls, phase, where, vetoable, hook)
+        if hook is not None:
+            HOOKS[hook] = cls
+        return cls
+
+    return add
 
 
 class ErrorInfo(msgspec.Struct, frozen=True, kw_only=True):
@@ -50,12 +111,14 @@ class NodeReport(msgspec.Struct, frozen=True, kw_only=True):
     errors: tuple[ErrorInfo, ...] = ()
 
 
+@registered(Phase.BEFORE_INIT, vetoable=True, hook="on_before_init")
 class BeforeInit(Event, frozen=True, kw_only=True):
     """Published first, in the replica. A veto skips our placement group and every download."""
 
     model_id: str
 
 
+@registered(Phase.BEFORE_DOWNLOAD, where="node", vetoable=True, hook="on_before_download")
 class BeforeDownload(Event, frozen=True, kw_only=True):
     """Published on each node of the placement group, in that node's process.
 
@@ -72,6 +135,7 @@ class BeforeDownload(Event, frozen=True, kw_only=True):
     expected_bytes: int = 0
 
 
+@registered(Phase.DOWNLOAD)
 class DownloadProgress(Event, frozen=True, kw_only=True):
     """Bytes fetched so far by one node (re-published in the replica)."""
 
@@ -80,6 +144,7 @@ class DownloadProgress(Event, frozen=True, kw_only=True):
     bytes_total: int
 
 
+@registered(Phase.BEFORE_ENGINE_INIT, vetoable=True)
 class BeforeEngineInit(Event, frozen=True, kw_only=True):
     """Published in the replica before the engine boots. A veto starts no engine."""
 
@@ -88,6 +153,7 @@ class BeforeEngineInit(Event, frozen=True, kw_only=True):
     engine_kwargs: dict[str, Any] = {}
 
 
+@registered(Phase.AFTER_INIT, hook="on_after_init")
 class AfterInit(Event, frozen=True, kw_only=True):
     """Published in the replica when everything is up. A ``False`` is only logged."""
 
@@ -97,6 +163,7 @@ class AfterInit(Event, frozen=True, kw_only=True):
     reports: tuple[NodeReport, ...] = ()
 
 
+@registered(Phase.AFTER_INIT)
 class InitFailed(Event, frozen=True, kw_only=True):
     """Published in the replica when a phase failed, before the error is raised."""
 

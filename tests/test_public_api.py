@@ -95,6 +95,8 @@ def test_no_module_imports_another_packages_private_modules() -> None:
         for node in ast.walk(ast.parse(path.read_text())):
             names = ([node.module or ""] if isinstance(node, ast.ImportFrom)
                      else [a.name for a in node.names] if isinstance(node, ast.Import) else [])
+            if isinstance(node, ast.ImportFrom):  # ``from node_init.engine import _warm`` too
+                names += [f"{node.module}.{a.name}" for a in node.names]
             for name in names:
                 parts = name.split(".")
                 if parts[0] in PACKAGES and any(p.startswith("_") for p in parts[1:]):
@@ -102,10 +104,59 @@ def test_no_module_imports_another_packages_private_modules() -> None:
     assert offenders == []
 
 
-def test_the_serve_import_path_users_name_is_the_engine_packages_code() -> None:
+def test_no_subpackage_imports_the_flow() -> None:
+    """The flow (``node_init._init``) is imported only above it: the package root, Serve, the CLI."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent / "node_init"
+    offenders = []
+    for path in root.glob("*/**/*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[-1] == "_init":
+                offenders.append(str(path.relative_to(root)))
+    assert offenders == []
+
+
+def test_every_event_is_registered_and_exported() -> None:
+    """An event class the package exports is in the registry, and every registered one is exported."""
+    import node_init
+    from eventbus import Event
+
+    exported = [getattr(node_init, n) for n in node_init.__all__]
+    events = {v for v in exported if isinstance(v, type) and issubclass(v, Event)}
+    assert events == set(node_init.EVENTS)
+    for cls, spec in node_init.EVENTS.items():
+        assert spec.event is cls and spec.phase in set(node_init.Phase)
+
+
+def test_a_registered_event_reaches_the_log_reader_and_the_hooks(tmp_path: object) -> None:
+    """One declaration is all an event needs: the event log reads it back by its name."""
+    import msgspec
+
+    import node_init
+    from eventbus import Event
+    from handlers.event_log import read_events
+
+    @node_init.registered(node_init.Phase.DOWNLOAD)
+    class Throwaway(Event, frozen=True, kw_only=True):
+        n: int
+
+    try:
+        from pathlib import Path
+
+        path = Path(str(tmp_path)) / "events.jsonl"
+        line = {"ts": 0.0, "type": "Throwaway", "pid": 1, "event": {"n": 3}}
+        path.write_bytes(msgspec.json.encode(line) + b"\n")
+        got = list(read_events(path))
+        assert got == [Throwaway(n=3)]
+    finally:
+        node_init.EVENTS.pop(Throwaway)
+
+
+def test_the_serve_import_path_users_name_is_above_the_flow() -> None:
     pytest.importorskip("ray.serve.llm")
-    import node_init.engine.ray_serve as impl
     import node_init.ray_serve as public
 
-    assert public.EventBusCallback is impl.EventBusCallback
-    assert public.OverlappedLLMServer is impl.OverlappedLLMServer
+    assert public.EventBusCallback.__module__ == "node_init._serve_callback"
+    assert public.OverlappedLLMServer.__module__ == "node_init._serve_server"

@@ -32,7 +32,6 @@ import shutil
 import threading
 import time
 import uuid
-import zlib
 from pathlib import Path
 
 import msgspec
@@ -61,7 +60,7 @@ class BlobEntry(msgspec.Struct, frozen=True):
         digest: A content hash taken while it was written: ``md5:<hex>`` where the source states
             an MD5 (a single-part ETag, then checked), else ``xxh3/<part size>:<hash of the
             ranges' XXH3-64 sums>`` (computed per range as bytes arrive, in parallel, no second
-            read). Caches written before used ``crc32/...`` (CRC32 per range): still verified.
+            read).
         mtime_ns: The blob's modification time once complete (a change means it was touched).
         ino: The blob's inode (a different inode means it was replaced).
     """
@@ -81,7 +80,7 @@ class PartState(msgspec.Struct):
     etag: str
     size: int
     part_size: int
-    # The range checksum of ``sums``: a state without it (older releases: CRC32) is not resumed.
+    # The range checksum of ``sums`` (:data:`RANGE_SUM`): a state of another kind is not resumed.
     sum_kind: str
     done: list[int] = []
     sums: dict[str, int] = {}  # range start -> checksum of that range (for the content digest)
@@ -120,9 +119,9 @@ def single_part_md5(etag: str) -> str | None:
 RANGE_SUM = "xxh3"
 
 
-def range_sum(block: bytes | memoryview, kind: str = RANGE_SUM) -> int:
-    """One range's checksum (``kind``: ``xxh3`` or ``crc32``)."""
-    return xxhash.xxh3_64_intdigest(block) if kind == "xxh3" else zlib.crc32(block)
+def range_sum(block: bytes | memoryview) -> int:
+    """One range's checksum (:data:`RANGE_SUM`)."""
+    return xxhash.xxh3_64_intdigest(block)
 
 
 def range_hasher() -> xxhash.xxh3_64:
@@ -130,27 +129,29 @@ def range_hasher() -> xxhash.xxh3_64:
     return xxhash.xxh3_64()
 
 
-def ranges_digest(part_size: int, sums: list[int], kind: str = RANGE_SUM) -> str:
+def ranges_digest(part_size: int, sums: list[int]) -> str:
     """The content digest of a file from its ranges' checksums, in order."""
-    width = 16 if kind == "xxh3" else 8
-    listed = ",".join(f"{c:0{width}x}" for c in sums).encode()
-    return f"{kind}/{part_size}:{hashlib.sha256(listed).hexdigest()[:32]}"
+    listed = ",".join(f"{c:016x}" for c in sums).encode()
+    return f"{RANGE_SUM}/{part_size}:{hashlib.sha256(listed).hexdigest()[:32]}"
 
 
 def file_digest(path: Path, like: str) -> str:
-    """``path``'s content digest, of the same kind as ``like`` (re-reads every byte)."""
+    """``path``'s content digest, of the same kind as ``like`` (re-reads every byte); ``""`` for a kind
+    this release does not record (the blob then counts as unverified and is fetched again)."""
     with open(path, "rb") as f:
         if like.startswith("md5:"):
             md5 = hashlib.md5(usedforsecurity=False)
             while chunk := f.read(8 << 20):
                 md5.update(chunk)
             return f"md5:{md5.hexdigest()}"
-        kind, rest = like.split("/", 1)
+        kind, rest = like.split("/", 1) if "/" in like else ("", "")
+        if kind != RANGE_SUM:
+            return ""
         part = int(rest.split(":", 1)[0])
         sums = []
         while block := f.read(part):
-            sums.append(range_sum(block, kind))
-        return ranges_digest(part, sums or [range_sum(b"", kind)], kind)
+            sums.append(range_sum(block))
+        return ranges_digest(part, sums or [range_sum(b"")])
 
 
 def _listing_id(files: list[RemoteFile], source_uri: str) -> str:
@@ -296,20 +297,12 @@ class ModelCache:
             if path.name.split(".", 1)[0] not in wanted or path.suffix != ".state":
                 with contextlib.suppress(OSError):
                     shutil.rmtree(path) if path.is_dir() else path.unlink()
-        self._adopt_legacy_dir()
-
-    def _adopt_legacy_dir(self) -> None:
-        """A model directory of the earlier flat layout is replaced by the link (its files refetched)."""
-        if self.dest.is_symlink() or not self.dest.exists():
-            return
-        if not self.dest.is_dir() or not (self.dest / ".node-init-manifest.json").exists():
+        if self.dest.exists() and not self.dest.is_symlink():  # the link's place holds something else
             if self.dest.is_dir() and not any(self.dest.iterdir()):
                 self.dest.rmdir()
-                return
-            raise FileExistsError(f"{self.dest} exists and is not a node-init cache: remove it or pick another path")
-        trash = self.store / f"legacy-{uuid.uuid4().hex[:8]}"
-        os.replace(self.dest, trash)
-        shutil.rmtree(trash, ignore_errors=True)
+            else:
+                raise FileExistsError(f"{self.dest} exists and is not a node-init cache: remove it or pick another "
+                                      "path")
 
     # -- snapshots ---------------------------------------------------------------------------
 

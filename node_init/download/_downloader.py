@@ -37,8 +37,6 @@ _log = structlog.get_logger("node_init.download")
 
 #: How often a change at the source restarts the download from a fresh listing before it fails.
 MAX_RESTARTS = 3
-# Errors (by id, while they propagate) whose partial files cannot be kept for resuming.
-_bad_bytes: set[int] = set()
 
 
 class DownloadResult(msgspec.Struct, frozen=True, kw_only=True):
@@ -167,11 +165,8 @@ class Downloader:
     def _error(self, message: str, *, file: str | None = None, cause: BaseException | None = None,
                bad_bytes: bool = False) -> DownloadError:
         """A DownloadError; ``bad_bytes``: what was written cannot be kept (partial files go)."""
-        error = DownloadError(message, node_id=self.node_id, source=self.source.uri, file=file,
-                              cause=describe(cause) if cause else "")
-        if bad_bytes:
-            _bad_bytes.add(id(error))
-        return error
+        return DownloadError(message, node_id=self.node_id, source=self.source.uri, file=file,
+                             cause=describe(cause) if cause else "", resumable=not bad_bytes)
 
     def _stopped(self) -> bool:
         return self.cancel.is_set() or self._abort.is_set()
@@ -215,6 +210,13 @@ class Downloader:
     def _locked_run(self, files: list[RemoteFile], relist: Callable[[], list[RemoteFile]] | None,
                     start: float) -> DownloadResult:
         cache = ModelCache(self.dest, self.source.uri)
+        try:  # the journal's descriptor is closed however the run ends
+            return self._fill(cache, files, relist, start)
+        finally:
+            cache.close()
+
+    def _fill(self, cache: ModelCache, files: list[RemoteFile], relist: Callable[[], list[RemoteFile]] | None,
+              start: float) -> DownloadResult:
         try:
             cache.prepare(keep=files)
             cache.collect(keep=files)
@@ -248,8 +250,6 @@ class Downloader:
                 cache.collect(keep=files, orphans=True)  # blobs of the listings that changed
         except OSError as exc:
             raise self._error(f"cannot build the snapshot: {describe(exc)}", cause=exc) from exc
-        finally:
-            cache.close()
         seconds = time.monotonic() - start
         if self.progress.total >= 8 * 1024 * 1024 and seconds > 0:
             record_rate(self.dest.parent, self.source.uri, self.progress.total / 1e6 / seconds)
@@ -295,9 +295,8 @@ class Downloader:
             self._abort.set()
             for state in states:
                 state.close()  # after this no write lands, even from an abandoned read
-            discard = (isinstance(exc, SourceChanged) or id(exc) in _bad_bytes
+            discard = (isinstance(exc, SourceChanged) or (isinstance(exc, DownloadError) and not exc.resumable)
                        or not isinstance(exc, Exception))
-            _bad_bytes.discard(id(exc))
             for state in states:
                 if not state.committed and (discard or not state.resumable):
                     cache.drop_part(state.file)

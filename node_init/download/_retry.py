@@ -14,25 +14,42 @@ from .._errors import describe
 
 _log = structlog.get_logger("node_init.download")
 T = TypeVar("T")
-_FINAL_STATUS = re.compile(r"status code: 4(00|01|03|04|05|11|16)\b")
+#: Statuses another try gets the same answer for: bad request, unauthorized, refused, missing,
+#: method, length required, range not satisfiable. 408 and 429 (and 5xx) are worth a retry.
+FINAL_STATUS = frozenset({400, 401, 403, 404, 405, 411, 416})
+_STATUS = re.compile(r"status code: (\d{3})\b")
 
 
 class Transient(Exception):
     """A read error worth retrying that the client did not type (a short or long read)."""
 
 
+def http_status(exc: BaseException) -> int | None:
+    """The HTTP status of a client's error. obstore's exceptions carry none as a field, only in
+    their message: it is read here, once, and nowhere else."""
+    match = _STATUS.search(str(exc))
+    return int(match.group(1)) if match else None
+
+
+def is_final(exc: BaseException) -> bool:
+    """Missing, refused, unauthorized, a bad path, a changed version: another try gets the same answer."""
+    from obstore import exceptions as store
+
+    return isinstance(exc, store.NotFoundError | store.PermissionDeniedError | store.UnauthenticatedError
+                      | store.InvalidPathError | store.PreconditionError | store.NotSupportedError
+                      | NotImplementedError | PermissionError | FileNotFoundError) or http_status(exc) in FINAL_STATUS
+
+
 def is_transient(exc: BaseException) -> bool:
     """5xx, throttling, resets, timeouts and short reads: yes; missing, refused, unauthorized: no."""
+    from obstore import exceptions as store
+
     if isinstance(exc, Transient | ConnectionError | TimeoutError):
         return True
-    name = type(exc).__name__
-    if name in ("NotFoundError", "PermissionDeniedError", "UnauthenticatedError", "InvalidPathError",
-                "PreconditionError", "NotSupportedError", "NotImplementedError"):
+    if is_final(exc):
         return False
-    if _FINAL_STATUS.search(str(exc)):
-        return False  # refused, unauthorized or missing: another try gets the same answer
-    # obstore's GenericError covers 5xx, throttling and dropped connections.
-    return name == "GenericError" or type(exc).__module__.startswith("obstore")
+    # obstore's GenericError (and its other errors) cover 5xx, throttling and dropped connections.
+    return isinstance(exc, store.BaseError)
 
 
 def backoff(attempt: int) -> float:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import os
 import posixpath
-import re
 import stat
 from collections.abc import Iterator
 from datetime import timedelta
@@ -23,7 +22,7 @@ import msgspec
 
 from .._config import DownloadConfig, S3Config, reveal
 from .._errors import DownloadError, describe
-from ._retry import with_retries
+from ._retry import http_status, with_retries
 
 
 class RemoteFile(msgspec.Struct, frozen=True):
@@ -82,6 +81,12 @@ class Source(Protocol):
         ...
 
 
+#: The longest file name (one path component, in bytes) and key the cache holds (Linux's limits, less
+#: room for the cache's own prefix).
+NAME_MAX = 255
+PATH_MAX = 3072
+
+
 def check_key(key: str) -> str:
     """Return ``key`` if it stays inside a destination directory, else raise :class:`UnsafeKeyError`."""
     if not key or key.startswith(("/", "\\")) or "\\" in key or "\x00" in key or ":" in key.split("/")[0]:
@@ -89,6 +94,11 @@ def check_key(key: str) -> str:
     parts = key.split("/")
     if any(p in ("", ".", "..") for p in parts) or posixpath.normpath(key) != key:
         raise UnsafeKeyError(f"refused key {key!r}: it would escape the destination")
+    # Refused at listing time, before a byte is fetched: the cache could not hold the name.
+    longest = max(len(p.encode("utf-8", "surrogateescape")) for p in parts)
+    if longest > NAME_MAX or len(key.encode("utf-8", "surrogateescape")) > PATH_MAX:
+        raise UnsafeKeyError(f"refused key {key[:60]!r}...: a name of {longest} bytes (at most {NAME_MAX} per "
+                             f"component, {PATH_MAX} in all) cannot be held in the cache")
     return key
 
 
@@ -249,7 +259,9 @@ class S3Source:
         """A 401/403 re-raised naming the identity that signed it (never a secret)."""
         if isinstance(exc, PermissionError):
             return exc
-        if type(exc).__name__ in ("PermissionDeniedError", "UnauthenticatedError") or _DENIED.search(str(exc)):
+        from obstore.exceptions import PermissionDeniedError, UnauthenticatedError
+
+        if isinstance(exc, PermissionDeniedError | UnauthenticatedError) or http_status(exc) in (401, 403):
             return PermissionError(f"access denied to {self.uri} for {self.identity}: {describe(exc)}")
         return exc
 
@@ -387,7 +399,6 @@ def s3_credentials(cfg: S3Config) -> tuple[dict[str, object], str]:
             f"access key id {found.access_key} (from boto3: {method})")
 
 
-_DENIED = re.compile(r"status code: 40[13]\b")
 
 
 def open_source(uri: str, cfg: S3Config, *, request_timeout_s: float, read_timeout_s: float | None = None,
@@ -430,9 +441,13 @@ def source_errors(uri: str, *, node_id: str | None = None) -> Iterator[None]:
     except UnsafeKeyError as exc:
         raise DownloadError(str(exc), node_id=node_id, source=uri, cause=describe(exc)) from exc
     except Exception as exc:
-        if type(exc).__name__ == "InvalidPathError":  # obstore refuses '..' segments itself
-            raise DownloadError(f"refused an object key that would escape the destination: {exc}",
-                                node_id=node_id, source=uri, cause=describe(exc)) from exc
+        from obstore.exceptions import InvalidPathError
+
+        if isinstance(exc, InvalidPathError):  # obstore refuses '..' segments and control characters itself
+            # Its message is a multi-line debug dump holding the raw key: keep its first line, escaped.
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise DownloadError(f"refused an object key that cannot name a file here: {first!r}",
+                                node_id=node_id, source=uri, cause=f"{type(exc).__name__}: {first!r}") from exc
         if isinstance(exc, FileNotFoundError | ValueError):
             raise DownloadError(str(exc), node_id=node_id, source=uri, cause=describe(exc)) from exc
         raise DownloadError(f"cannot list the model: {describe(exc)}", node_id=node_id, source=uri,

@@ -8,8 +8,7 @@
 - :func:`start_import` starts importing vLLM when node init starts (nothing it does waits on a
   hook), and :func:`warm_model_info` fills the model-info cache a fresh node lacks, so the boot
   skips vLLM's inspection subprocess.
-- :mod:`node_init.engine.ray_serve` plugs both into ``ray.serve.llm`` (its public
-  import path is ``node_init.ray_serve``); it imports Ray Serve LLM, so only where installed.
+- ``node_init.ray_serve`` (above the flow, not here) plugs both into ``ray.serve.llm``.
 
 The vLLM internals used here, and the versions they were tested with, are listed
 in ``docs/vllm-internals.md``.
@@ -21,7 +20,9 @@ from ._vllm import VLLMEngine as VLLMEngine
 from ._vllm import boot_engine as boot_engine
 from ._vllm import build_async_llm as build_async_llm
 from ._vllm import engine_args as engine_args
+from ._warm import import_started as import_started
 from ._warm import model_architectures as model_architectures
+from ._warm import prepare_vllm as prepare_vllm
 from ._warm import start_import as start_import
 from ._warm import warm_model_info as warm_model_info
 from ._worker import NodeInitWorkerExtension as NodeInitWorkerExtension
@@ -34,7 +35,9 @@ __all__ = [
     "boot_engine",
     "build_async_llm",
     "engine_args",
+    "import_started",
     "model_architectures",
+    "prepare_vllm",
     "start_import",
     "warm_model_info",
 ]

@@ -126,6 +126,11 @@ def warm_model_info(model_path: str) -> list[str]:
     return done
 
 
+def import_started() -> bool:
+    """Whether this process has started importing vLLM (:func:`start_import`)."""
+    return _import is not None
+
+
 async def prepare_vllm(model_path: str) -> None:
     """Wait for the import (starting it if nobody did), then warm the model-info cache for ``model_path``.
 

@@ -30,7 +30,6 @@ from node_init.download import (
     ModelCache,
     RemoteFile,
     S3Source,
-    file_digest,
     hold_snapshot,
     list_source,
 )
@@ -186,17 +185,6 @@ def test_a_change_in_any_range_of_a_large_file_is_seen_by_verify_full(tmp_path: 
         assert digest(path) == digest(src)
 
 
-def test_digests_recorded_by_older_releases_still_verify(tmp_path: Path) -> None:
-    # A cache journaled before range sums became XXH3 records CRC32 digests: `verify: full` must
-    # still recompute them. The digest below was recorded by that release for these bytes.
-    path = tmp_path / "w.bin"
-    path.write_bytes(bytes(range(256)) * 10241)
-    old = "crc32/1048576:bc93850392de66db2c149748d98e3b89"
-    assert file_digest(path, old) == old
-    path.write_bytes(bytes(range(256)) * 10240 + bytes(255) + b"\x01")  # one byte differs
-    assert file_digest(path, old) != old
-
-
 def _partial(dest: Path, uri: str, f: RemoteFile, data: bytes, state: dict[str, object]) -> None:
     """Leave ``f`` as an interrupted download left it: its partial blob and its state file."""
     cache = ModelCache(dest, uri)
@@ -206,7 +194,7 @@ def _partial(dest: Path, uri: str, f: RemoteFile, data: bytes, state: dict[str, 
     cache.close()
 
 
-def test_a_partial_file_recorded_by_an_older_release_is_fetched_whole(tmp_path: Path) -> None:
+def test_a_partial_file_whose_state_does_not_decode_is_fetched_whole(tmp_path: Path) -> None:
     data = os.urandom(3 * MB + 7)
     src = write(tmp_path / "src", {"w.safetensors": data})
     source, files = list_source(str(src), cfg())
@@ -218,7 +206,7 @@ def test_a_partial_file_recorded_by_an_older_release_is_fetched_whole(tmp_path: 
                                                   "sum_kind": "xxh3", "done": [0, MB], "sums": sums})
     result = Downloader(source, dest, cfg()).run(files)
     assert result.bytes == f.size - 2 * MB and digest(dest) == digest(src)
-    # A state without a range-sum kind (CRC32 era) is not trusted: its ranges, wrong here, are redone.
+    # A state that does not decode (no range-sum kind) is not trusted: its ranges, wrong here, are redone.
     dest = tmp_path / "old" / "m"
     crcs = {str(lo): zlib.crc32(bytes(MB)) for lo in (0, MB)}
     _partial(dest, source.uri, f, bytes(2 * MB), {"etag": f.etag, "size": f.size, "part_size": MB,

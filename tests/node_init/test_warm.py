@@ -87,14 +87,14 @@ def test_the_import_starts_before_the_first_hook(tmp_path: Path) -> None:
 import anyio, json
 from eventbus import EventBus
 from node_init import BeforeEngineInit, BeforeInit, initialize_node, parse_config
-from node_init.engine import _warm
+from node_init.engine import import_started
 
 seen = {{}}
 bus = EventBus()
 
 @bus.on(BeforeInit)
 def before_init(event, ctx):
-    seen["import_started"] = _warm._import is not None
+    seen["import_started"] = import_started()
     return False  # no placement, no download: straight to the engine
 
 @bus.on(BeforeEngineInit)

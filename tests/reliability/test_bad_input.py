@@ -66,7 +66,7 @@ def test_wrong_typed_download_sections_name_the_field(tmp_path: Path, section: d
     try:
         load_config(path)
     except ConfigError as exc:
-        assert exc.field is None or exc.field.startswith("download")
+        assert exc.field is not None and exc.field.startswith("download"), exc
 
 
 @FAST

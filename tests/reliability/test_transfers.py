@@ -162,3 +162,57 @@ def test_environment_credentials_win_over_the_config(model: str, s3_server: S3Se
     finally:
         proxy.stop()
     assert os.environ["AWS_ACCESS_KEY_ID"] == "AKIDFROMENV"
+
+
+def _open_under(root: Path) -> list[str]:
+    """This process's open descriptors on files under ``root``."""
+    out = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith(str(root)):
+            out.append(target)
+    return out
+
+
+@pytest.mark.parametrize("fault", [
+    Fault(kind="status", status=403, match="model.safetensors", count=100),
+    Fault(kind="stall", match="model.safetensors", after_bytes=MB, seconds=30, count=100),
+    Fault(kind="truncate", match="model.safetensors", after_bytes=MB, count=100),
+], ids=["refused", "stalled", "truncated"])
+def test_no_descriptor_under_the_cache_outlives_a_failed_download(model: str, s3_server: S3Server, tmp_path: Path,
+                                                                  fault: Fault) -> None:
+    proxy = FaultProxy(s3_server.endpoint).start()
+    try:
+        proxy.add(Fault(**{f: getattr(fault, f) for f in fault.__struct_fields__}))
+        config = cfg(proxy.endpoint, stall_timeout_s=1, retries=0, part_size_mb=4)
+        source, files = list_source(model, config)
+        with pytest.raises(DownloadError):
+            Downloader(source, tmp_path / "m", config).run(files)
+        assert _open_under(tmp_path) == []
+    finally:
+        proxy.stop()
+
+
+@pytest.mark.parametrize("key", ["a" * 1000 + ".bin", "deep/" + "b" * 300 + "/x.bin", "nul\x00byte.bin"],
+                         ids=["1000-character name", "300-character folder", "NUL"])
+def test_a_name_the_cache_cannot_hold_is_refused_before_a_byte_is_fetched(s3_server: S3Server, tmp_path: Path,
+                                                                          key: str) -> None:
+    prefix = f"names-{abs(hash(key)) % 10**8}"
+    s3_server.client().put_object(Bucket="models", Key=f"{prefix}/config.json", Body=b"{}")
+    s3_server.client().put_object(Bucket="models", Key=f"{prefix}/{key}", Body=b"x" * MB)
+    proxy = FaultProxy(s3_server.endpoint).start()
+    try:
+        config = cfg(proxy.endpoint)
+        with pytest.raises(DownloadError) as info:
+            source, files = list_source(f"s3://models/{prefix}", config)
+            Downloader(source, tmp_path / "m", config).run(files)
+        message = str(info.value)
+        assert message.isprintable(), message  # a NUL or newline in a key is shown escaped
+        assert "refused" in message
+        assert proxy.bytes_sent < MB // 2  # the listing, not the object
+        assert not any(p.is_file() and p.stat().st_size >= MB for p in tmp_path.rglob("*"))
+    finally:
+        proxy.stop()

@@ -1,0 +1,120 @@
+"""Our settings inside a Ray ``LLMConfig``: read them, and check them where Serve builds the application.
+
+Both Serve paths (the stock callback and our server class) carry our settings in
+``LLMConfig.callback_config.callback_kwargs`` (any :class:`~node_init.NodeInitConfig` field but
+``model_id``, which comes from the ``LLMConfig``). This module imports ``ray.serve``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import structlog
+from ray.serve.exceptions import RayServeException
+
+from ._config import NodeInitConfig, parse_config
+from ._errors import CallbackLoadError, ConfigError
+from ._events import HOOKS
+from ._loader import load_callback_class, load_handler_set
+
+_log = structlog.get_logger("node_init.ray_serve")
+#: The import path of our stock-path callback, as configs name it.
+CALLBACK_CLASS = "node_init.ray_serve:EventBusCallback"
+
+
+def node_init_config(llm_config: Any, kwargs: dict[str, Any]) -> NodeInitConfig:
+    """Our config from a Ray ``LLMConfig`` and the ``callback_kwargs`` that carry our settings.
+
+    Raises:
+        ConfigError: naming the field of ``callback_kwargs`` that is wrong.
+    """
+    data: dict[str, Any] = {"placement": None, **kwargs, "model_id": llm_config.model_id}
+    source = llm_config.model_loading_config.model_source
+    if isinstance(source, str) and "model_source" not in kwargs:
+        data["model_source"] = source
+    engine = dict(data.get("engine") or {})
+    engine.setdefault("kind", "vllm")
+    engine["kwargs"] = {**dict(llm_config.engine_kwargs), **dict(engine.get("kwargs") or {})}
+    data["engine"] = engine
+    return parse_config(data, file="LLMConfig.callback_config.callback_kwargs")
+
+
+_HOOKS = tuple(HOOKS)
+_FILE = "LLMConfig.callback_config.callback_kwargs"
+
+
+class ServeConfigError(ConfigError, RayServeException):
+    """A :class:`~node_init.ConfigError` found where Serve builds the application.
+
+    Also a ``RayServeException``: Serve then fails the build at once (``DEPLOY_FAILED`` with
+    this message), where any other exception is retried three times in fresh workers first.
+    """
+
+
+def validate_llm_config(llm_config: Any) -> NodeInitConfig | None:
+    """Check our settings in an ``LLMConfig`` where the application is built, before any replica.
+
+    Returns our config, or ``None`` when the ``LLMConfig`` does not use our callback. An import
+    path that does not import here is an error unless the runtime env of this process (the
+    application's) ships a ``working_dir`` or ``py_modules`` it may come from: then it is checked
+    where it lands, as before.
+
+    Raises:
+        ServeConfigError: naming the field of ``callback_kwargs`` (or ``callback``) that is wrong.
+    """
+    try:
+        return _validate(llm_config)
+    except ConfigError as exc:
+        raise ServeConfigError(exc.reason, file=exc.file, field=exc.field) from None
+
+
+def _validate(llm_config: Any) -> NodeInitConfig | None:
+    callback_class = llm_config.callback_config.callback_class
+    name = callback_class if isinstance(callback_class, str) else getattr(callback_class, "__qualname__", "")
+    if not str(name).endswith("EventBusCallback"):  # ours by path, or the class (or a subclass named so)
+        return None
+    config = node_init_config(llm_config, dict(llm_config.callback_config.callback_kwargs))
+    shipped = _runtime_env_ships_code()
+    paths = [("callback", config.callback)] + [(f"handlers[{i}]", p) for i, p in enumerate(config.handlers)]
+    for field, path in paths:
+        if path is None:
+            continue
+        try:
+            obj = (load_callback_class(path, config.callback_kwargs) if field == "callback"
+                   else load_handler_set(path))
+        except CallbackLoadError as exc:
+            if shipped and isinstance(exc.__cause__, ModuleNotFoundError):
+                _log.info("import path not importable here; checked where the runtime_env lands", path=path)
+                continue
+            raise ConfigError(str(exc), file=_FILE, field=field) from None
+        if field == "callback" and not any(callable(getattr(obj, hook, None)) for hook in _HOOKS):
+            raise ConfigError(f"{path} implements none of {', '.join(_HOOKS)} (Ray's own hooks such as "
+                              "on_before_node_init are not ours): it would never be called", file=_FILE,
+                              field="callback")
+    return config
+
+
+def _runtime_env_ships_code() -> bool:
+    import ray
+
+    if not ray.is_initialized():
+        return False
+    env = ray.get_runtime_context().runtime_env or {}
+    return bool(env.get("working_dir") or env.get("py_modules"))
+
+
+def build_openai_app(builder_config: dict[str, Any]) -> Any:
+    """Ray's ``build_openai_app``, with our settings checked first (a mistake fails the build).
+
+    Name it as the application's ``import_path`` (``node_init.ray_serve:build_openai_app``): a wrong
+    field, value or import path then fails when Serve builds the application (``DEPLOY_FAILED``,
+    the field named), not three replica starts later.
+    """
+    from ray.llm._internal.serve.core.ingress.builder import LLMServingArgs
+    from ray.serve.llm import build_openai_app as ray_build_openai_app
+
+    for llm_config in LLMServingArgs.model_validate(builder_config).llm_configs:
+        validate_llm_config(llm_config)
+    return ray_build_openai_app(builder_config)
+
+
