@@ -27,6 +27,8 @@ from ._callback import RayServeLLMCallback as RayServeLLMCallback
 from ._callback import get_or_create_callback as get_or_create_callback
 from ._config import DownloadConfig as DownloadConfig
 from ._config import EngineConfig as EngineConfig
+from ._config import ExtraFiles as ExtraFiles
+from ._config import MirrorConfig as MirrorConfig
 from ._config import NodeInitConfig as NodeInitConfig
 from ._config import PlacementConfig as PlacementConfig
 from ._config import S3Config as S3Config
@@ -51,7 +53,6 @@ from ._events import ErrorInfo as ErrorInfo
 from ._events import EventSpec as EventSpec
 from ._events import InitFailed as InitFailed
 from ._events import NodeReport as NodeReport
-from ._events import Phase as Phase
 from ._events import registered as registered
 from ._init import InitResult as InitResult
 from ._init import initialize_node as initialize_node
@@ -59,6 +60,7 @@ from ._loader import load_handler_set as load_handler_set
 from ._loader import load_object as load_object
 from ._logging import configure_logging as configure_logging
 from ._modes import DownloadMode as DownloadMode
+from ._phases import Phase as Phase
 from ._wiring import wire as wire
 
 __all__ = [
@@ -78,9 +80,11 @@ __all__ = [
     "EngineConfig",
     "EngineError",
     "ErrorInfo",
+    "ExtraFiles",
     "EventSpec",
     "InitFailed",
     "InitResult",
+    "MirrorConfig",
     "NodeInitConfig",
     "NodeInitError",
     "NodeReport",

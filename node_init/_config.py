@@ -124,17 +124,40 @@ class EngineConfig(_Strict, kw_only=True, forbid_unknown_fields=True, frozen=Tru
     kwargs: dict[str, Any] = {}
 
 
+class ExtraFiles(_Strict, kw_only=True, forbid_unknown_fields=True, frozen=True):
+    """Files fetched on every node besides the model (Ray's ``CloudMirrorConfig.extra_files``).
+
+    Attributes:
+        bucket_uri: A source prefix (any scheme a model source takes); every file under it is fetched.
+        destination_path: Where they land on each node (``~`` and ``$VARS`` expanded there); it
+            becomes a link to a verified snapshot, like the model's directory.
+    """
+
+    bucket_uri: str
+    destination_path: str
+
+
+class MirrorConfig(_Strict, kw_only=True, forbid_unknown_fields=True, frozen=True):
+    """Ray's ``CloudMirrorConfig`` form of ``model_source``: ``{bucket_uri, extra_files}``."""
+
+    bucket_uri: str | None = None
+    extra_files: list[ExtraFiles] = []
+
+
 class NodeInitConfig(_Strict, kw_only=True, forbid_unknown_fields=True, frozen=True):
     """Everything node initialization needs; see the README for an example file.
 
     Attributes:
         model_id: The model's name (also the engine's served name).
-        model_source: ``s3://bucket/prefix``, a local directory or ``file://`` URI,
+        model_source: ``s3://bucket/prefix``, a local directory or ``file://`` URI, Ray's
+            ``CloudMirrorConfig`` mapping (``{bucket_uri, extra_files}``: it sets this and ``extra_files``),
             or ``hf://org/name`` (a Hugging Face cache, offline); ``None`` means
             the engine loads ``model_id`` itself and nothing is downloaded.
         callback: Import path of a class-style callback (``pkg.mod:Class``).
         callback_kwargs: Keyword arguments for the callback class.
         callback_timeout_s: Bound on each class-style hook (runs it in a thread).
+        extra_files: Files fetched on every node besides the model (after it, each into its own
+            destination), as Ray's ``CloudMirrorConfig.extra_files``.
         handlers: Import paths of ``HandlerSet``s.
         handler_options: Settings for handlers, by handler module name
             (``{disk_guard: {margin_mb: 512}}``); handlers read ``ctx.llm_config.handler_options``.
@@ -146,6 +169,7 @@ class NodeInitConfig(_Strict, kw_only=True, forbid_unknown_fields=True, frozen=T
 
     model_id: str
     model_source: str | None = None
+    extra_files: list[ExtraFiles] = []
     init_timeout_s: float = 3600.0
     callback: str | None = None
     callback_kwargs: dict[str, Any] = {}
@@ -212,6 +236,10 @@ def _validate(c: NodeInitConfig) -> None:
     _validate_model_id(c.model_id)
     if c.model_source is not None:
         _validate_source(c.model_source)
+    for i, extra in enumerate(c.extra_files):
+        _validate_source(extra.bucket_uri, field=f"extra_files[{i}].bucket_uri")
+        if not extra.destination_path.strip():
+            raise ConfigError("must not be empty", field=f"extra_files[{i}].destination_path")
     if c.download.s3.endpoint_url is not None:
         _validate_endpoint(c.download.s3.endpoint_url)
     if not c.download.cache_dir.strip():
@@ -255,36 +283,13 @@ def _validate_model_id(model_id: str) -> None:
                           field="model_id")
 
 
-_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$")
-SOURCE_SCHEMES = ("s3://", "s3a://", "hf://", "file://")
+def _validate_source(uri: str, field: str = "model_source") -> None:
+    from .download import check_source  # the source registry: each kind checks its own URIs
 
-
-def _validate_source(uri: str) -> None:
-    field = "model_source"
-    if not uri.strip():
-        raise ConfigError("must not be empty (leave it out to let the engine load model_id itself)", field=field)
-    if "://" not in uri:
-        return  # a local path: checked on each node, where it must exist
-    scheme = uri.split("://", 1)[0] + "://"
-    if scheme not in SOURCE_SCHEMES:
-        raise ConfigError(f"unsupported scheme in {uri!r}; expected one of s3://, s3a://, hf://, file:// "
-                          "or a local path", field=field)
-    rest = uri[len(scheme):]
-    if scheme in ("s3://", "s3a://"):
-        bucket = rest.split("/", 1)[0]
-        if not bucket:
-            raise ConfigError(f"{uri!r} names no bucket (s3://bucket/prefix)", field=field)
-        if not _BUCKET.match(bucket):
-            raise ConfigError(f"{bucket!r} is not a valid S3 bucket name (3-63 characters: a-z, 0-9, '.', '-')",
-                              field=field)
-        if any(p in (".", "..") for p in rest.split("/")[1:]):
-            raise ConfigError(f"{uri!r}: '.' and '..' are not allowed in the prefix", field=field)
-    elif scheme == "hf://":
-        repo = rest.split("@", 1)[0]
-        if repo.count("/") > 1 or not all(repo.split("/")) or any(p in (".", "..") for p in repo.split("/")):
-            raise ConfigError(f"{uri!r}: expected hf://name or hf://org/name[@revision]", field=field)
-    elif not rest.startswith("/"):
-        raise ConfigError(f"{uri!r}: a file:// URI needs an absolute path (file:///models/x)", field=field)
+    try:
+        check_source(uri)
+    except ValueError as exc:
+        raise ConfigError(str(exc), field=field) from None
 
 
 def _validate_endpoint(url: str) -> None:
@@ -334,6 +339,23 @@ def _allowed_values(field: str | None) -> list[str]:
     return []
 
 
+def _mirror(data: Any) -> Any:
+    """Ray's ``CloudMirrorConfig`` form of ``model_source`` (a mapping, or Ray's object): its
+    ``bucket_uri`` becomes the source, its ``extra_files`` join ``extra_files``."""
+    source = data.get("model_source") if isinstance(data, dict) else None
+    if source is None or isinstance(source, str):
+        return data
+    if hasattr(source, "model_dump"):  # Ray's pydantic CloudMirrorConfig itself
+        source = source.model_dump()
+    try:
+        mirror = msgspec.convert(source, MirrorConfig, strict=False)
+    except msgspec.ValidationError as exc:
+        message, field = _field_of(str(exc))
+        raise ConfigError(message, field="model_source" + (f".{field}" if field else "")) from None
+    extra = [msgspec.to_builtins(e) for e in mirror.extra_files]
+    return {**data, "model_source": mirror.bucket_uri, "extra_files": [*extra, *(data.get("extra_files") or [])]}
+
+
 def parse_config(data: Any, *, file: str | None = None) -> NodeInitConfig:
     """Validate a mapping (e.g. ``callback_kwargs`` from a Ray ``LLMConfig``) into a config.
 
@@ -341,7 +363,7 @@ def parse_config(data: Any, *, file: str | None = None) -> NodeInitConfig:
         ConfigError: naming the field path (and the file, if given).
     """
     try:
-        return msgspec.convert(data, NodeInitConfig, strict=False)
+        return msgspec.convert(_mirror(data), NodeInitConfig, strict=False)
     except msgspec.ValidationError as exc:
         message, field = _field_of(str(exc))
         allowed = _allowed_values(field)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from ._phases import Phase
+
 
 class NodeInitError(Exception):
     """Base of every node-initialization error."""
@@ -97,14 +99,14 @@ class DownloadError(PhaseError):
         self.resumable = resumable
         shown = file if file is None or file.isprintable() else repr(file)[1:-1]  # a NUL or newline, escaped
         detail = f"{message} (source {source}" + (f", file {shown})" if file else ")")
-        super().__init__(detail, phase="download", node_id=node_id, cause=cause)
+        super().__init__(detail, phase=Phase.DOWNLOAD, node_id=node_id, cause=cause)
 
 
 class EngineError(PhaseError):
     """The engine failed to boot, to load its weights, or was left on dummy weights."""
 
     def __init__(self, message: str, *, node_id: str | None = None, cause: str = "") -> None:
-        super().__init__(message, phase="engine", node_id=node_id, cause=cause)
+        super().__init__(message, phase=Phase.ENGINE, node_id=node_id, cause=cause)
 
 
 _S3_CODE = re.compile(r"<Code>([^<]+)</Code>")

@@ -8,7 +8,6 @@ reader and the tests read :data:`EVENTS`; adding an event is its declaration and
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Callable
 from typing import Any, Literal, TypeVar
 
@@ -18,20 +17,9 @@ import msgspec
 from eventbus import Event
 
 from ._modes import DownloadMode
+from ._phases import Phase
 
 E = TypeVar("E", bound=type[Event])
-
-
-class Phase(enum.StrEnum):
-    """The phases of an init, in order (an error, ``InitFailed`` and the logs name one)."""
-
-    BEFORE_INIT = "before_init"
-    PLACEMENT = "placement"
-    BEFORE_DOWNLOAD = "before_download"
-    DOWNLOAD = "download"
-    BEFORE_ENGINE_INIT = "before_engine_init"
-    ENGINE = "engine"
-    AFTER_INIT = "after_init"
 
 
 @attrs.frozen
@@ -161,6 +149,8 @@ class AfterInit(Event, frozen=True, kw_only=True):
     model_path: str
     timings: dict[str, float] = {}
     reports: tuple[NodeReport, ...] = ()
+    #: Why node init downloaded nothing and left the model to the engine ("" when it downloaded it).
+    download_skipped: str = ""
 
 
 @registered(Phase.AFTER_INIT)

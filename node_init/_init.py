@@ -19,6 +19,7 @@ from ._ctx import CallbackCtx
 from ._errors import DownloadError, NodeInitError, PhaseError, describe, first_error
 from ._events import AfterInit, BeforeEngineInit, BeforeInit, DownloadProgress, NodeReport
 from ._modes import DownloadMode
+from ._phases import Phase
 from ._publish import publish_failure, publish_phase
 from ._watchdog import Watchdog
 from ._wiring import wire
@@ -91,7 +92,7 @@ class _Run:
         self.builder = builder
         self.bus = bus
         self.ctx = ctx
-        self._phase = "before_init"
+        self._phase = Phase.BEFORE_INIT
         self.timings: dict[str, float] = {}
         self.pg: Any = None
         self.owns_pg = False
@@ -104,11 +105,11 @@ class _Run:
         self.marks: dict[str, float] = {}
 
     @property
-    def phase(self) -> str:
+    def phase(self) -> Phase:
         return self._phase
 
     @phase.setter
-    def phase(self, value: str) -> None:
+    def phase(self, value: Phase) -> None:
         self._phase = value
         structlog.contextvars.bind_contextvars(phase=value)  # on every log line of this init
 
@@ -124,11 +125,11 @@ class _Run:
         finally:
             self.publishing.remove(event)
 
-    def timed_out_phase(self) -> str:
+    def timed_out_phase(self) -> Phase:
         """The phase a timeout names: a node still in its ``BeforeDownload`` handlers, else this run's."""
-        if self.phase in ("download", "engine", "before_engine_init") and any(
+        if self.phase in (Phase.DOWNLOAD, Phase.ENGINE, Phase.BEFORE_ENGINE_INIT) and any(
                 state.startswith("in BeforeDownload") for state in list(self.nodes.values())):
-            return "before_download"
+            return Phase.BEFORE_DOWNLOAD
         return self.phase
 
     def running(self) -> str:
@@ -215,18 +216,21 @@ async def _flow(run: _Run, start: float, log: Any) -> InitResult:
     run.timed("before_init", t)
     if outcome.vetoed:
         log.info("node init vetoed: no placement group, no downloads", vetoed_by=list(outcome.vetoed_by))
+    skipped = _download_skipped(config, outcome.vetoed)
+    if skipped:
+        log.info(f"download skipped: {skipped}", model_path=local_model_path(config))
     if outcome.vetoed or not config.model_source:
         model_path = local_model_path(config)
         if await _before_engine_init(run, model_path):
             await _boot(run, model_path, dummy=False)
     else:
         model_path = await _with_downloads(run, log)
-    run.phase = "after_init"
+    run.phase = Phase.AFTER_INIT
     run.timings["total"] = time.monotonic() - start
     t = time.monotonic()
     outcome = await run.publish(
         AfterInit(model_id=config.model_id, model_path=model_path, timings=dict(run.timings),
-                  reports=run.reports)
+                  reports=run.reports, download_skipped=skipped)
     )
     if outcome.vetoed:
         log.warning("AfterInit handlers returned False; there is nothing to skip",
@@ -246,13 +250,24 @@ async def _flow(run: _Run, start: float, log: Any) -> InitResult:
                       snapshot_hold=run.hold)
 
 
+def _download_skipped(config: NodeInitConfig, vetoed: bool) -> str:
+    """Why node init leaves the model to the engine, in words ("" when it downloads it)."""
+    if vetoed:
+        return "BeforeInit was vetoed: the engine loads the source itself"
+    if not config.model_source:
+        return f"no model_source: the engine loads {config.model_id!r} itself (from its own cache or the network)"
+    if config.streaming:
+        return f"load_format {config.load_format} streams the weights: the engine reads {config.model_source} itself"
+    return ""
+
+
 def _engine_kwargs(run: _Run) -> dict[str, Any]:
     return {**run.config.engine.kwargs, **run.ctx.extra_init_kwargs}
 
 
 async def _before_engine_init(run: _Run, model_path: str) -> bool:
     """Publish BeforeEngineInit; whether an engine should boot."""
-    run.phase = "before_engine_init"
+    run.phase = Phase.BEFORE_ENGINE_INIT
     t = time.monotonic()
     outcome = await run.publish(BeforeEngineInit(model_id=run.config.model_id, model_path=model_path,
                                                  engine_kwargs=_engine_kwargs(run)))
@@ -263,7 +278,7 @@ async def _before_engine_init(run: _Run, model_path: str) -> bool:
 async def _boot(run: _Run, model_path: str, *, dummy: bool) -> VLLMEngine:
     from .engine import boot_engine  # imports nothing heavy itself; vLLM loads in a thread
 
-    run.phase = "engine"
+    run.phase = Phase.ENGINE
     t = time.monotonic()
     with anyio.fail_after(run.config.engine.boot_timeout_s):
         engine = await boot_engine(run.config, model_path, _engine_kwargs(run), dummy=dummy, builder=run.builder)
@@ -299,7 +314,7 @@ class _Replica:
         if node_id == self.local:
             self.samples.append((time.monotonic(), done))
         await self.run.publish(DownloadProgress(node_id=node_id, bytes_done=done, bytes_total=total),
-                               phase="download")
+                               phase=Phase.DOWNLOAD)
 
     async def on_report(self, report: NodeReport) -> None:
         self.run.nodes[report.node_id] = "done"
@@ -318,7 +333,7 @@ async def _place(run: _Run) -> tuple[list[str], str]:
     """Placement: the group's distinct nodes, plus the replica's own (the engine loads there)."""
     import ray
 
-    run.phase = "placement"
+    run.phase = Phase.PLACEMENT
     t = time.monotonic()
     local = ray.get_runtime_context().get_node_id()
     run.pg, run.owns_pg = await resolve_placement_group(run.ctx, run.config)
@@ -340,7 +355,7 @@ async def _with_downloads(run: _Run, log: Any) -> str:
     # worker process), so it starts before placement and runs while placement does.
     with open_exchange(config, wanted=share_enabled(config) and may_span_nodes(ctx, config)) as exchange:
         nodes, local = await _place(run)
-        run.phase = "download"
+        run.phase = Phase.DOWNLOAD
         log.info("downloading on nodes", nodes=nodes, source=config.model_source)
         replica = _Replica(run, local)
         run.nodes = dict.fromkeys(nodes, "listing")
@@ -399,7 +414,7 @@ async def _engine_when_ready(run: _Run, replica: _Replica, log: Any) -> None:
         await replica.done.wait()
     assert replica.report is not None
     _same_version(run, boot_dir, replica.report)
-    run.phase = "engine"
+    run.phase = Phase.ENGINE
     run.timings["weights_load"] = await engine.load_weights(replica.report.path)
 
 

@@ -18,6 +18,7 @@ from ._ctx import CallbackCtx
 from ._errors import PhaseError, describe
 from ._events import BeforeDownload, ErrorInfo, InitFailed
 from ._modes import DownloadMode
+from ._phases import Phase
 
 _log = structlog.get_logger("node_init")
 
@@ -53,7 +54,7 @@ def publish_before_download(bus: EventBus, ctx: CallbackCtx, *, model_id: str, n
     place both the node task and the stock Ray Serve callback do it."""
     event = BeforeDownload(model_id=model_id, node_id=node_id, source=source, destination=destination, mode=mode,
                            files=files, expected_bytes=expected_bytes)
-    return publish_phase_sync(bus, event, ctx, phase="before_download", node_id=node_id)
+    return publish_phase_sync(bus, event, ctx, phase=Phase.BEFORE_DOWNLOAD, node_id=node_id)
 
 
 async def publish_failure(bus: EventBus, ctx: CallbackCtx | None, exc: BaseException, *, model_id: str,

@@ -22,6 +22,7 @@ from ._errors import PhaseError
 from ._events import AfterInit, BeforeInit
 from ._logging import configure_logging
 from ._modes import DownloadMode
+from ._phases import Phase
 from ._publish import publish_before_download, publish_failure, publish_phase
 from ._serve_config import node_init_config
 from ._wiring import node_bus, wire
@@ -111,8 +112,9 @@ class EventBusCallback(CallbackBase):
             return
         self._start = time.monotonic()
         ctx = self._ours = _our_ctx(self.config, self.ctx, self.llm_config)
-        outcome = await self._publish(BeforeInit(model_id=self.config.model_id), ctx, "before_init")
+        outcome = await self._publish(BeforeInit(model_id=self.config.model_id), ctx, Phase.BEFORE_INIT)
         _to_ray(ctx, self.ctx)
+        self._engine_kwargs(ctx)
         if outcome.vetoed:
             self.ctx.run_init_node = False
 
@@ -145,8 +147,16 @@ class EventBusCallback(CallbackBase):
         ctx = self._ours or _our_ctx(self.config, self.ctx, self.llm_config)
         event = AfterInit(model_id=self.config.model_id, model_path=str(engine_config.actual_hf_model_id),
                           timings={"node_init": time.monotonic() - self._start if self._start else 0.0})
-        await self._publish(event, ctx, "after_init")
+        await self._publish(event, ctx, Phase.AFTER_INIT)
         _to_ray(ctx, self.ctx)
+        self._engine_kwargs(ctx)
+
+    def _engine_kwargs(self, ctx: CallbackCtx) -> None:
+        """Engine arguments a handler set in ``ctx.extra_init_kwargs`` (in ``BeforeInit`` or ``AfterInit``:
+        on this path there is no ``BeforeEngineInit``) reach Ray's engine config, which Ray reads after
+        both hooks."""
+        if ctx.extra_init_kwargs:
+            self.llm_config.update_engine_kwargs(**ctx.extra_init_kwargs)
 
     async def _publish(self, event: Any, ctx: CallbackCtx, phase: str) -> Any:
         """Publish in the replica; a handler's failure publishes ``InitFailed``, then raises."""

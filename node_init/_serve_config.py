@@ -20,6 +20,7 @@ from ._loader import load_callback_class, load_handler_set
 _log = structlog.get_logger("node_init.ray_serve")
 #: The import path of our stock-path callback, as configs name it.
 CALLBACK_CLASS = "node_init.ray_serve:EventBusCallback"
+_FILE = "LLMConfig.callback_config.callback_kwargs"
 
 
 def node_init_config(llm_config: Any, kwargs: dict[str, Any]) -> NodeInitConfig:
@@ -30,17 +31,22 @@ def node_init_config(llm_config: Any, kwargs: dict[str, Any]) -> NodeInitConfig:
     """
     data: dict[str, Any] = {"placement": None, **kwargs, "model_id": llm_config.model_id}
     source = llm_config.model_loading_config.model_source
-    if isinstance(source, str) and "model_source" not in kwargs:
-        data["model_source"] = source
+    if source is not None and "model_source" not in kwargs:
+        data["model_source"] = source  # a string, or Ray's CloudMirrorConfig (bucket_uri, extra_files)
     engine = dict(data.get("engine") or {})
     engine.setdefault("kind", "vllm")
     engine["kwargs"] = {**dict(llm_config.engine_kwargs), **dict(engine.get("kwargs") or {})}
     data["engine"] = engine
-    return parse_config(data, file="LLMConfig.callback_config.callback_kwargs")
+    try:
+        return parse_config(data, file=_FILE)
+    except ConfigError as exc:
+        if "model_source" in kwargs or not (exc.field or "").startswith("model_source"):
+            raise
+        # Named where the user wrote it: Ray's model_loading_config, not our callback_kwargs.
+        raise ConfigError(exc.reason, file="LLMConfig.model_loading_config", field=exc.field) from None
 
 
 _HOOKS = tuple(HOOKS)
-_FILE = "LLMConfig.callback_config.callback_kwargs"
 
 
 class ServeConfigError(ConfigError, RayServeException):

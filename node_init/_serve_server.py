@@ -12,6 +12,7 @@ from ray.serve.llm.deployment import LLMServer
 
 from ._errors import PhaseError
 from ._init import InitResult, initialize_node
+from ._phases import Phase
 from ._serve_callback import EventBusCallback
 from ._serve_config import node_init_config, validate_llm_config
 from .engine import VLLMEngine
@@ -39,8 +40,10 @@ class OverlappedVLLMEngine(RayVLLMEngine):  # type: ignore[misc]
         def build(args: dict[str, Any]) -> Any:
             engine_config: Any = self.llm_config.get_engine_config()
             engine_config.hf_model_id = args["model"]
+            # Every argument the flow settled (the config's, and what BeforeEngineInit handlers set in
+            # ctx.extra_init_kwargs) reaches Ray's engine config; the model and its name are Ray's own.
             self.llm_config.update_engine_kwargs(
-                **{k: args[k] for k in ("load_format", "worker_extension_cls") if k in args})
+                **{k: v for k, v in args.items() if k not in ("model", "served_model_name")})
             self._prepared = RayVLLMEngine._prepare_engine_config(self, ray_ctx)
             vllm_args, _, vllm_config = self._prepared
             self._client = RayVLLMEngine._start_async_llm_engine(self, vllm_args, vllm_config,
@@ -56,7 +59,7 @@ class OverlappedVLLMEngine(RayVLLMEngine):  # type: ignore[misc]
         ray_ctx.run_init_node = False  # Ray's own node init is replaced by ours
         if result.engine is None:
             raise PhaseError("BeforeEngineInit was vetoed: a Serve replica cannot serve without an engine",
-                             phase="before_engine_init")
+                             phase=Phase.BEFORE_ENGINE_INIT)
         load_format = config.engine.kwargs.get("load_format")
         if load_format is not None or isinstance(result.engine, VLLMEngine):
             self.llm_config.update_engine_kwargs(load_format=load_format or "auto")

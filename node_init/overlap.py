@@ -43,8 +43,9 @@ class OverlapChoice:
 
     Attributes:
         overlap: Whether to boot on dummy weights now.
-        reason: ``off``, ``impossible``, ``on``, ``local``, ``finished``, ``no bytes yet``,
-            ``fast`` or ``slow``.
+        reason: ``off``; why it cannot (``cached``: nothing missing, ``vetoed``, ``streaming``,
+            ``mode TOKENIZER_ONLY``...); ``on``, ``local``, ``finished``, ``no bytes yet``, ``fast``
+            or ``slow``.
         rate_mb_s: The rate the estimate used, if any.
         estimated_s: Estimated seconds until the weights are in (0 when not estimated).
     """
@@ -61,9 +62,24 @@ def overlap_possible(config: NodeInitConfig, decision: Decision) -> bool:
             and not config.streaming and decision.missing_bytes > 0)
 
 
+def why_not(config: NodeInitConfig, decision: Decision) -> str:
+    """Why the replica's node leaves nothing an engine could take in place ("" if it does)."""
+    if decision.vetoed:
+        return "vetoed"
+    if config.streaming:
+        return "streaming"
+    if decision.mode is not DownloadMode.MODEL_AND_TOKENIZER:
+        return f"mode {decision.mode.name}"
+    if decision.missing_bytes <= 0:
+        return "cached"  # every weight is in this node's cache already: a plain boot
+    return ""
+
+
 def is_remote(config: NodeInitConfig) -> bool:
     """Whether the model comes over the network (``auto`` boots a local source plainly)."""
-    return bool(config.model_source and config.model_source.startswith(("s3://", "s3a://")))
+    from .download import is_remote_source
+
+    return is_remote_source(config.model_source)
 
 
 def live_rate(samples: Sequence[tuple[float, int]], probe_s: float = OVERLAP_PROBE_S) -> float | None:
@@ -78,12 +94,13 @@ def live_rate(samples: Sequence[tuple[float, int]], probe_s: float = OVERLAP_PRO
 
 
 def decide(setting: Literal["auto", "on", "off"], *, possible: bool, remote: bool, missing_bytes: int,
-           rate_mb_s: float | None, finished: bool) -> OverlapChoice:
-    """The policy itself, on what is known (see the module doc)."""
+           rate_mb_s: float | None, finished: bool, why_not: str = "impossible") -> OverlapChoice:
+    """The policy itself, on what is known (see the module doc); ``why_not``: the reason given
+    when it is not ``possible``."""
     if setting == "off":
         return OverlapChoice(False, "off")
     if not possible:
-        return OverlapChoice(False, "impossible")
+        return OverlapChoice(False, why_not)
     if setting == "on":
         return OverlapChoice(True, "on")
     if not remote:
@@ -132,9 +149,9 @@ async def choose_overlap(config: NodeInitConfig, decision: Decision, *, done: an
         with anyio.move_on_after(OVERLAP_PROBE_S):
             await done.wait()
         rate = None if done.is_set() else live_rate(samples)
-    return decide(setting, possible=possible, remote=remote, missing_bytes=missing,
+    return decide(setting, possible=possible, why_not=why_not(config, decision), remote=remote, missing_bytes=missing,
                   rate_mb_s=rate, finished=done.is_set())
 
 
 __all__ = ["OVERLAP_MIN_S", "OVERLAP_PROBE_S", "OverlapChoice", "choose_overlap", "decide", "is_remote", "live_rate",
-           "overlap_possible"]
+           "overlap_possible", "why_not"]

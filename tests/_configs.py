@@ -11,7 +11,7 @@ from node_init import NodeInitConfig, parse_config
 _ids = itertools.count()
 
 
-def node_config(source: str | None, *, prefix: str = "m", defaults: dict[str, Any] | None = None,
+def node_config(source: str | dict[str, Any] | None, *, prefix: str = "m", defaults: dict[str, Any] | None = None,
                 **over: Any) -> NodeInitConfig:
     """A config for ``source``: ``defaults``, then ``over`` (a mapping merges into a mapping one level deep)."""
     data: dict[str, Any] = {"model_id": f"{prefix}{next(_ids)}-{os.getpid()}", "model_source": source,

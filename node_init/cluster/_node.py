@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -18,6 +20,7 @@ from .._ctx import CallbackCtx
 from .._errors import DownloadError, describe
 from .._events import BeforeDownload, ErrorInfo, NodeReport
 from .._modes import DownloadMode
+from .._phases import Phase
 from .._publish import publish_before_download
 from ..download import (
     Downloader,
@@ -26,9 +29,10 @@ from ..download import (
     RemoteFile,
     Source,
     cache_root,
+    list_source,
     local_path,
     model_dir_name,
-    open_source_for,
+    open_source,
     read_rate,
     select,
     source_errors,
@@ -91,14 +95,14 @@ def node_download(
     """
     start = time.monotonic()
     uri = config.model_source or ""
-    log = _log.bind(node_id=node_id, model_id=config.model_id, phase="download")
+    log = _log.bind(node_id=node_id, model_id=config.model_id, phase=Phase.DOWNLOAD)
     dest = cache_root(config.download) / model_dir_name(config.model_id)
     mode = _mode(ctx, is_local)
     source: Source | None = None
     listing: list[RemoteFile] = []
     if uri:
         with source_errors(uri, node_id=node_id):
-            source = open_source_for(uri, config.download)
+            source = open_source(uri, config.download)
             listing = source.list_files() if mode is not DownloadMode.NONE else []
     in_place = source.in_place if source is not None else None
     dest_path = str(in_place or dest)
@@ -121,7 +125,7 @@ def node_download(
                                       destination=dest_path, files=tuple(f.key for f in wanted),
                                       expected_bytes=sum(f.size for f in todo))
     on_status("downloading")
-    errors = tuple(ErrorInfo(type=type(e).__name__, message=str(e), phase="before_download", node_id=node_id)
+    errors = tuple(ErrorInfo(type=type(e).__name__, message=str(e), phase=Phase.BEFORE_DOWNLOAD, node_id=node_id)
                    for e in outcome.errors)
     new_mode = _mode(ctx, is_local)  # read after the publish: handlers may change it
     report = NodeReport(node_id=node_id, path=dest_path, mode=new_mode, vetoed=outcome.vetoed,
@@ -147,6 +151,8 @@ def node_download(
     if base is None or not fetching:
         if shared is not None:
             shared.finish(0)
+        if not outcome.vetoed:
+            _extra_files(config, node_id, cancel)
         return _finish(report, start, path=final_path)
 
     def relist() -> list[RemoteFile]:  # after a change at the source: one version, all files
@@ -169,8 +175,17 @@ def node_download(
                  offered=shared.stats.offered if shared else 0, refetched=shared.stats.refetched if shared else 0,
                  from_holders=held.held_bytes if held else 0)
     _record(config, node_id, wanted)
+    _extra_files(config, node_id, cancel)  # after the model, as Ray does
     return _finish(msgspec.structs.replace(report, peer_bytes=peer), start, path=result.path,
                    files=result.fetched, nbytes=result.bytes, cached=result.cached_bytes)
+
+
+def _extra_files(config: NodeInitConfig, node_id: str, cancel: threading.Event | None) -> None:
+    """Ray's ``extra_files``: each prefix fetched into its destination on this node (verified, atomic)."""
+    for extra in config.extra_files:
+        dest = Path(os.path.expandvars(extra.destination_path)).expanduser()
+        source, files = list_source(extra.bucket_uri, config.download, node_id=node_id)
+        Downloader(source, dest, config.download, node_id=node_id, cancel=cancel).run(files, relist=source.list_files)
 
 
 def _holders(config: NodeInitConfig, node_id: str, todo: list[RemoteFile], source: Source) -> HolderSource | None:

@@ -10,6 +10,7 @@ import anyio.to_thread
 from .._config import NodeInitConfig
 from .._ctx import CallbackCtx
 from .._errors import PhaseError
+from .._phases import Phase
 
 
 async def _ready(pg: Any, timeout: float, what: str) -> None:
@@ -19,7 +20,7 @@ async def _ready(pg: Any, timeout: float, what: str) -> None:
         raise PhaseError(
             f"{what} placement group not ready within {timeout}s "
             f"(bundles {pg.bundle_specs}; is the cluster big enough?)",
-            phase="placement",
+            phase=Phase.PLACEMENT,
         )
 
 

@@ -20,6 +20,7 @@ from .._ctx import CallbackCtx
 from .._errors import DownloadError, NodeInitError, PhaseError, describe, first_error
 from .._events import NodeReport
 from .._logging import configure_logging
+from .._phases import Phase
 from .._wiring import node_bus
 from ..download import Progress
 from ._node import Decision, node_download
@@ -63,7 +64,7 @@ def node_task(config: NodeInitConfig, snapshot: dict[str, Any], local_node_id: s
 
     configure_logging()
     node_id = ray.get_runtime_context().get_node_id()
-    structlog.contextvars.bind_contextvars(node_id=node_id, model_id=config.model_id, phase="download")
+    structlog.contextvars.bind_contextvars(node_id=node_id, model_id=config.model_id, phase=Phase.DOWNLOAD)
     if stop_key and _stop_requested(stop_key):
         return  # the init ended before this task started
     bus = node_bus(config, node_id)  # CallbackLoadError names this node
@@ -124,7 +125,7 @@ def node_task(config: NodeInitConfig, snapshot: dict[str, Any], local_node_id: s
     if expired:
         stop()
         raise PhaseError(f"the init's deadline passed on node {node_id} while {expired}",
-                         phase="before_download" if expired.startswith("in BeforeDownload") else "download",
+                         phase=Phase.BEFORE_DOWNLOAD if expired.startswith("in BeforeDownload") else Phase.DOWNLOAD,
                          node_id=node_id, cause=f"InitTimeout: {expired}")
     if "error" in box:
         raise box["error"]
@@ -260,7 +261,7 @@ def _unwrap(exc: Any, node_id: str, config: NodeInitConfig) -> NodeInitError:
     if isinstance(cause, NodeInitError):
         return cause
     if cause is not None:
-        return PhaseError(f"node task raised {describe(cause)}", phase="download", node_id=node_id,
+        return PhaseError(f"node task raised {describe(cause)}", phase=Phase.DOWNLOAD, node_id=node_id,
                           cause=describe(cause))
     return DownloadError(f"node task failed: {exc}", node_id=node_id, source=config.model_source or "")
 

@@ -29,7 +29,7 @@ import structlog
 
 from .._bounds import Bounds
 from .._config import DownloadConfig, NodeInitConfig
-from ..download import RemoteFile, Source, local_path
+from ..download import RemoteFile, Source, shares
 from ._exchange import (
     MIN_SHARED_BYTES,
     InitExchange,
@@ -68,12 +68,7 @@ def units_of(files: list[RemoteFile], part: int) -> list[Unit]:
 
 def share_enabled(config: NodeInitConfig) -> bool:
     """Whether ``download.share`` applies to this source (sharing within an init, holders across inits)."""
-    share, uri = config.download.share, config.model_source or ""
-    if share == "off" or not uri:
-        return False
-    if uri.startswith(("s3://", "s3a://")):
-        return True
-    return share == "on" and local_path(uri) is not None  # a mount every node reads: only when asked
+    return shares(config.model_source, config.download.share)  # the source registry says which kinds share
 
 
 def sharing(config: NodeInitConfig, nodes: list[str]) -> bool:

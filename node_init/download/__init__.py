@@ -1,7 +1,8 @@
 """Model sources and the downloader that fills a node's cache from them (no Ray here).
 
-- Sources (:func:`open_source`, :func:`list_source`): a local directory or ``file://``
-  URI, ``s3://`` on any S3-compatible endpoint, ``hf://`` from the node's Hugging Face
+- Sources (:func:`open_source`, :func:`list_source`), one registry of kinds (:data:`SOURCES`,
+  :class:`SourceKind`: schemes, config-time check, opening, capabilities): a local directory or
+  ``file://`` URI, ``s3://`` on any S3-compatible endpoint, ``hf://`` from the node's Hugging Face
   cache. Each lists its files (:class:`RemoteFile`, with a version tag) and streams
   byte ranges pinned to that version (:class:`SourceChanged` when it moved on).
 - :class:`Downloader`: fetches the files a :class:`~node_init.DownloadMode` wants into
@@ -31,6 +32,13 @@ from ._cache import select as select
 from ._downloader import Downloader as Downloader
 from ._downloader import DownloadResult as DownloadResult
 from ._downloader import Progress as Progress
+from ._registry import SOURCES as SOURCES
+from ._registry import SourceKind as SourceKind
+from ._registry import check_source as check_source
+from ._registry import is_remote_source as is_remote_source
+from ._registry import register_source as register_source
+from ._registry import shares as shares
+from ._registry import source_kind as source_kind
 from ._sources import HFCacheSource as HFCacheSource
 from ._sources import LocalSource as LocalSource
 from ._sources import RemoteFile as RemoteFile
@@ -42,11 +50,11 @@ from ._sources import check_key as check_key
 from ._sources import list_source as list_source
 from ._sources import local_path as local_path
 from ._sources import open_source as open_source
-from ._sources import open_source_for as open_source_for
 from ._sources import s3_credentials as s3_credentials
 from ._sources import source_errors as source_errors
 
 __all__ = [
+    "SOURCES",
     "BlobEntry",
     "DownloadResult",
     "Downloader",
@@ -59,18 +67,23 @@ __all__ = [
     "SnapshotHold",
     "Source",
     "SourceChanged",
+    "SourceKind",
     "UnsafeKeyError",
     "cache_root",
     "check_key",
+    "check_source",
     "file_digest",
     "hold_snapshot",
+    "is_remote_source",
     "list_source",
     "local_path",
     "model_dir_name",
     "open_source",
-    "open_source_for",
     "read_rate",
+    "register_source",
     "s3_credentials",
     "select",
+    "shares",
     "source_errors",
+    "source_kind",
 ]

@@ -22,6 +22,7 @@ import msgspec
 
 from .._config import DownloadConfig, S3Config, reveal
 from .._errors import DownloadError, describe
+from ._registry import s3_bucket, source_kind
 from ._retry import http_status, with_retries
 
 
@@ -215,7 +216,8 @@ class S3Source:
         import obstore.store
 
         parsed = urlparse(uri)
-        if not parsed.netloc:
+        bucket, anonymous = s3_bucket(uri)  # Ray's s3://anonymous@bucket: unsigned reads
+        if not bucket:
             raise ValueError(f"model source {uri!r} has no bucket")
         self.uri = uri
         self.prefix = parsed.path.strip("/")
@@ -227,12 +229,12 @@ class S3Source:
         if endpoint:
             kwargs["endpoint"] = endpoint
             kwargs["virtual_hosted_style_request"] = False
-        auth, self.identity = s3_credentials(cfg)
+        auth, self.identity = s3_credentials(msgspec.structs.replace(cfg, anonymous=True) if anonymous else cfg)
         kwargs.update(auth)
 
         def store(timeout_s: float) -> Any:
             return obstore.store.S3Store(
-                parsed.netloc,
+                bucket,
                 client_options={
                     "allow_http": bool(endpoint and endpoint.startswith("http://")),
                     "timeout": timedelta(seconds=timeout_s),
@@ -401,29 +403,20 @@ def s3_credentials(cfg: S3Config) -> tuple[dict[str, object], str]:
 
 
 
-def open_source(uri: str, cfg: S3Config, *, request_timeout_s: float, read_timeout_s: float | None = None,
-                retries: int = 3) -> Source:
-    """The :class:`Source` for a model URI: ``s3://``, ``hf://``, ``file://`` or a local path.
+def open_source(uri: str, cfg: DownloadConfig) -> Source:
+    """The :class:`Source` for a model URI, from the source registry (:data:`SOURCES`).
 
     Args:
         uri: The model source.
-        cfg: S3 settings (the node's AWS variables override them).
-        request_timeout_s: Bound on a LIST (and on connecting).
-        read_timeout_s: Bound on one streamed ranged GET (default ``request_timeout_s``).
-        retries: Retries of a LIST on transient errors.
+        cfg: The download settings (bounds, retries, each store's section); the node's own
+            variables (``AWS_*``) override them.
 
     Raises:
-        ValueError: for any other scheme.
+        ValueError: for a scheme no registered kind takes.
         FileNotFoundError: for an ``hf://`` model missing from this node's HF cache.
         PermissionError: for ``s3://`` with no credentials anywhere (see :func:`s3_credentials`).
     """
-    if uri.startswith(("s3://", "s3a://")):
-        return S3Source(uri, cfg, request_timeout_s=request_timeout_s, read_timeout_s=read_timeout_s, retries=retries)
-    if uri.startswith("hf://"):
-        return HFCacheSource(uri)
-    if local_path(uri) is None:
-        raise ValueError(f"unsupported model source {uri!r}: use s3://, hf://, file:// or a local path")
-    return LocalSource(uri)
+    return source_kind(uri).open(uri, cfg)
 
 
 @contextlib.contextmanager
@@ -461,11 +454,5 @@ def list_source(uri: str, cfg: DownloadConfig, *, node_id: str | None = None) ->
         DownloadError: see :func:`source_errors`.
     """
     with source_errors(uri, node_id=node_id):
-        source = open_source_for(uri, cfg)
+        source = open_source(uri, cfg)
         return source, source.list_files()
-
-
-def open_source_for(uri: str, cfg: DownloadConfig) -> Source:
-    """:func:`open_source` with a download config's bounds and retries."""
-    return open_source(uri, cfg.s3, request_timeout_s=cfg.stall_timeout_s, read_timeout_s=cfg.timeout_s,
-                       retries=cfg.retries)

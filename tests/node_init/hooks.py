@@ -6,7 +6,7 @@ import os
 import time
 
 from eventbus import HandlerSet
-from node_init import AfterInit, BeforeDownload, BeforeInit, CallbackCtx
+from node_init import AfterInit, BeforeDownload, BeforeEngineInit, BeforeInit, CallbackCtx
 
 # Records where BeforeDownload ran: pid, node id, the event's fields.
 record = HandlerSet()
@@ -135,3 +135,19 @@ def write_pid(event: BeforeDownload, ctx: CallbackCtx) -> None:
     if pid_dir:
         with open(os.path.join(str(pid_dir), os.environ.get("NODE_NAME", "unknown")), "w") as f:
             f.write(str(os.getpid()))
+
+
+#: Engine arguments from handlers: BeforeEngineInit on our paths, BeforeInit on stock ray.serve.llm
+#: (it has no BeforeEngineInit; Ray reads its engine config after BeforeInit and AfterInit).
+short_context_engine = HandlerSet()
+short_context_init = HandlerSet()
+
+
+@short_context_engine.on(BeforeEngineInit)
+def shorter_context(event: BeforeEngineInit, ctx: CallbackCtx) -> None:
+    ctx.extra_init_kwargs["max_model_len"] = 128
+
+
+@short_context_init.on(BeforeInit)
+def shorter_context_before_init(event: BeforeInit, ctx: CallbackCtx) -> None:
+    ctx.extra_init_kwargs["max_model_len"] = 128

@@ -10,7 +10,15 @@ import pytest
 
 from node_init import DownloadMode, parse_config
 from node_init.cluster import Decision
-from node_init.overlap import OVERLAP_MIN_S, OVERLAP_PROBE_S, choose_overlap, decide, live_rate, overlap_possible
+from node_init.overlap import (
+    OVERLAP_MIN_S,
+    OVERLAP_PROBE_S,
+    choose_overlap,
+    decide,
+    live_rate,
+    overlap_possible,
+    why_not,
+)
 
 MB = 1_000_000
 
@@ -31,15 +39,17 @@ def decision(missing: int = 100 * MB, *, mode: DownloadMode = DownloadMode.MODEL
     return Decision(node_id="n", mode=mode, vetoed=vetoed, path="/p", missing_bytes=missing, rate_mb_s=rate)
 
 
-@pytest.mark.parametrize(("kwargs", "possible"), [
-    ({}, True),
-    ({"missing": 0}, False),                                  # a complete cache: nothing to hide
-    ({"mode": DownloadMode.TOKENIZER_ONLY}, False),           # the weights never come here
-    ({"mode": DownloadMode.NONE}, False),
-    ({"vetoed": True}, False),
+@pytest.mark.parametrize(("kwargs", "possible", "reason"), [
+    ({}, True, ""),
+    ({"missing": 0}, False, "cached"),                                  # a complete cache: nothing to hide
+    ({"mode": DownloadMode.TOKENIZER_ONLY}, False, "mode TOKENIZER_ONLY"),  # the weights never come here
+    ({"mode": DownloadMode.NONE}, False, "mode NONE"),
+    ({"vetoed": True}, False, "vetoed"),
 ])
-def test_possible_only_when_the_whole_model_is_still_to_come(kwargs: dict[str, Any], possible: bool) -> None:
+def test_possible_only_when_the_whole_model_is_still_to_come(kwargs: dict[str, Any], possible: bool,
+                                                             reason: str) -> None:
     assert overlap_possible(cfg(), decision(**kwargs)) is possible
+    assert why_not(cfg(), decision(**kwargs)) == reason  # the logged reason names the case, not "impossible"
 
 
 def test_a_streaming_load_format_never_overlaps() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import pickle
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -77,8 +78,8 @@ def stock_app(serve_port: int, tiny: dict[str, str], tmp_path_factory: pytest.Te
     log = tmp_path_factory.mktemp("stock") / "events.jsonl"
     # A fresh node as far as vLLM's caches go: the replica's model-info cache starts empty.
     fresh = {"VLLM_CACHE_ROOT": str(tmp_path_factory.mktemp("stock-vllm-cache"))}
-    deploy("stock", llm_config("tiny-stock", tiny["local"], log, {"handlers": ["tests.node_init.hooks:serve_hooks"]},
-                               env=fresh))
+    handlers = ["tests.node_init.hooks:serve_hooks", "tests.node_init.hooks:short_context_init"]
+    deploy("stock", llm_config("tiny-stock", tiny["local"], log, {"handlers": handlers}, env=fresh))
     try:
         yield log
     finally:
@@ -92,7 +93,7 @@ def overlapped_app(serve_port: int, s3_server: S3Server, tiny: dict[str, str],
 
     log = tmp_path_factory.mktemp("overlapped") / "events.jsonl"
     kwargs = {
-        "handlers": ["tests.node_init.hooks:serve_hooks"],
+        "handlers": ["tests.node_init.hooks:serve_hooks", "tests.node_init.hooks:short_context_engine"],
         "engine": {"overlap": "on"},
         "download": {"s3": {"endpoint_url": s3_server.endpoint, "access_key_id": "testing",
                             "secret_access_key": "testing"}},
@@ -139,6 +140,32 @@ def test_overlapped_and_stock_answers_agree(serve_port: int, stock_app: Path, ov
     a = complete(serve_port, "stock", "tiny-stock", prompt)["choices"][0]["text"]
     b = complete(serve_port, "overlapped", "tiny-overlapped", prompt)["choices"][0]["text"]
     assert a == b  # same tied model: the overlapped weight hand-off loses nothing
+
+
+def _prompt_of(tokens: int, tiny: dict[str, str]) -> str:
+    """A prompt of about ``tokens`` tokens in the tiny model's own tokenizer."""
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(Path(tiny["local"]) / "tokenizer.json"))
+    words = []
+    while len(tok.encode(" ".join(words)).ids) < tokens:
+        words.append("ray serve runs large models")
+    return " ".join(words)
+
+
+@pytest.mark.parametrize("app", ["stock", "overlapped"])
+def test_an_engine_argument_a_handler_sets_reaches_the_engine(serve_port: int, app: str, tiny: dict[str, str],
+                                                              request: pytest.FixtureRequest) -> None:
+    """max_model_len 256 in the config, 128 from a handler (BeforeEngineInit on ours, BeforeInit on the
+    stock path): a prompt of ~180 tokens fits the first and not the second. /v1/models cannot show it
+    (Serve builds its model cards from the static config), the engine's refusal can."""
+    request.getfixturevalue(f"{app}_app")
+    model = f"tiny-{app}"
+    assert complete(serve_port, app, model)["choices"][0]["text"]  # a short prompt still serves
+    with pytest.raises(urllib.error.HTTPError) as info:
+        complete(serve_port, app, model, _prompt_of(180, tiny))
+    assert info.value.code == 400
+    assert "128" in info.value.read().decode()
 
 
 def test_event_bus_callback_pickles_without_bus_or_locks(tiny: dict[str, str], tmp_path: Path) -> None:
@@ -196,3 +223,36 @@ def test_a_config_mistake_fails_when_the_app_is_built(kwargs: dict[str, Any], fi
             build_openai_app({"llm_configs": [llm_config]})
     assert info.value.field == field and words in str(info.value)
     assert isinstance(info.value, RayServeException)  # Serve fails the build at once, without retries
+
+
+def test_a_node_side_handler_that_never_returns_fails_the_replica_at_init_timeout(
+        serve_port: int, tiny: dict[str, str], tmp_path: Path) -> None:
+    """Through OverlappedLLMServer: the replica's init fails at ``init_timeout_s`` plus the slack, naming
+    the node's handler, each time Serve starts it; the app ends DEPLOY_FAILED, not hung."""
+    from ray import serve
+
+    from node_init import Bounds, parse_config
+
+    kwargs = {"handlers": ["tests.reliability.hooks:stuck_sync_before_download"], "init_timeout_s": 5}
+    bounds = Bounds.of(parse_config({"model_id": "x", **kwargs}))
+    config = llm_config("tiny-stuck", tiny["local"], tmp_path / "events.jsonl", kwargs,
+                        server_cls="node_init.ray_serve:OverlappedLLMServer")
+    from ray.serve.llm import build_openai_app
+
+    start = time.monotonic()
+    serve.run(build_openai_app({"llm_configs": [config]}), name="stuck", route_prefix="/stuck", blocking=False)
+    try:
+        status: Any = None
+        while time.monotonic() - start < 300:
+            status = serve.status().applications["stuck"]
+            if status.status in ("DEPLOY_FAILED", "UNHEALTHY"):
+                break
+            time.sleep(2)
+        took = time.monotonic() - start
+        assert status is not None and status.status == "DEPLOY_FAILED", status
+        message = " ".join(d.message for d in status.deployments.values()) + status.message
+        assert "stuck_sync_before_download" in message and "init_timeout_s" in message, message
+        # Serve starts a failing replica three times; each fails at the bound, none hangs.
+        assert took < 3 * (bounds.init_s + bounds.slack_s) + 120, f"{took:.0f}s"
+    finally:
+        serve.delete("stuck")

@@ -1,0 +1,173 @@
+"""One registry of model sources: each kind declared once, and everything else reads it.
+
+A :class:`SourceKind` says which URIs it takes, how such a URI is checked when a config is
+parsed (before any Ray call), how it is opened on a node, and what it can do: whether its bytes
+come over the network (overlap's "is this remote"), whether the nodes of an init may share one
+fetch of it, what the origin says of each file's bytes, and where its credentials come from.
+The config's check, :func:`~node_init.download.open_source`, the overlap policy, the share
+policy and the README's source table all read :data:`SOURCES`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Literal
+from urllib.parse import urlparse
+
+import attrs
+
+if TYPE_CHECKING:
+    from .._config import DownloadConfig
+    from ._sources import Source
+
+
+@attrs.frozen
+class SourceKind:
+    """One kind of model source.
+
+    Attributes:
+        name: A short name (``s3``, ``local``, ``hf-cache``).
+        schemes: The URI schemes it takes (``"s3://"``); ``""`` stands for a plain local path.
+        remote: Its bytes come over the network (a local path or a node's own cache do not).
+        share: Under ``download.share``: ``auto`` shares it by default, ``on`` only when asked
+            (a mount every node reads), ``never`` (it is loaded where it is).
+        checksums: What the origin says of each file's bytes, in words.
+        credentials: Where its credentials come from, in words.
+        check: Checks a URI when a config is parsed; raises ``ValueError`` saying what is wrong.
+        open: Opens a URI on a node, with a download config's settings.
+    """
+
+    name: str
+    schemes: tuple[str, ...]
+    remote: bool
+    share: Literal["auto", "on", "never"]
+    checksums: str
+    credentials: str
+    check: Callable[[str], None]
+    open: Callable[[str, DownloadConfig], Source]
+
+    def takes(self, uri: str) -> bool:
+        """Whether ``uri`` is of this kind."""
+        if "://" not in uri:
+            return "" in self.schemes
+        return uri.split("://", 1)[0] + "://" in self.schemes
+
+
+#: Every registered kind, by name, in the order they are tried.
+SOURCES: dict[str, SourceKind] = {}
+
+
+def register_source(kind: SourceKind) -> SourceKind:
+    """Add a kind (a later one with the same name replaces it)."""
+    SOURCES[kind.name] = kind
+    return kind
+
+
+def source_kind(uri: str) -> SourceKind:
+    """The kind that takes ``uri``.
+
+    Raises:
+        ValueError: no registered kind takes its scheme (the message lists those that do).
+    """
+    for kind in SOURCES.values():
+        if kind.takes(uri):
+            return kind
+    schemes = ", ".join(s for k in SOURCES.values() for s in k.schemes if s)
+    raise ValueError(f"unsupported scheme in {uri!r}; expected one of {schemes} or a local path")
+
+
+def check_source(uri: str) -> None:
+    """Check a model source URI as a config is parsed (no network, no node).
+
+    Raises:
+        ValueError: saying what is wrong.
+    """
+    if not uri.strip():
+        raise ValueError("must not be empty (leave it out to let the engine load model_id itself)")
+    source_kind(uri).check(uri)
+
+
+def is_remote_source(uri: str | None) -> bool:
+    """Whether ``uri``'s bytes come over the network."""
+    return bool(uri) and source_kind(uri or "").remote
+
+
+def shares(uri: str | None, setting: str) -> bool:
+    """Whether ``download.share: <setting>`` shares a fetch of ``uri`` between nodes."""
+    if not uri or setting == "off":
+        return False
+    kind = source_kind(uri).share
+    return kind == "auto" or (kind == "on" and setting == "on")
+
+
+# -- the kinds shipped here ---------------------------------------------------------------------
+
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$")
+
+
+def s3_bucket(uri: str) -> tuple[str, bool]:
+    """``(bucket, anonymous)`` of ``s3://[anonymous@]bucket/prefix`` (Ray's form for unsigned reads)."""
+    netloc = urlparse(uri).netloc
+    user, _, bucket = netloc.rpartition("@")
+    return bucket, user == "anonymous"
+
+
+def _check_s3(uri: str) -> None:
+    netloc = urlparse(uri).netloc
+    bucket, anonymous = s3_bucket(uri)
+    if "@" in netloc and not anonymous:
+        raise ValueError(f"{uri!r}: only 'anonymous@' may stand before the bucket (s3://anonymous@bucket/prefix)")
+    if not bucket:
+        raise ValueError(f"{uri!r} names no bucket (s3://bucket/prefix)")
+    if not _BUCKET.match(bucket):
+        raise ValueError(f"{bucket!r} is not a valid S3 bucket name (3-63 characters: a-z, 0-9, '.', '-')")
+    if any(p in (".", "..") for p in uri.split("://", 1)[1].split("/")[1:]):
+        raise ValueError(f"{uri!r}: '.' and '..' are not allowed in the prefix")
+
+
+def _check_hf(uri: str) -> None:
+    repo = uri[len("hf://"):].split("@", 1)[0]
+    if repo.count("/") > 1 or not all(repo.split("/")) or any(p in (".", "..") for p in repo.split("/")):
+        raise ValueError(f"{uri!r}: expected hf://name or hf://org/name[@revision]")
+
+
+def _check_local(uri: str) -> None:
+    if uri.startswith("file://") and not uri[len("file://"):].startswith("/"):
+        raise ValueError(f"{uri!r}: a file:// URI needs an absolute path (file:///models/x)")
+    # A plain path is checked on each node, where it must exist.
+
+
+def _open_s3(uri: str, cfg: DownloadConfig) -> Source:
+    from ._sources import S3Source
+
+    return S3Source(uri, cfg.s3, request_timeout_s=cfg.stall_timeout_s, read_timeout_s=cfg.timeout_s,
+                    retries=cfg.retries)
+
+
+def _open_hf(uri: str, cfg: DownloadConfig) -> Source:
+    from ._sources import HFCacheSource
+
+    return HFCacheSource(uri)
+
+
+def _open_local(uri: str, cfg: DownloadConfig) -> Source:
+    from ._sources import LocalSource
+
+    return LocalSource(uri)
+
+
+register_source(SourceKind(
+    name="s3", schemes=("s3://", "s3a://"), remote=True, share="auto",
+    checksums="the MD5 of a single-part object's ETag", check=_check_s3, open=_open_s3,
+    credentials="the node's AWS variables, download.s3 keys, then the AWS credential chain; "
+                "s3://anonymous@bucket or download.s3.anonymous for unsigned reads",
+))
+register_source(SourceKind(
+    name="hf-cache", schemes=("hf://",), remote=False, share="never", checksums="none (loaded where it is)",
+    credentials="none (this node's Hugging Face cache, offline)", check=_check_hf, open=_open_hf,
+))
+register_source(SourceKind(
+    name="local", schemes=("file://", ""), remote=False, share="on", checksums="none (size and mtime pin a file)",
+    credentials="none (the node's file system)", check=_check_local, open=_open_local,
+))
