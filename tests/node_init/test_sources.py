@@ -147,3 +147,15 @@ async def test_a_source_left_to_the_engine_is_said_in_the_log_and_in_after_init(
     assert "no model_source" in after.download_skipped and "Qwen/Qwen2.5-0.5B-Instruct" in after.download_skipped
     assert [line for line in logs if line["event"].startswith("download skipped: no model_source")]
     assert result.model_path == "Qwen/Qwen2.5-0.5B-Instruct"
+
+
+def test_the_readme_source_table_is_the_registry() -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    rows = {line.split("|")[1].strip().strip("`"): line for line in readme.splitlines()
+            if line.startswith("| `") and line.count("|") == 7}
+    for kind in SOURCES.values():
+        assert kind.name in rows, f"README has no row for the {kind.name} source"
+        row = rows[kind.name]
+        assert all(f"`{s}`" in row for s in kind.schemes if s), row
+        assert kind.checksums in row and kind.credentials.split(";")[0] in row.replace("`", ""), row
+        assert ("yes" if kind.remote else "no") == row.split("|")[3].strip()
