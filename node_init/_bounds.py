@@ -49,6 +49,9 @@ class Bounds:
         stall_s: ``download.stall_timeout_s``: no byte at all for this long fails a download.
         download_s: ``download.timeout_s``: one node's download.
         lock_s: ``download.lock_timeout_s``: a second process's wait for the node's downloader.
+        placement_s: ``placement.ready_timeout_s``: a placement group's wait to be ready (60 s for a
+            handler's group when the config makes none).
+        boot_s: ``engine.boot_timeout_s``: the engine's boot.
     """
 
     #: The smallest ``download.stall_timeout_s`` a config may set.
@@ -58,11 +61,15 @@ class Bounds:
     stall_s: float = 60.0
     download_s: float = 600.0
     lock_s: float = 900.0
+    placement_s: float = 60.0
+    boot_s: float = 600.0
 
     @classmethod
     def of(cls, config: NodeInitConfig) -> Bounds:
         """The bounds of an init."""
-        return cls.of_download(config.download, init_s=config.init_timeout_s)
+        return attrs.evolve(cls.of_download(config.download, init_s=config.init_timeout_s),
+                            placement_s=config.placement.ready_timeout_s if config.placement else 60.0,
+                            boot_s=config.engine.boot_timeout_s)
 
     @classmethod
     def of_download(cls, cfg: DownloadConfig, *, init_s: float = 3600.0) -> Bounds:

@@ -280,7 +280,7 @@ async def _boot(run: _Run, model_path: str, *, dummy: bool) -> VLLMEngine:
 
     run.phase = Phase.ENGINE
     t = time.monotonic()
-    with anyio.fail_after(run.config.engine.boot_timeout_s):
+    with anyio.fail_after(run.bounds.boot_s):
         engine = await boot_engine(run.config, model_path, _engine_kwargs(run), dummy=dummy, builder=run.builder)
     run.engine = engine
     run.timed("engine_boot", t)

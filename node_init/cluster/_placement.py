@@ -7,6 +7,7 @@ from typing import Any
 import anyio
 import anyio.to_thread
 
+from .._bounds import Bounds
 from .._config import NodeInitConfig
 from .._ctx import CallbackCtx
 from .._errors import PhaseError
@@ -34,7 +35,7 @@ async def resolve_placement_group(ctx: CallbackCtx, config: NodeInitConfig) -> t
     """
     import ray.util
 
-    timeout = config.placement.ready_timeout_s if config.placement else 60.0
+    timeout = Bounds.of(config).placement_s
     if ctx.placement_group is not None:
         await _ready(ctx.placement_group, timeout, "the handler's")
         return ctx.placement_group, False

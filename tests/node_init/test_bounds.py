@@ -41,6 +41,8 @@ def test_the_bounds_keep_their_relations_for_every_accepted_config(stall: float,
     assert b.exchange_idle_s > b.node_s  # the hub never drops a live init's state
     assert b.rpc(b.peer_wait_s) > b.peer_wait_s  # a Ray call never strikes before the wait it carries
     assert b.stop_s < b.slack_s and b.init_s == init
+    assert (b.placement_s, b.boot_s) == (config.placement.ready_timeout_s if config.placement else 60.0,
+                                         config.engine.boot_timeout_s)
 
 
 @pytest.mark.parametrize("stall", [0, 0.5, MIN_STALL_S - 0.01])
