@@ -8,7 +8,7 @@ import time
 import structlog
 
 from eventbus import HandlerSet
-from node_init import AfterInit, BeforeDownload, BeforeInit, CallbackCtx
+from node_init import AfterInit, BeforeDownload, BeforeEngineInit, BeforeInit, CallbackCtx
 
 handlers = HandlerSet()
 log = structlog.get_logger("examples.hooks")
@@ -24,6 +24,19 @@ def on_node(event: BeforeDownload, ctx: CallbackCtx) -> None:
     # Runs on each node of the placement group, in that node's process.
     log.info("before download", node_id=event.node_id, mode=event.mode, files=len(event.files),
              expected_mb=round(event.expected_bytes / 1e6, 1), pid=os.getpid())
+
+
+@handlers.on(BeforeEngineInit)
+def engine_arguments(event: BeforeEngineInit, ctx: CallbackCtx) -> None:
+    # The engine's arguments are decided here, in the replica, once the nodes have decided: whatever a
+    # handler puts in ctx.extra_init_kwargs is merged over engine_kwargs and reaches vLLM (with
+    # OverlappedLLMServer; on stock ray.serve.llm set them in BeforeInit). Here: a context length
+    # from the environment, e.g. a shorter one on a small node.
+    limit = os.environ.get("EXAMPLE_MAX_MODEL_LEN")
+    if limit:
+        ctx.extra_init_kwargs["max_model_len"] = int(limit)
+    log.info("engine arguments", max_model_len=ctx.extra_init_kwargs.get("max_model_len",
+                                                                           event.engine_kwargs.get("max_model_len")))
 
 
 @handlers.on(AfterInit)

@@ -52,6 +52,7 @@ from ._events import DownloadProgress as DownloadProgress
 from ._events import ErrorInfo as ErrorInfo
 from ._events import EventSpec as EventSpec
 from ._events import InitFailed as InitFailed
+from ._events import NodeDecided as NodeDecided
 from ._events import NodeReport as NodeReport
 from ._events import registered as registered
 from ._init import InitResult as InitResult
@@ -86,6 +87,7 @@ __all__ = [
     "InitResult",
     "MirrorConfig",
     "NodeInitConfig",
+    "NodeDecided",
     "NodeInitError",
     "NodeReport",
     "Phase",

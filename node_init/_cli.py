@@ -139,6 +139,33 @@ def _vllm_logs_to_file(path: Path) -> None:
     print(f"vLLM's own log: {path}", file=sys.stderr)
 
 
+def _s3_server(model: Path, port: int, rate_mb_s: float | None) -> int:
+    """A local S3 server with ``model`` uploaded, for the examples (loopback only, no credentials of yours)."""
+    try:
+        from .testing import FaultProxy, S3Server
+    except ImportError as exc:
+        print(f"node-init s3-server needs the [test] extra (moto[server]): {exc}", file=sys.stderr)
+        return 2
+    if not (model / "config.json").is_file():
+        print(f"node-init s3-server: {model} holds no model (node-init build-model {model})", file=sys.stderr)
+        return 2
+    server = S3Server(port=0 if rate_mb_s else port).start()
+    server.upload_dir(model, "models", model.name)
+    proxy = FaultProxy(server.endpoint, rate_mb_s=rate_mb_s, port=port).start() if rate_mb_s else None
+    endpoint = proxy.endpoint if proxy else server.endpoint
+    print(f"serving s3://models/{model.name} at {endpoint} (access key id 'testing', secret 'testing')"
+          + (f", capped at {rate_mb_s:g} MB/s" if rate_mb_s else "") + "; Ctrl-C stops it", flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        if proxy:
+            proxy.stop()
+        server.stop()
+
+
 def _demo(workdir: Path, engine: bool) -> dict[str, Any]:
     from .testing import build_tiny_llama
 
@@ -172,6 +199,11 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--no-engine", action="store_true", help="stop after the downloads")
     for p in (run, demo):
         p.add_argument("--json-logs", action="store_true", help="JSON log lines (default on a non-TTY)")
+    s3 = sub.add_parser("s3-server", help="serve DIR as s3://models/<DIR's name> from a local S3 server "
+                                           "(moto, the [test] extra) on 127.0.0.1, until interrupted")
+    s3.add_argument("dir", type=Path)
+    s3.add_argument("--port", type=int, default=9000)
+    s3.add_argument("--rate-mb-s", type=float, help="cap the link (MB/s) with a proxy in front of it")
     build = sub.add_parser("build-model", help="write a tiny random Llama (with a tokenizer) to DIR")
     build.add_argument("dir", type=Path)
     build.add_argument("--tied", action="store_true", help="tie the input and output embeddings")
@@ -181,6 +213,8 @@ def main(argv: list[str] | None = None) -> int:
 
         print(build_tiny_llama(args.dir, tie_word_embeddings=args.tied))
         return 0
+    if args.command == "s3-server":
+        return _s3_server(args.dir, args.port, args.rate_mb_s)
     configure_logging(json=True if args.json_logs else None)
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     if args.command == "run":

@@ -123,6 +123,23 @@ class BeforeDownload(Event, frozen=True, kw_only=True):
     expected_bytes: int = 0
 
 
+@registered(Phase.BEFORE_DOWNLOAD)
+class NodeDecided(Event, frozen=True, kw_only=True):
+    """A node's ``BeforeDownload`` outcome, re-published in the replica (the handlers ran on the node).
+
+    Attributes:
+        node_id: The node.
+        mode: The mode in force after its handlers ran.
+        vetoed_by: The handlers that vetoed its download (``module.qualname``), if any.
+        missing_bytes: Bytes it still has to fetch.
+    """
+
+    node_id: str
+    mode: DownloadMode
+    vetoed_by: tuple[str, ...] = ()
+    missing_bytes: int = 0
+
+
 @registered(Phase.DOWNLOAD)
 class DownloadProgress(Event, frozen=True, kw_only=True):
     """Bytes fetched so far by one node (re-published in the replica)."""
@@ -151,6 +168,8 @@ class AfterInit(Event, frozen=True, kw_only=True):
     reports: tuple[NodeReport, ...] = ()
     #: Why node init downloaded nothing and left the model to the engine ("" when it downloaded it).
     download_skipped: str = ""
+    #: Whether the engine booted on dummy weights while they downloaded, then took them in place.
+    overlap: bool = False
 
 
 @registered(Phase.AFTER_INIT)

@@ -17,7 +17,7 @@ from ._bounds import TEARDOWN_S, Bounds
 from ._config import NodeInitConfig
 from ._ctx import CallbackCtx
 from ._errors import DownloadError, NodeInitError, PhaseError, describe, first_error
-from ._events import AfterInit, BeforeEngineInit, BeforeInit, DownloadProgress, NodeReport
+from ._events import AfterInit, BeforeEngineInit, BeforeInit, DownloadProgress, NodeDecided, NodeReport
 from ._modes import DownloadMode
 from ._phases import Phase
 from ._publish import publish_failure, publish_phase
@@ -25,6 +25,7 @@ from ._watchdog import Watchdog
 from ._wiring import wire
 from .cluster import (
     Decision,
+    NodeLog,
     NodeStatus,
     local_model_path,
     may_span_nodes,
@@ -42,6 +43,9 @@ if TYPE_CHECKING:
     from .engine import EngineBuilder, VLLMEngine
 
 _log = structlog.get_logger("node_init")
+#: Node tasks' lines, forwarded to the replica (``node_id`` names where each came from).
+_node_log = structlog.get_logger("node_init.node")
+_LEVELS = ("debug", "info", "warning", "error", "critical")
 
 
 @attrs.frozen
@@ -103,6 +107,7 @@ class _Run:
         self.nodes: dict[str, str] = {}  # node id -> what its task is doing (for the watchdog)
         # Monotonic instants (boot_start, boot_end, download_start, download_end): the overlap timing.
         self.marks: dict[str, float] = {}
+        self.overlap = False  # the engine booted on dummy weights and took the real ones in place
 
     @property
     def phase(self) -> Phase:
@@ -230,7 +235,7 @@ async def _flow(run: _Run, start: float, log: Any) -> InitResult:
     t = time.monotonic()
     outcome = await run.publish(
         AfterInit(model_id=config.model_id, model_path=model_path, timings=dict(run.timings),
-                  reports=run.reports, download_skipped=skipped)
+                  reports=run.reports, download_skipped=skipped, overlap=run.overlap)
     )
     if outcome.vetoed:
         log.warning("AfterInit handlers returned False; there is nothing to skip",
@@ -305,6 +310,19 @@ class _Replica:
         if decision.node_id == self.local:
             self.decision = decision
             self.decided.set()
+        await self.run.publish(NodeDecided(node_id=decision.node_id, mode=decision.mode,
+                                           vetoed_by=decision.vetoed_by, missing_bytes=decision.missing_bytes),
+                               phase=Phase.BEFORE_DOWNLOAD)
+
+    async def on_log(self, log: NodeLog) -> None:
+        """A node's log line, logged here in this process's format (one terminal, one format)."""
+        fields = dict(log.line)
+        event = str(fields.pop("event", ""))
+        level = str(fields.pop("level", "info"))
+        for key in ("timestamp", "model_id", "phase"):  # this process adds its own
+            fields.pop(key, None)
+        fields["node_id"] = log.node_id
+        getattr(_node_log, level if level in _LEVELS else "info")(event, **fields)
 
     async def on_status(self, status: NodeStatus) -> None:
         if self.run.nodes.get(status.node_id) != "done":
@@ -409,6 +427,7 @@ async def _engine_when_ready(run: _Run, replica: _Replica, log: Any) -> None:
         await _boot(run, (replica.report.path if replica.report else "") or path, dummy=False)
         return
     boot_dir = await _config_and_tokenizer(run)
+    run.overlap = True
     engine = await _boot(run, boot_dir, dummy=True)
     with anyio.fail_after(bound):
         await replica.done.wait()

@@ -4,11 +4,41 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import structlog
 
 _configured = False
+#: Where a node task forwards this process's log lines to (see :func:`forward_logs`), or ``None``.
+_sink: Callable[[dict[str, Any]], None] | None = None
+
+
+def forward_logs(sink: Callable[[dict[str, Any]], None] | None) -> None:
+    """Send this process's structlog lines to ``sink`` instead of printing them (``None``: print again).
+
+    A node task forwards its lines (its handlers' included) to the replica, which logs them in its own
+    format: one terminal, one format. Only where :func:`configure_logging` configured structlog.
+    """
+    global _sink
+    _sink = sink
+
+
+def _forward(logger: Any, method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+    sink = _sink
+    if sink is None:
+        return event_dict
+    line = dict(event_dict)
+    exc = line.pop("exc_info", None)
+    if exc:
+        import traceback
+
+        error = exc if isinstance(exc, BaseException) else sys.exc_info()[1]
+        if error is not None:  # no frame locals: only the formatted traceback travels
+            line["exception"] = "".join(traceback.format_exception(error)).rstrip()
+    line.setdefault("level", method)
+    sink(line)
+    raise structlog.DropEvent
 
 
 def configure_logging(*, json: bool | None = None, level: int = logging.INFO, force: bool = False) -> None:
@@ -27,6 +57,7 @@ def configure_logging(*, json: bool | None = None, level: int = logging.INFO, fo
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
+        _forward,
     ]
     # Tracebacks never carry frame locals: a local may hold a credential.
     if use_json:

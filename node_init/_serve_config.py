@@ -60,10 +60,10 @@ class ServeConfigError(ConfigError, RayServeException):
 def validate_llm_config(llm_config: Any) -> NodeInitConfig | None:
     """Check our settings in an ``LLMConfig`` where the application is built, before any replica.
 
-    Returns our config, or ``None`` when the ``LLMConfig`` does not use our callback. An import
-    path that does not import here is an error unless the runtime env of this process (the
-    application's) ships a ``working_dir`` or ``py_modules`` it may come from: then it is checked
-    where it lands, as before.
+    Returns our config, or ``None`` when the ``LLMConfig`` does not use our callback. The build runs
+    in the application's runtime_env, where its ``working_dir`` has landed: an import path that does
+    not import here is an error, unless the ``LLMConfig``'s own runtime_env ships a ``working_dir`` or
+    ``py_modules`` it may come from (then it is checked on the node, where that lands).
 
     Raises:
         ServeConfigError: naming the field of ``callback_kwargs`` (or ``callback``) that is wrong.
@@ -80,7 +80,7 @@ def _validate(llm_config: Any) -> NodeInitConfig | None:
     if not str(name).endswith("EventBusCallback"):  # ours by path, or the class (or a subclass named so)
         return None
     config = node_init_config(llm_config, dict(llm_config.callback_config.callback_kwargs))
-    shipped = _runtime_env_ships_code()
+    shipped = _ships_code_elsewhere(llm_config)
     paths = [("callback", config.callback)] + [(f"handlers[{i}]", p) for i, p in enumerate(config.handlers)]
     for field, path in paths:
         if path is None:
@@ -90,7 +90,8 @@ def _validate(llm_config: Any) -> NodeInitConfig | None:
                    else load_handler_set(path))
         except CallbackLoadError as exc:
             if shipped and isinstance(exc.__cause__, ModuleNotFoundError):
-                _log.info("import path not importable here; checked where the runtime_env lands", path=path)
+                _log.info("import path not importable here; checked where the LLMConfig's runtime_env lands",
+                          path=path)
                 continue
             raise ConfigError(str(exc), file=_FILE, field=field) from None
         if field == "callback" and not any(callable(getattr(obj, hook, None)) for hook in _HOOKS):
@@ -100,12 +101,11 @@ def _validate(llm_config: Any) -> NodeInitConfig | None:
     return config
 
 
-def _runtime_env_ships_code() -> bool:
-    import ray
-
-    if not ray.is_initialized():
-        return False
-    env = ray.get_runtime_context().runtime_env or {}
+def _ships_code_elsewhere(llm_config: Any) -> bool:
+    """Whether the ``LLMConfig``'s own runtime_env ships code (``working_dir``/``py_modules``) that this
+    process does not have: the build runs in the application's runtime_env, where an application-level
+    ``working_dir`` (``serve run --working-dir``) has landed, but a deployment-level one has not."""
+    env = getattr(llm_config, "runtime_env", None) or {}
     return bool(env.get("working_dir") or env.get("py_modules"))
 
 

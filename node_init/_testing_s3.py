@@ -58,7 +58,8 @@ class S3Server:
         'http://127.0.0.1:40123'
     """
 
-    def __init__(self) -> None:
+    def __init__(self, port: int = 0) -> None:
+        self.port = port  # 0: any free port
         self._server: Any = None
         self._thread: threading.Thread | None = None
         self.endpoint = ""
@@ -75,7 +76,7 @@ class S3Server:
         os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
         os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
         app = DomainDispatcherApplication(create_backend_app)
-        self._server = make_server("127.0.0.1", 0, app, threaded=True, request_handler=Quiet)
+        self._server = make_server("127.0.0.1", self.port, app, threaded=True, request_handler=Quiet)
         self.endpoint = f"http://127.0.0.1:{self._server.server_port}"
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True, name="s3-server")
         self._thread.start()
@@ -151,10 +152,12 @@ class FaultProxy:
         upstream: e.g. ``S3Server().endpoint``.
         rate_mb_s: Bytes per second of all responses together, in MB (1e6);
             ``None`` for no cap.
+        port: The port on 127.0.0.1 (0: any free one).
     """
 
-    def __init__(self, upstream: str, *, rate_mb_s: float | None = None) -> None:
+    def __init__(self, upstream: str, *, rate_mb_s: float | None = None, port: int = 0) -> None:
         self.upstream = upstream.rstrip("/")
+        self.port = port  # 0: any free port
         self.rate = rate_mb_s * 1e6 if rate_mb_s else None
         self.faults: list[Fault] = []
         self.requests = 0
@@ -220,7 +223,7 @@ class FaultProxy:
             # Short shutdown: a stalled handler must not hold up stop().
             self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
             await self._runner.setup()
-            site = web.TCPSite(self._runner, "127.0.0.1", 0)
+            site = web.TCPSite(self._runner, "127.0.0.1", self.port)
             await site.start()
             port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
             self.endpoint = f"http://127.0.0.1:{port}"

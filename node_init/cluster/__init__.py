@@ -35,6 +35,7 @@ from ._placement import placement_nodes as placement_nodes
 from ._placement import remove_placement_group as remove_placement_group
 from ._placement import resolve_placement_group as resolve_placement_group
 from ._remote import STOP_NAMESPACE as STOP_NAMESPACE
+from ._remote import NodeLog as NodeLog
 from ._remote import NodeObserver as NodeObserver
 from ._remote import NodeStatus as NodeStatus
 from ._remote import node_task as node_task
@@ -53,6 +54,7 @@ __all__ = [
     "Exchange",
     "ExchangeHub",
     "InitExchange",
+    "NodeLog",
     "NodeObserver",
     "NodeStatus",
     "SharedSource",

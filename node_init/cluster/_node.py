@@ -55,6 +55,7 @@ class Decision(msgspec.Struct, frozen=True, kw_only=True):
         path: Where the model will be on that node ("" when nothing is fetched).
         missing_bytes: Bytes the node still has to fetch.
         rate_mb_s: The node's last measured rate from this store, if any.
+        vetoed_by: The handlers that vetoed (``module.qualname``).
     """
 
     node_id: str
@@ -63,6 +64,7 @@ class Decision(msgspec.Struct, frozen=True, kw_only=True):
     path: str
     missing_bytes: int
     rate_mb_s: float | None = None
+    vetoed_by: tuple[str, ...] = ()
 
 
 def _mode(ctx: CallbackCtx, is_local: bool) -> DownloadMode:
@@ -142,7 +144,8 @@ def node_download(
     if on_decision is not None:
         on_decision(Decision(node_id=node_id, mode=new_mode, vetoed=outcome.vetoed, path=final_path,
                              missing_bytes=0 if skip else sum(f.size for f in todo),
-                             rate_mb_s=read_rate(dest.parent, uri) if uri else None))
+                             rate_mb_s=read_rate(dest.parent, uri) if uri else None,
+                             vetoed_by=outcome.vetoed_by))
     fetching = source is not None and not skip and in_place is None
     held = _holders(config, node_id, todo, source) if fetching and source is not None else None
     base = held or source

@@ -19,7 +19,7 @@ from .._config import NodeInitConfig
 from .._ctx import CallbackCtx
 from .._errors import DownloadError, NodeInitError, PhaseError, describe, first_error
 from .._events import NodeReport
-from .._logging import configure_logging
+from .._logging import configure_logging, forward_logs
 from .._phases import Phase
 from .._wiring import node_bus
 from ..download import Progress
@@ -30,6 +30,19 @@ _log = structlog.get_logger("node_init.remote")
 
 #: Ray internal KV namespace of the stop requests the replica leaves for node tasks.
 STOP_NAMESPACE = "node_init_stop"
+
+
+class NodeLog(msgspec.Struct, frozen=True, kw_only=True):
+    """One structlog line of a node task's process (its handlers' included), forwarded to the replica."""
+
+    node_id: str
+    line: dict[str, Any]
+
+
+def _plain(line: dict[str, Any]) -> dict[str, Any]:
+    """A log line as JSON-safe data (anything else by its ``str``)."""
+    out: dict[str, Any] = msgspec.json.decode(msgspec.json.encode(line, enc_hook=str))
+    return out
 
 
 class NodeStatus(msgspec.Struct, frozen=True, kw_only=True):
@@ -67,6 +80,22 @@ def node_task(config: NodeInitConfig, snapshot: dict[str, Any], local_node_id: s
     structlog.contextvars.bind_contextvars(node_id=node_id, model_id=config.model_id, phase=Phase.DOWNLOAD)
     if stop_key and _stop_requested(stop_key):
         return  # the init ended before this task started
+    lines: list[dict[str, Any]] = []
+    forward_logs(lines.append)  # this task's lines go to the replica, which logs them in its format
+    try:
+        yield from _node_task(config, snapshot, local_node_id, exchange, nodes, stop_key, deadline, node_id, lines)
+    finally:
+        forward_logs(None)
+
+
+def _logs(node_id: str, lines: list[dict[str, Any]]) -> Iterator[NodeLog]:
+    while lines:
+        yield NodeLog(node_id=node_id, line=_plain(lines.pop(0)))
+
+
+def _node_task(config: NodeInitConfig, snapshot: dict[str, Any], local_node_id: str, exchange: Any,
+               nodes: list[str] | None, stop_key: str, deadline: float | None, node_id: str,
+               lines: list[dict[str, Any]]) -> Iterator[Any]:
     bus = node_bus(config, node_id)  # CallbackLoadError names this node
     ctx = CallbackCtx.from_snapshot(config, snapshot)
     progress, cancel = Progress(), threading.Event()
@@ -100,6 +129,7 @@ def node_task(config: NodeInitConfig, snapshot: dict[str, Any], local_node_id: s
         while worker.is_alive():
             # Poll fast until the decision is out: the replica may boot the engine on it.
             worker.join(PROGRESS_EVERY_S if sent_decision else 0.02)
+            yield from _logs(node_id, lines)
             if not sent_decision and decisions:
                 sent_decision = True
                 yield decisions[0]
@@ -122,6 +152,7 @@ def node_task(config: NodeInitConfig, snapshot: dict[str, Any], local_node_id: s
         # ray.cancel() lands here (KeyboardInterrupt): stop the download, let it remove its temp files.
         stop()
         raise
+    yield from _logs(node_id, lines)
     if expired:
         stop()
         raise PhaseError(f"the init's deadline passed on node {node_id} while {expired}",
@@ -146,6 +177,8 @@ class NodeObserver(Protocol):
     async def on_report(self, report: NodeReport) -> None: ...
 
     async def on_status(self, status: NodeStatus) -> None: ...
+
+    async def on_log(self, log: NodeLog) -> None: ...
 
 
 async def run_on_nodes(
@@ -217,6 +250,8 @@ async def run_on_nodes(
                         await observer.on_decision(item)
                     elif isinstance(item, NodeStatus):
                         await observer.on_status(item)
+                    elif isinstance(item, NodeLog):
+                        await observer.on_log(item)
                     else:
                         await observer.on_progress(node_id, item[0], item[1])
             finished = True

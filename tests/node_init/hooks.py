@@ -151,3 +151,16 @@ def shorter_context(event: BeforeEngineInit, ctx: CallbackCtx) -> None:
 @short_context_init.on(BeforeInit)
 def shorter_context_before_init(event: BeforeInit, ctx: CallbackCtx) -> None:
     ctx.extra_init_kwargs["max_model_len"] = 128
+
+
+#: Logs on every node, and vetoes node1's download: for the CLI's forwarded lines and timeline.
+loud_nodes = HandlerSet()
+
+
+@loud_nodes.on(BeforeDownload)
+def say_hello_from_the_node(event: BeforeDownload, ctx: CallbackCtx) -> bool:
+    import structlog
+
+    structlog.get_logger("tests.hooks").info("hello from the node", pid=os.getpid(),
+                                             node_name=os.environ.get("NODE_NAME"))
+    return os.environ.get("NODE_NAME") != "node1"

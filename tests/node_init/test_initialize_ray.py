@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
@@ -227,3 +228,32 @@ async def test_s3_download_on_every_node_with_per_role_modes(ray_cluster: RayClu
     assert sum(r.bytes for r in result.reports) == sum(
         (model_dir / f).stat().st_size for f in everything) + 2 * sum(
         (model_dir / f).stat().st_size for f in everything if not f.endswith(".safetensors"))
+
+
+def test_the_cli_shows_node_side_lines_and_every_event(ray_cluster: RayCluster, model_dir: Path,
+                                                        tmp_path: Path) -> None:
+    """``node-init run``: a BeforeDownload handler's log lines on the nodes come out in the CLI's own
+    output, with their node id, and its timeline holds each node's BeforeDownload outcome, vetoes included."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump({
+        "model_id": f"cli-{os.getpid()}", "model_source": str(model_dir),
+        "handlers": ["tests.node_init.hooks:loud_nodes"],
+        "placement": {"bundles": [{"CPU": 1}] * 3, "strategy": "STRICT_SPREAD"},
+        "engine": {"kind": "none"}, "download": {"share": "off"},
+    }))
+    out = subprocess.run([str(Path(sys.executable).parent / "node-init"), "run", str(config), "--address",
+                          ray_cluster.address, "--json-logs"], capture_output=True, text=True, timeout=180)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    lines = [json.loads(line) for line in out.stderr.splitlines() if line.startswith("{")]
+    hellos = [line for line in lines if line.get("event") == "hello from the node"]
+    assert {h["node_name"] for h in hellos} == {"head", "node1", "node2"}  # one per node, in this process's output
+    assert {h["node_id"] for h in hellos} == {n.node_id for n in ray_cluster.nodes}
+    decided = [line for line in out.stdout.splitlines() if "NodeDecided" in line]
+    assert len(decided) == 3
+    (vetoed,) = [line for line in decided if "say_hello_from_the_node" in line]
+    assert ray_cluster.nodes[1].node_id[-37:] in vetoed  # the timeline shortens long values
