@@ -234,7 +234,9 @@ class ModelCache:
         with self._journal_lock:
             if self._journal_fd is None:
                 self._journal_fd = os.open(self._journal, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-            os.write(self._journal_fd, line)  # one write per line: whole lines even if killed
+            view = memoryview(line)  # one write per line: whole lines even if killed; a short one is finished
+            while view:
+                view = view[os.write(self._journal_fd, view):]
             self.entries()[name] = entry
 
     def close(self) -> None:

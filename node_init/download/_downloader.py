@@ -122,6 +122,17 @@ class _WriteFailed(OSError):
     """Writing to the cache failed (disk full, read-only): never retried as a read error."""
 
 
+def _pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
+    """Every byte of ``data`` at ``offset``: near a full disk (or a file-size limit) ``pwrite`` writes
+    fewer bytes than asked instead of failing; the rest is written again until it fails for real."""
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(fd, view, offset)
+        if written <= 0:  # no progress and no error: the disk takes nothing more
+            raise OSError(errno.ENOSPC, "no space left: a write made no progress")
+        view, offset = view[written:], offset + written
+
+
 class Downloader:
     """One download of ``files`` from ``source`` into ``dest`` (see the module doc).
 
@@ -414,6 +425,13 @@ class Downloader:
         digest = f"md5:{md5}" if md5 is not None else state.sums_digest()
         if not state.close():
             return  # aborted meanwhile
+        try:  # what is journaled is exactly the listed size: no short file, no hole past the end
+            size = state.path.stat().st_size
+        except OSError as exc:
+            raise self._write_error(exc, f.key) from exc
+        if size != f.size:
+            raise self._error(f"the cache file holds {size} bytes, the source lists {f.size}", file=f.key,
+                              bad_bytes=True)
         try:
             state.cache.commit_blob(f, digest)
         except OSError as exc:
@@ -461,7 +479,7 @@ class _FileState:
                 raise _WriteFailed(exc.errno, exc.strerror) from exc
             self._writers += 1
         try:  # ranges write in parallel; close() waits for them
-            os.pwrite(fd, data, offset)
+            _pwrite_all(fd, data, offset)
         except OSError as exc:
             raise _WriteFailed(exc.errno, exc.strerror) from exc
         finally:

@@ -256,3 +256,37 @@ def test_a_node_side_handler_that_never_returns_fails_the_replica_at_init_timeou
         assert took < 3 * (bounds.init_s + bounds.slack_s) + 120, f"{took:.0f}s"
     finally:
         serve.delete("stuck")
+
+
+def test_an_application_with_two_models_serves_both(serve_port: int, s3_server: S3Server, tiny: dict[str, str],
+                                                    tmp_path: Path) -> None:
+    """Two LLMConfigs in one application, one per path: each model has its own init and answers."""
+    from ray import serve
+
+    s3 = {"endpoint_url": s3_server.endpoint, "access_key_id": "testing", "secret_access_key": "testing"}
+    stock = llm_config("two-stock", tiny["local"], tmp_path / "a.test", {"handlers": ["handlers.event_log:handlers"]},
+                       env={"NODE_INIT_EVENT_LOG": str(tmp_path / "a.jsonl")})
+    ours = llm_config("two-ours", tiny["s3"], tmp_path / "b.test",
+                      {"handlers": ["handlers.event_log:handlers"], "download": {"s3": s3}},
+                      env={"NODE_INIT_EVENT_LOG": str(tmp_path / "b.jsonl")},
+                      server_cls="node_init.ray_serve:OverlappedLLMServer")
+    from ray.serve.llm import build_openai_app
+
+    serve.run(build_openai_app({"llm_configs": [stock, ours]}), name="two", route_prefix="/two", blocking=False)
+    try:
+        deadline = time.monotonic() + 300
+        while serve.status().applications["two"].status != "RUNNING":
+            assert time.monotonic() < deadline and serve.status().applications["two"].status not in (
+                "DEPLOY_FAILED", "UNHEALTHY"), serve.status().applications["two"]
+            time.sleep(2)
+        for model in ("two-stock", "two-ours"):
+            out = complete(serve_port, "two", model)
+            assert out["model"] == model and out["choices"][0]["text"]
+        from handlers.event_log import read_events
+        from node_init import AfterInit
+
+        for log, model in ((tmp_path / "a.jsonl", "two-stock"), (tmp_path / "b.jsonl", "two-ours")):
+            (after,) = [e for e in read_events(log) if isinstance(e, AfterInit)]
+            assert after.model_id == model
+    finally:
+        serve.delete("two")

@@ -31,6 +31,13 @@ json_values = st.recursive(
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
     max_leaves=10,
 )
+# What a JSON file can hold (no infinities: json.dumps would write a token JSON does not have).
+finite_json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+    max_leaves=10,
+)
 fields = st.sampled_from(["model_id", "model_source", "callback", "callback_kwargs", "handlers", "download",
                           "placement", "engine", "runtime_env", "bogus", "handler_options"])
 
@@ -59,7 +66,7 @@ def test_any_file_bytes_load_or_raise_config_error(tmp_path: Path, raw: bytes, s
 
 @FAST
 @given(st.dictionaries(st.sampled_from(["retries", "timeout_s", "local_node", "concurrency", "s3"]),
-                       json_values, min_size=1, max_size=3))
+                       finite_json_values, min_size=1, max_size=3))
 def test_wrong_typed_download_sections_name_the_field(tmp_path: Path, section: dict[str, Any]) -> None:
     path = tmp_path / "c.json"
     path.write_text(json.dumps({"model_id": "m", "download": section}))
