@@ -87,6 +87,8 @@ class DownloadConfig(_Strict, kw_only=True, forbid_unknown_fields=True, frozen=T
             ``off``: every node fetches everything from the source.
         share_memory_mb: Bound on the bytes a node holds in Ray's object store for its peers
             (a range over it is not offered: peers fetch it from the source).
+        require_checksum: Fail the download, naming the files, when the origin states no checksum for
+            some of them (by default such a file is checked by its size alone, and reported as ``size``).
         s3: Endpoint settings.
     """
 
@@ -103,6 +105,7 @@ class DownloadConfig(_Strict, kw_only=True, forbid_unknown_fields=True, frozen=T
     verify: Literal["stat", "full"] = "stat"
     share: Literal["auto", "on", "off"] = "auto"
     share_memory_mb: int = 512
+    require_checksum: bool = False
     s3: S3Config = S3Config()
 
 

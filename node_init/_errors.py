@@ -82,6 +82,7 @@ class DownloadError(PhaseError):
         file: The file (relative key) that failed, if one did.
         resumable: Whether what was written may be kept for the next attempt to resume from
             (``False`` after a checksum mismatch or a failed write: the partial files go).
+        checksum_mismatch: Whether the bytes differed from the checksum the origin states.
     """
 
     def __init__(
@@ -93,10 +94,12 @@ class DownloadError(PhaseError):
         file: str | None = None,
         cause: str = "",
         resumable: bool = True,
+        checksum_mismatch: bool = False,
     ) -> None:
         self.source = source
         self.file = file
         self.resumable = resumable
+        self.checksum_mismatch = checksum_mismatch
         shown = file if file is None or file.isprintable() else repr(file)[1:-1]  # a NUL or newline, escaped
         detail = f"{message} (source {source}" + (f", file {shown})" if file else ")")
         super().__init__(detail, phase=Phase.DOWNLOAD, node_id=node_id, cause=cause)

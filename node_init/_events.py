@@ -84,6 +84,9 @@ class NodeReport(msgspec.Struct, frozen=True, kw_only=True):
         vetoed: Whether a ``BeforeDownload`` handler vetoed the download.
         custom_data: What that node's handlers put in ``ctx.custom_data``.
         errors: Errors of ``on_error="log"`` handlers on that node.
+        verified: How each file's bytes were checked against the origin (``crc64nvme``, ``crc32c``,
+            ``sha256``, ``md5``, ... or ``size`` where the origin stated no checksum).
+        rereads: Files read again from the origin after their bytes differed from its checksum.
     """
 
     node_id: str
@@ -97,6 +100,8 @@ class NodeReport(msgspec.Struct, frozen=True, kw_only=True):
     vetoed: bool = False
     custom_data: dict[str, Any] = {}
     errors: tuple[ErrorInfo, ...] = ()
+    verified: dict[str, str] = {}
+    rereads: tuple[str, ...] = ()
 
 
 @registered(Phase.BEFORE_INIT, vetoable=True, hook="on_before_init")

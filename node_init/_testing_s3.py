@@ -125,14 +125,15 @@ class Fault(msgspec.Struct, kw_only=True):
             ``truncate`` (announce the full length, send ``after_bytes``, end),
             ``stall`` (send ``after_bytes`` then nothing for ``seconds``),
             ``corrupt`` (flip the byte at ``after_bytes`` of the body, send the rest: a bad disk
-            or a broken middlebox, which only a checksum notices).
+            or a broken middlebox, which only a checksum notices), ``headers`` (answer with
+            ``headers`` set over the store's own, the body unchanged: e.g. an encryption header).
         match: Substring of the request path (``""`` matches all).
         query: Substring the query string must hold (``"list-type"`` picks a LIST).
         method: HTTP method to match.
         count: How many requests it applies to.
     """
 
-    kind: Literal["status", "reset", "truncate", "stall", "corrupt"]
+    kind: Literal["status", "reset", "truncate", "stall", "corrupt", "headers"]
     match: str = ""
     query: str = ""
     method: str = "GET"
@@ -140,6 +141,7 @@ class Fault(msgspec.Struct, kw_only=True):
     status: int = 503
     after_bytes: int = 0
     seconds: float = 3600.0
+    headers: dict[str, str] = {}
 
 
 _HOP = {"transfer-encoding", "connection", "keep-alive", "content-encoding", "host"}
@@ -272,15 +274,18 @@ class FaultProxy:
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP}
         async with self._session.request(request.method, self.upstream + request.path_qs,
                                          headers=headers, data=body) as up:
-            out = web.StreamResponse(status=up.status, headers={
-                k: v for k, v in up.headers.items() if k.lower() not in _HOP})
+            answer = {k: v for k, v in up.headers.items() if k.lower() not in _HOP}
+            if fault is not None and fault.kind == "headers":
+                answer.update(fault.headers)
+            out = web.StreamResponse(status=up.status, headers=answer)
             await out.prepare(request)
             sent = 0
             async for chunk in up.content.iter_chunked(64 * 1024):
                 if fault is not None and fault.kind == "corrupt" and sent <= fault.after_bytes < sent + len(chunk):
                     i = fault.after_bytes - sent
                     chunk = chunk[:i] + bytes([chunk[i] ^ 0xFF]) + chunk[i + 1:]
-                elif fault is not None and fault.kind != "corrupt" and sent + len(chunk) > fault.after_bytes:
+                elif fault is not None and fault.kind not in ("corrupt", "headers") and \
+                        sent + len(chunk) > fault.after_bytes:
                     head = chunk[: max(0, fault.after_bytes - sent)]
                     if head:
                         await out.write(head)

@@ -179,8 +179,8 @@ def node_download(
                  from_holders=held.held_bytes if held else 0)
     _record(config, node_id, wanted)
     _extra_files(config, node_id, cancel)  # after the model, as Ray does
-    return _finish(msgspec.structs.replace(report, peer_bytes=peer), start, path=result.path,
-                   files=result.fetched, nbytes=result.bytes, cached=result.cached_bytes)
+    return _finish(msgspec.structs.replace(report, peer_bytes=peer, verified=result.verified, rereads=result.rereads),
+                   start, path=result.path, files=result.fetched, nbytes=result.bytes, cached=result.cached_bytes)
 
 
 def _extra_files(config: NodeInitConfig, node_id: str, cancel: threading.Event | None) -> None:

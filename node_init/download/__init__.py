@@ -29,6 +29,9 @@ from ._cache import hold_snapshot as hold_snapshot
 from ._cache import model_dir_name as model_dir_name
 from ._cache import read_rate as read_rate
 from ._cache import select as select
+from ._checksums import OriginChecksum as OriginChecksum
+from ._checksums import combine as combine_crcs
+from ._checksums import crc as crc
 from ._downloader import Downloader as Downloader
 from ._downloader import DownloadResult as DownloadResult
 from ._downloader import Progress as Progress
@@ -55,6 +58,7 @@ from ._sources import source_errors as source_errors
 
 __all__ = [
     "SOURCES",
+    "OriginChecksum",
     "BlobEntry",
     "DownloadResult",
     "Downloader",
@@ -72,6 +76,8 @@ __all__ = [
     "cache_root",
     "check_key",
     "check_source",
+    "combine_crcs",
+    "crc",
     "file_digest",
     "hold_snapshot",
     "is_remote_source",

@@ -39,6 +39,7 @@ import xxhash
 
 from .._config import DownloadConfig
 from .._modes import DownloadMode
+from ._checksums import DIGESTS, OriginChecksum, file_checksum
 from ._sources import RemoteFile
 
 STORE = ".node-init"
@@ -63,6 +64,9 @@ class BlobEntry(msgspec.Struct, frozen=True):
             read).
         mtime_ns: The blob's modification time once complete (a change means it was touched).
         ino: The blob's inode (a different inode means it was replaced).
+        verified: How its bytes were checked against the origin (``crc64nvme``, ``crc32c``, ``crc32``,
+            ``sha256``, ``sha1``, ``md5``), or ``size`` when the origin stated no checksum.
+        origin: The origin's checksum it matched (``algorithm:value``), re-checked by ``verify: full``.
     """
 
     blob: str
@@ -72,6 +76,8 @@ class BlobEntry(msgspec.Struct, frozen=True):
     digest: str
     mtime_ns: int
     ino: int
+    verified: str = "size"
+    origin: str = ""
 
 
 class PartState(msgspec.Struct):
@@ -84,6 +90,7 @@ class PartState(msgspec.Struct):
     sum_kind: str
     done: list[int] = []
     sums: dict[str, int] = {}  # range start -> checksum of that range (for the content digest)
+    crcs: dict[str, int] = {}  # range start -> the origin's CRC of that range (its algorithm), if it states one
 
 
 def model_dir_name(model_id: str) -> str:
@@ -144,6 +151,9 @@ def file_digest(path: Path, like: str) -> str:
             while chunk := f.read(8 << 20):
                 md5.update(chunk)
             return f"md5:{md5.hexdigest()}"
+        algorithm, sep, value = like.partition(":")
+        if sep and algorithm in DIGESTS:  # an origin's SHA, recorded as the blob's digest
+            return f"{algorithm}:{file_checksum(str(path), OriginChecksum(algorithm, value))}"
         kind, rest = like.split("/", 1) if "/" in like else ("", "")
         if kind != RANGE_SUM:
             return ""
@@ -219,17 +229,23 @@ class ModelCache:
             return False
         if (st.st_size, st.st_mtime_ns, st.st_ino) != (entry.size, entry.mtime_ns, entry.ino):
             return False
-        return not full or file_digest(self.blobs / name, entry.digest) == entry.digest
+        if not full:
+            return True
+        if entry.origin:  # against what the origin stated at download, not only the node's own digest
+            algorithm, _, value = entry.origin.partition(":")
+            if file_checksum(str(self.blobs / name), OriginChecksum(algorithm, value)) != value:
+                return False
+        return file_digest(self.blobs / name, entry.digest) == entry.digest
 
     def missing(self, files: list[RemoteFile], *, full: bool = False) -> list[RemoteFile]:
         """The files of ``files`` whose blob is not complete and unchanged."""
         return [f for f in files if not self.is_cached(f, full=full)]
 
-    def commit_blob(self, f: RemoteFile, digest: str) -> None:
+    def commit_blob(self, f: RemoteFile, digest: str, *, verified: str = "size", origin: str = "") -> None:
         """Record ``f``'s blob, written and verified, as complete (one appended journal line)."""
         name = self.blob_name(f)
         st = (self.blobs / name).stat()
-        entry = BlobEntry(name, f.key, f.size, f.etag, digest, st.st_mtime_ns, st.st_ino)
+        entry = BlobEntry(name, f.key, f.size, f.etag, digest, st.st_mtime_ns, st.st_ino, verified, origin)
         line = msgspec.json.encode(entry) + b"\n"
         with self._journal_lock:
             if self._journal_fd is None:

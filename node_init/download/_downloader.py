@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import errno
-import hashlib
 import os
 import queue
 import threading
@@ -29,7 +28,8 @@ import structlog
 
 from .._config import DownloadConfig
 from .._errors import DownloadError, describe
-from ._cache import RANGE_SUM, ModelCache, PartState, range_hasher, ranges_digest, record_rate, single_part_md5
+from ._cache import RANGE_SUM, ModelCache, PartState, range_hasher, ranges_digest, record_rate
+from ._checksums import RangeCrc, combine, encode_crc, encode_digest, new_digest
 from ._retry import Transient, backoff, is_transient
 from ._sources import LocalSource, RemoteFile, Source, SourceChanged, check_key
 
@@ -47,6 +47,11 @@ class DownloadResult(msgspec.Struct, frozen=True, kw_only=True):
     bytes: int
     cached_bytes: int
     seconds: float
+    #: How each file's bytes were checked against the origin (``crc64nvme``, ``sha256``, ``md5``, ...,
+    #: or ``size`` when the origin stated nothing), fetched and cached files alike.
+    verified: dict[str, str] = {}
+    #: Files read again from the origin after their bytes differed from its checksum.
+    rereads: tuple[str, ...] = ()
 
 
 class Progress:
@@ -174,10 +179,12 @@ class Downloader:
         self._inflight_lock = threading.Lock()
 
     def _error(self, message: str, *, file: str | None = None, cause: BaseException | None = None,
-               bad_bytes: bool = False) -> DownloadError:
-        """A DownloadError; ``bad_bytes``: what was written cannot be kept (partial files go)."""
+               bad_bytes: bool = False, mismatch: bool = False) -> DownloadError:
+        """A DownloadError; ``bad_bytes``: what was written cannot be kept (partial files go);
+        ``mismatch``: the bytes differ from the origin's checksum."""
         return DownloadError(message, node_id=self.node_id, source=self.source.uri, file=file,
-                             cause=describe(cause) if cause else "", resumable=not bad_bytes)
+                             cause=describe(cause) if cause else "", resumable=not bad_bytes,
+                             checksum_mismatch=mismatch)
 
     def _stopped(self) -> bool:
         return self.cancel.is_set() or self._abort.is_set()
@@ -201,6 +208,10 @@ class Downloader:
         start = time.monotonic()
         for f in files:
             check_key(f.key)
+        unchecked = [f.key for f in files if f.checksum is None or f.checksum.scope != "full"]
+        if self.cfg.require_checksum and unchecked:
+            raise self._error(f"download.require_checksum: the origin states no checksum for {len(unchecked)} "
+                              f"file(s)", file=", ".join(unchecked[:3]) + (" ..." if len(unchecked) > 3 else ""))
         lock_dir = self.dest.parent / ".locks"
         try:
             lock_dir.mkdir(parents=True, exist_ok=True)
@@ -234,17 +245,34 @@ class Downloader:
         except OSError as exc:
             raise self._error(f"cannot use the cache at {cache.store}: {describe(exc)}", cause=exc) from exc
         restarts = 0
+        reread: list[str] = []  # files read again after a checksum mismatch
+        fetched: dict[str, None] = {}  # every file read, over every attempt
+        moved = 0  # bytes read over every attempt
+        cached_bytes: int | None = None  # what the cache held before the first
         while True:
             todo = cache.missing(files, full=self.cfg.verify == "full")
-            cached_bytes = sum(f.size for f in files) - sum(f.size for f in todo)
+            if cached_bytes is None:
+                cached_bytes = sum(f.size for f in files) - sum(f.size for f in todo)
+            fetched.update(dict.fromkeys(f.key for f in todo))
             self.progress.restart(sum(f.size for f in todo))
             if todo:
                 _log.info("download starting", node_id=self.node_id, source=self.source.uri, files=len(todo),
                           bytes=self.progress.total, cached_bytes=cached_bytes)
             try:
                 self._fetch_all(cache, todo)
+                moved += self.progress.done
                 break
+            except DownloadError as exc:
+                moved += self.progress.done
+                # Bytes that differ from the origin's checksum are read again from the origin, once
+                # per file (a flip on the way heals); twice is the error, and nothing of it is kept.
+                if not exc.checksum_mismatch or exc.file is None or exc.file in reread:
+                    raise
+                reread.append(exc.file)
+                _log.warning("checksum mismatch: reading the file again from the origin", node_id=self.node_id,
+                             source=self.source.uri, file=exc.file, error=str(exc))
             except SourceChanged as exc:
+                moved += self.progress.done
                 if relist is None or restarts >= MAX_RESTARTS:
                     raise self._error(f"the file changed at the source during the download {restarts + 1} "
                                       "time(s); nothing of it was kept", file=exc.key, cause=exc) from None
@@ -262,12 +290,15 @@ class Downloader:
         except OSError as exc:
             raise self._error(f"cannot build the snapshot: {describe(exc)}", cause=exc) from exc
         seconds = time.monotonic() - start
-        if self.progress.total >= 8 * 1024 * 1024 and seconds > 0:
-            record_rate(self.dest.parent, self.source.uri, self.progress.total / 1e6 / seconds)
-        _log.info("download finished", node_id=self.node_id, files=len(todo), bytes=self.progress.total,
-                  seconds=round(seconds, 3), snapshot=path.name)
-        return DownloadResult(path=str(path), fetched=tuple(f.key for f in todo), bytes=self.progress.total,
-                              cached_bytes=cached_bytes, seconds=seconds)
+        if moved >= 8 * 1024 * 1024 and seconds > 0:
+            record_rate(self.dest.parent, self.source.uri, moved / 1e6 / seconds)
+        _log.info("download finished", node_id=self.node_id, files=len(fetched), bytes=moved,
+                  seconds=round(seconds, 3), snapshot=path.name, rereads=len(reread))
+        entries = cache.entries()
+        verified = {f.key: entries[cache.blob_name(f)].verified if cache.blob_name(f) in entries else "size"
+                    for f in files}
+        return DownloadResult(path=str(path), fetched=tuple(fetched), bytes=moved, cached_bytes=cached_bytes or 0,
+                              seconds=seconds, verified=verified, rereads=tuple(reread))
 
     def _fetch_all(self, cache: ModelCache, todo: list[RemoteFile]) -> None:
         self._abort.clear()
@@ -371,9 +402,11 @@ class Downloader:
         """Stream ``[lo, hi)`` into the partial file; retries resume where the bytes stopped."""
         key = state.file.key
         pos, attempt = lo, 0
-        live = state.need_md5 and not state.resumable  # one range, in order: MD5 as bytes arrive
-        # The range checksum is the content digest only where no MD5 is (the MD5 is then the digest).
-        rsum = None if state.need_md5 else range_hasher()
+        live = state.in_order and not state.resumable  # one range, in order: the digest as bytes arrive
+        # The range checksum is the content digest only where no in-order digest is (that is then the digest).
+        rsum = None if state.in_order else range_hasher()
+        # The origin's CRC of this range, as its bytes arrive; the file's is combined from them at the end.
+        rcrc = RangeCrc(state.origin.algorithm) if state.origin is not None and state.origin.is_crc else None
         while True:
             if self._stopped():
                 return False
@@ -387,6 +420,8 @@ class Downloader:
                         return False
                     if rsum is not None:
                         rsum.update(chunk)
+                    if rcrc is not None:
+                        rcrc.update(chunk)
                     if live:
                         state.feed(chunk, pos)
                     pos += len(chunk)
@@ -395,6 +430,8 @@ class Downloader:
                     raise Transient(f"short read: {pos - lo} of {hi - lo} bytes at offset {lo}")
                 if rsum is not None:
                     state.sums[lo] = rsum.intdigest()
+                if rcrc is not None:
+                    state.crcs[lo] = rcrc.value
                 return True
             except (SourceChanged, DownloadError):
                 raise
@@ -411,18 +448,26 @@ class Downloader:
             self._sleep(delay)
 
     def _finalize(self, state: _FileState) -> None:
-        """All ranges are written: finish the hash, check the source's MD5, commit the blob."""
+        """All ranges are written: finish the checks against the origin, commit the blob."""
         f = state.file
+        origin = f.checksum
         try:
             state.touch()  # an empty file gets no write
-            md5 = state.hash_through() if state.need_md5 else None
+            got = state.hash_through() if state.in_order else state.combined_crc() if state.origin else None
         except OSError as exc:
             raise self._write_error(exc, f.key) from exc
-        expected = single_part_md5(f.etag)
-        if expected is not None and md5 != expected:
-            raise self._error(f"the bytes' MD5 {md5} does not match the source's ETag {expected}",
-                              file=f.key, bad_bytes=True)
-        digest = f"md5:{md5}" if md5 is not None else state.sums_digest()
+        checked = origin is not None and origin.scope == "full"
+        if checked and origin is not None and got != origin.value:
+            raise self._error(f"{origin.algorithm} mismatch: the origin states {origin.value}, the bytes give {got}",
+                              file=f.key, bad_bytes=True, mismatch=True)
+        md5 = got if origin is not None and origin.algorithm == "md5" else None
+        state.verified = origin.algorithm if checked and origin is not None else "size"
+        if md5 is not None:
+            digest = f"md5:{md5}"
+        elif state.in_order and origin is not None:
+            digest = f"{origin.algorithm}:{got}"
+        else:
+            digest = state.sums_digest()
         if not state.close():
             return  # aborted meanwhile
         try:  # what is journaled is exactly the listed size: no short file, no hole past the end
@@ -433,7 +478,8 @@ class Downloader:
             raise self._error(f"the cache file holds {size} bytes, the source lists {f.size}", file=f.key,
                               bad_bytes=True)
         try:
-            state.cache.commit_blob(f, digest)
+            state.cache.commit_blob(f, digest, verified=state.verified,
+                                    origin=str(origin) if checked and origin is not None else "")
         except OSError as exc:
             raise self._write_error(exc, f.key) from exc
         state.committed = True
@@ -455,14 +501,18 @@ class _FileState:
         self.done = set(self.state.done)
         self.part = part
         self.sums = {int(k): v for k, v in self.state.sums.items()}
-        self.need_md5 = single_part_md5(file.etag) is not None
+        self.origin = file.checksum if file.checksum is not None and file.checksum.scope == "full" else None
+        self.crcs = {int(k): v for k, v in self.state.crcs.items()}
+        # A digest that does not combine (MD5, SHA) is fed in order; a CRC is combined from its ranges.
+        self.in_order = self.origin is not None and not self.origin.is_crc
+        self.verified = "size"
         self.resumable = len(self.ranges) > 1
         self.committed = False
         self._lock = threading.Lock()  # the descriptor, ``done``, closing
         self._idle = threading.Condition(self._lock)  # no write in progress
         self._writers = 0
         self._hash_lock = threading.Lock()
-        self._md5 = hashlib.md5(usedforsecurity=False)
+        self._md5 = new_digest(self.origin.algorithm if self.in_order and self.origin else "md5")
         self._hashed = 0  # bytes [0, _hashed) are in the MD5
 
     def todo_ranges(self) -> list[tuple[int, int]]:
@@ -520,14 +570,37 @@ class _FileState:
             if self.resumable and not complete and not self.closed:
                 self.state.done = sorted(self.done)
                 self.state.sums = {str(k): v for k, v in self.sums.items()}
+                self.state.crcs = {str(k): v for k, v in self.crcs.items()}
                 self.cache.save_state(self.file, self.state)
-        if self.resumable and self.need_md5:
+        if self.resumable and self.in_order:
             self.hash_through(complete_only=False)
         return complete
 
     def sums_digest(self) -> str:
         """The content digest from every range's checksum (see ``BlobEntry.digest``)."""
         return ranges_digest(self.part, [self.sums[lo] for lo, _ in self.ranges])
+
+    def combined_crc(self) -> str:
+        """The file's CRC in the origin's algorithm and form, from its ranges' (a range written by an
+        earlier run whose CRC was not recorded is read back once)."""
+        assert self.origin is not None
+        algorithm = self.origin.algorithm
+        parts = []
+        for lo, hi in self.ranges:
+            if lo not in self.crcs:
+                with self._lock:
+                    fd = self._open()
+                rcrc = RangeCrc(algorithm)
+                pos = lo
+                while pos < hi:
+                    chunk = os.pread(fd, min(hi - pos, 8 << 20), pos)
+                    if not chunk:
+                        raise OSError(errno.EIO, f"short read of the partial file at {pos}")
+                    rcrc.update(chunk)
+                    pos += len(chunk)
+                self.crcs[lo] = rcrc.value
+            parts.append((self.crcs[lo], hi - lo))
+        return encode_crc(algorithm, combine(algorithm, parts))
 
     def feed(self, chunk: bytes | memoryview, pos: int) -> None:
         """Hash bytes of a single-range file as they arrive (in order, so no second read)."""
@@ -558,7 +631,7 @@ class _FileState:
                 self._hashed = hi
             if complete_only and self._hashed < self.file.size:
                 raise OSError(errno.EIO, f"only {self._hashed} of {self.file.size} bytes could be hashed")
-            return self._md5.hexdigest()
+            return encode_digest(self.origin, self._md5) if self.origin is not None else self._md5.hexdigest()
 
     def close(self) -> bool:
         """Stop further writes and close the file; whether it was still open."""

@@ -19,19 +19,25 @@ from typing import Any, Protocol
 from urllib.parse import unquote, urlparse
 
 import msgspec
+import structlog
 
 from .._config import DownloadConfig, S3Config, reveal
 from .._errors import DownloadError, describe
+from ._checksums import OriginChecksum
 from ._registry import s3_bucket, source_kind
 from ._retry import http_status, with_retries
 
+_log = structlog.get_logger("node_init.download")
+
 
 class RemoteFile(msgspec.Struct, frozen=True):
-    """One file of a model: its key (relative POSIX path), size and version tag."""
+    """One file of a model: its key (relative POSIX path), size, version tag, and what the origin
+    says its content is (``checksum``; ``None`` when it says nothing: then only the size is checked)."""
 
     key: str
     size: int
     etag: str = ""
+    checksum: OriginChecksum | None = None
 
 
 class UnsafeKeyError(ValueError):
@@ -231,6 +237,8 @@ class S3Source:
             kwargs["virtual_hosted_style_request"] = False
         auth, self.identity = s3_credentials(msgspec.structs.replace(cfg, anonymous=True) if anonymous else cfg)
         kwargs.update(auth)
+        self._bucket, self._endpoint, self._region, self._auth = bucket, endpoint, region, auth
+        self._timeout_s = request_timeout_s
 
         def store(timeout_s: float) -> Any:
             return obstore.store.S3Store(
@@ -292,7 +300,66 @@ class S3Source:
             raise denied from None
         if not files:
             raise FileNotFoundError(f"no objects under {self.uri}")
-        return sorted(files, key=lambda f: f.key)
+        return sorted(self._with_checksums(files), key=lambda f: f.key)
+
+    def _with_checksums(self, files: list[RemoteFile]) -> list[RemoteFile]:
+        """Each file with what the origin says its content is.
+
+        obstore's listing and metadata carry no checksum or encryption headers, so a signed HEAD per
+        file through boto3 (``x-amz-checksum-mode: ENABLED``) asks for the object's additional checksum
+        (a full-object CRC32/CRC32C/CRC64NVME, SHA-1 or SHA-256) and its encryption. Without one, a
+        single-part ETag states the MD5, unless the object is SSE-KMS or SSE-C encrypted (its ETag is
+        then no MD5). Without boto3 (the ``[aws]`` extra), or where the HEAD fails, only the ETag is read.
+        """
+        import concurrent.futures as cf
+
+        try:
+            client = self._boto3_client()
+        except Exception as exc:  # e.g. a profile boto3 cannot read: the ETag still pins the version
+            _log.warning("no checksums from the origin (no S3 client for HEAD)", source=self.uri, error=describe(exc))
+            client = None
+        if client is None:
+            return [msgspec.structs.replace(f, checksum=_etag_md5(f.etag)) for f in files]
+        with cf.ThreadPoolExecutor(min(16, len(files)), thread_name_prefix="s3-head") as pool:
+            return list(pool.map(lambda f: self._head_checksum(client, f), files))
+
+    def _head_checksum(self, client: Any, f: RemoteFile) -> RemoteFile:
+        try:
+            head = client.head_object(Bucket=self._bucket, Key=self._path(f.key), ChecksumMode="ENABLED",
+                                      **({"IfMatch": f.etag} if f.etag else {}))
+        except Exception as exc:  # the checksum is extra: the ETag still pins the version
+            _log.warning("no checksum from the origin (HEAD failed): the size and ETag are checked",
+                         source=self.uri, file=f.key, error=describe(exc))
+            return msgspec.structs.replace(f, checksum=_etag_md5(f.etag))
+        full = head.get("ChecksumType", "FULL_OBJECT") == "FULL_OBJECT"
+        for field, algorithm in (("ChecksumCRC64NVME", "crc64nvme"), ("ChecksumCRC32C", "crc32c"),
+                                 ("ChecksumCRC32", "crc32"), ("ChecksumSHA256", "sha256"), ("ChecksumSHA1", "sha1")):
+            value = head.get(field)
+            if value and "-" not in value:
+                return msgspec.structs.replace(f, checksum=OriginChecksum(
+                    algorithm, value, "full" if full else "composite"))
+        encrypted = head.get("ServerSideEncryption", "").startswith("aws:kms") or head.get("SSECustomerAlgorithm")
+        return msgspec.structs.replace(f, checksum=None if encrypted else _etag_md5(f.etag))
+
+    def _boto3_client(self) -> Any:
+        """A boto3 S3 client with this source's endpoint and identity, or ``None`` without boto3."""
+        try:
+            import boto3
+            import botocore
+            import botocore.config
+        except ImportError:
+            return None
+        config = botocore.config.Config(
+            connect_timeout=min(10.0, self._timeout_s), read_timeout=self._timeout_s,
+            retries={"max_attempts": self.retries + 1, "mode": "standard"}, max_pool_connections=16,
+            signature_version=botocore.UNSIGNED if self._auth.get("skip_signature") else None,
+            s3={"addressing_style": "path"} if self._endpoint else None)
+        keys = {k: reveal(str(self._auth[a])) for k, a in (("aws_access_key_id", "access_key_id"),
+                                                          ("aws_secret_access_key", "secret_access_key"),
+                                                          ("aws_session_token", "session_token")) if a in self._auth}
+        # A fresh session: boto3's default one keeps the environment it first saw (profiles, files).
+        return boto3.Session().client("s3", endpoint_url=self._endpoint, region_name=self._region, config=config,
+                                      **keys)
 
     def stream(self, file: RemoteFile, start: int, end: int) -> Iterator[bytes | memoryview]:
         """Ranged GET pinned with ``If-Match`` to the listed ETag, yielded as bytes arrive."""
@@ -314,6 +381,12 @@ class S3Source:
             if denied is exc:
                 raise
             raise denied from None
+
+
+def _etag_md5(etag: str) -> OriginChecksum | None:
+    """The MD5 a single-part S3 ETag states, as an origin checksum (``None`` for a multipart ETag)."""
+    tag = etag.strip('"').lower()
+    return OriginChecksum("md5", tag) if len(tag) == 32 and all(c in "0123456789abcdef" for c in tag) else None
 
 
 class HFCacheSource(LocalSource):
