@@ -12,6 +12,8 @@ figures are in the structured log line ``node init timings``.
 - ``node_init_node_download_seconds{model, node}`` (histogram)
 - ``node_init_node_download_bytes{model, node}`` (counter; not incremented by a warm cache's 0)
 - ``node_init_node_cached_bytes{model, node}`` (counter: bytes reused from the node's cache)
+- ``node_init_checksum_rereads{model, node}`` (counter: files read again after their bytes differed
+  from the origin's checksum)
 - ``node_init_failures{model, phase}`` (counter)
 """
 
@@ -72,9 +74,13 @@ def record_timings(event: AfterInit, ctx: Any) -> None:
     node_b = _metric("counter", "node_init_node_download_bytes", "Bytes a node fetched", ("model", "node"))
     node_c = _metric("counter", "node_init_node_cached_bytes", "Bytes a node reused from its cache",
                      ("model", "node"))
+    rereads = _metric("counter", "node_init_checksum_rereads",
+                      "Files read again after their bytes differed from the origin's checksum", ("model", "node"))
     for report in event.reports:
         tags = {"model": event.model_id, "node": report.node_id}
         node_s.observe(report.seconds, tags=tags)
+        if report.rereads:
+            rereads.inc(float(len(report.rereads)), tags=tags)
         # Ray's Counter refuses an increment of 0 (a warm cache fetches nothing): skip it.
         if report.bytes > 0:
             node_b.inc(float(report.bytes), tags=tags)

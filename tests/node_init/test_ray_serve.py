@@ -240,15 +240,12 @@ def test_a_node_side_handler_that_never_returns_fails_the_replica_at_init_timeou
     from ray.serve.llm import build_openai_app
 
     start = time.monotonic()
-    serve.run(build_openai_app({"llm_configs": [config]}), name="stuck", route_prefix="/stuck", blocking=False)
     try:
-        status: Any = None
-        while time.monotonic() - start < 300:
-            status = serve.status().applications["stuck"]
-            if status.status in ("DEPLOY_FAILED", "UNHEALTHY"):
-                break
-            time.sleep(2)
+        with pytest.raises(RuntimeError, match="Deploying application stuck failed"):  # serve.run waits for it
+            serve.run(build_openai_app({"llm_configs": [config]}), name="stuck", route_prefix="/stuck",
+                      blocking=False)
         took = time.monotonic() - start
+        status = serve.status().applications["stuck"]
         assert status is not None and status.status == "DEPLOY_FAILED", status
         message = " ".join(d.message for d in status.deployments.values()) + status.message
         assert "stuck_sync_before_download" in message and "init_timeout_s" in message, message
@@ -272,7 +269,13 @@ def test_an_application_with_two_models_serves_both(serve_port: int, s3_server: 
                       server_cls="node_init.ray_serve:OverlappedLLMServer")
     from ray.serve.llm import build_openai_app
 
-    serve.run(build_openai_app({"llm_configs": [stock, ours]}), name="two", route_prefix="/two", blocking=False)
+    # Each replica runs inside its placement bundle (1 CPU), its actor and the ingress take none: the
+    # session's cluster also holds the module's two other applications.
+    for config in (stock, ours):
+        config.deployment_config["ray_actor_options"] = {"num_cpus": 0}
+    serve.run(build_openai_app({"llm_configs": [stock, ours],
+                                "ingress_deployment_config": {"ray_actor_options": {"num_cpus": 0}}}),
+              name="two", route_prefix="/two", blocking=False)
     try:
         deadline = time.monotonic() + 300
         while serve.status().applications["two"].status != "RUNNING":
