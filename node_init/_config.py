@@ -64,6 +64,22 @@ class S3Config(_Strict, kw_only=True, forbid_unknown_fields=True, frozen=True):
             msgspec.structs.force_setattr(self, "secret_access_key", Secret(self.secret_access_key))
 
 
+class GCSConfig(_Strict, kw_only=True, forbid_unknown_fields=True, frozen=True):
+    """Google Cloud Storage settings; a node's ``STORAGE_EMULATOR_HOST`` overrides the endpoint.
+
+    Attributes:
+        endpoint_url: ``http(s)://host[:port]`` of the JSON API (default: Google's).
+        anonymous: Send no credentials (a public bucket; ``gs://anonymous@bucket`` says the same).
+        credentials_file: A service-account or external-account JSON file; else
+            ``GOOGLE_APPLICATION_CREDENTIALS``, then the application-default file, then the metadata
+            server (through ``google-auth``).
+    """
+
+    endpoint_url: str | None = None
+    anonymous: bool = False
+    credentials_file: str | None = None
+
+
 class DownloadConfig(_Strict, kw_only=True, forbid_unknown_fields=True, frozen=True):
     """How nodes fetch the model.
 
@@ -89,7 +105,8 @@ class DownloadConfig(_Strict, kw_only=True, forbid_unknown_fields=True, frozen=T
             (a range over it is not offered: peers fetch it from the source).
         require_checksum: Fail the download, naming the files, when the origin states no checksum for
             some of them (by default such a file is checked by its size alone, and reported as ``size``).
-        s3: Endpoint settings.
+        s3: S3 endpoint and credential settings.
+        gcs: Google Cloud Storage endpoint and credential settings.
     """
 
     cache_dir: str = "~/.cache/node-init"
@@ -107,6 +124,7 @@ class DownloadConfig(_Strict, kw_only=True, forbid_unknown_fields=True, frozen=T
     share_memory_mb: int = 512
     require_checksum: bool = False
     s3: S3Config = S3Config()
+    gcs: GCSConfig = GCSConfig()
 
 
 
@@ -245,6 +263,11 @@ def _validate(c: NodeInitConfig) -> None:
             raise ConfigError("must not be empty", field=f"extra_files[{i}].destination_path")
     if c.download.s3.endpoint_url is not None:
         _validate_endpoint(c.download.s3.endpoint_url)
+    if c.download.gcs.endpoint_url is not None:
+        _validate_endpoint(c.download.gcs.endpoint_url, field="download.gcs.endpoint_url")
+    if c.download.gcs.credentials_file is not None and not c.download.gcs.credentials_file.strip():
+        raise ConfigError("must not be empty (leave it out to use GOOGLE_APPLICATION_CREDENTIALS)",
+                          field="download.gcs.credentials_file")
     if not c.download.cache_dir.strip():
         raise ConfigError("must not be empty", field="download.cache_dir")
     from ._errors import CallbackLoadError
@@ -295,10 +318,9 @@ def _validate_source(uri: str, field: str = "model_source") -> None:
         raise ConfigError(str(exc), field=field) from None
 
 
-def _validate_endpoint(url: str) -> None:
+def _validate_endpoint(url: str, field: str = "download.s3.endpoint_url") -> None:
     from urllib.parse import urlparse
 
-    field = "download.s3.endpoint_url"
     try:
         parsed = urlparse(url)
         port = parsed.port

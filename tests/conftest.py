@@ -11,13 +11,16 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 if TYPE_CHECKING:
-    from node_init.testing import FaultProxy, S3Server
+    from node_init.testing import FaultProxy, GCSServer, S3Server
 
 REPO = Path(__file__).resolve().parent.parent
 # vLLM on CPU: a small KV cache (GB) is plenty for the tiny test models.
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-# The AWS credential chain must never query the instance metadata address from a test.
+# The AWS credential chain must never query the instance metadata address from a test, nor Google's
+# the GCE metadata server (google-auth reads NO_GCE_CHECK; its host, if asked anyway, is a closed port).
 os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
+os.environ["NO_GCE_CHECK"] = "true"
+os.environ["GCE_METADATA_HOST"] = os.environ["GCE_METADATA_IP"] = "127.0.0.1:9"
 
 
 @dataclass(frozen=True)
@@ -106,6 +109,18 @@ def s3_server() -> Iterator[S3Server]:
     from node_init.testing import S3Server
 
     server = S3Server().start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def gcs_server() -> Iterator[GCSServer]:
+    """One real GCS emulator (fake-gcs-server) on 127.0.0.1 for the session."""
+    from node_init.testing import GCSServer
+
+    server = GCSServer().start()
     try:
         yield server
     finally:

@@ -126,6 +126,27 @@ def _check_s3(uri: str) -> None:
         raise ValueError(f"{uri!r}: '.' and '..' are not allowed in the prefix")
 
 
+_GCS_BUCKET = re.compile(r"^[a-z0-9][a-z0-9._\-]{1,220}[a-z0-9]$")
+
+
+def _check_gcs(uri: str) -> None:
+    netloc = urlparse(uri).netloc
+    user, _, bucket = netloc.rpartition("@")
+    if "@" in netloc and user != "anonymous":
+        raise ValueError(f"{uri!r}: only 'anonymous@' may stand before the bucket (gs://anonymous@bucket/prefix)")
+    if not bucket:
+        raise ValueError(f"{uri!r} names no bucket (gs://bucket/prefix)")
+    # GCS's rules: 3-63 characters (222 with dots, each dot-separated part at most 63), a-z 0-9 - _ .,
+    # starting and ending with a letter or digit, not starting with "goog".
+    parts = bucket.split(".")
+    if not _GCS_BUCKET.match(bucket) or any(len(p) > 63 or not p for p in parts) or \
+            ("." not in bucket and len(bucket) > 63) or bucket.startswith("goog"):
+        raise ValueError(f"{bucket!r} is not a valid GCS bucket name (3-63 characters: a-z, 0-9, '-', '_', '.'; "
+                         "starting and ending with a letter or digit; not starting with 'goog')")
+    if any(p in (".", "..") for p in uri.split("://", 1)[1].split("/")[1:]):
+        raise ValueError(f"{uri!r}: '.' and '..' are not allowed in the prefix")
+
+
 def _check_hf(uri: str) -> None:
     repo = uri[len("hf://"):].split("@", 1)[0]
     if repo.count("/") > 1 or not all(repo.split("/")) or any(p in (".", "..") for p in repo.split("/")):
@@ -143,6 +164,13 @@ def _open_s3(uri: str, cfg: DownloadConfig) -> Source:
 
     return S3Source(uri, cfg.s3, request_timeout_s=cfg.stall_timeout_s, read_timeout_s=cfg.timeout_s,
                     retries=cfg.retries)
+
+
+def _open_gcs(uri: str, cfg: DownloadConfig) -> Source:
+    from ._gcs import GCSSource
+
+    return GCSSource(uri, cfg.gcs, request_timeout_s=cfg.stall_timeout_s, read_timeout_s=cfg.timeout_s,
+                     retries=cfg.retries)
 
 
 def _open_hf(uri: str, cfg: DownloadConfig) -> Source:
@@ -163,6 +191,12 @@ register_source(SourceKind(
               "ETag's MD5 (not for SSE-KMS/SSE-C)", check=_check_s3, open=_open_s3,
     credentials="the node's AWS variables, download.s3 keys, then the AWS credential chain; "
                 "s3://anonymous@bucket or download.s3.anonymous for unsigned reads",
+))
+register_source(SourceKind(
+    name="gcs", schemes=("gs://",), remote=True, share="auto",
+    checksums="the CRC32C GCS keeps for every object (else its md5Hash)", check=_check_gcs, open=_open_gcs,
+    credentials="download.gcs.credentials_file, GOOGLE_APPLICATION_CREDENTIALS, the application-default file, "
+                "the metadata server; gs://anonymous@bucket or download.gcs.anonymous for unsigned reads",
 ))
 register_source(SourceKind(
     name="hf-cache", schemes=("hf://",), remote=False, share="never", checksums="none (loaded where it is)",

@@ -157,5 +157,5 @@ def test_the_readme_source_table_is_the_registry() -> None:
         assert kind.name in rows, f"README has no row for the {kind.name} source"
         row = rows[kind.name]
         assert all(f"`{s}`" in row for s in kind.schemes if s), row
-        assert kind.checksums in row and kind.credentials.split(";")[0] in row.replace("`", ""), row
+        assert kind.checksums in row and kind.credentials.split(";")[0] in row.replace("`", ""), (kind.name, row)
         assert ("yes" if kind.remote else "no") == row.split("|")[3].strip()

@@ -1,0 +1,208 @@
+"""``gs://bucket/prefix``: Google Cloud Storage through its JSON API.
+
+Chosen over obstore here because the JSON API's listing returns, in one call per page, each object's
+size, generation, ``crc32c`` and ``md5Hash``: the generation pins every ranged read
+(``?generation=N``: honoured by GCS and by fake-gcs-server, which ignores ``If-Match``), and the CRC32C
+checks every byte against what the origin states; obstore's listings carry neither. Requests go
+through urllib3 (a pool per source, streamed bodies); credentials as GCP tools find them.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlparse
+
+import structlog
+
+from .._config import GCSConfig
+from ._checksums import OriginChecksum
+from ._retry import Transient, with_retries
+from ._sources import STREAM_CHUNK, RemoteFile, SourceChanged, check_key
+
+_log = structlog.get_logger("node_init.download")
+GOOGLE_ENDPOINT = "https://storage.googleapis.com"
+_SCOPE = "https://www.googleapis.com/auth/devstorage.read_only"
+
+
+def gcs_bucket(uri: str) -> tuple[str, bool]:
+    """``(bucket, anonymous)`` of ``gs://[anonymous@]bucket/prefix`` (Ray's form for unsigned reads)."""
+    user, _, bucket = urlparse(uri).netloc.rpartition("@")
+    return bucket, user == "anonymous"
+
+
+def gcs_endpoint(cfg: GCSConfig) -> str:
+    """The JSON API's base URL: the node's ``STORAGE_EMULATOR_HOST`` (as Google's clients read it), the
+    config's ``endpoint_url``, else Google's."""
+    emulator = os.environ.get("STORAGE_EMULATOR_HOST", "")
+    if emulator:
+        return emulator if "://" in emulator else f"http://{emulator}"
+    return (cfg.endpoint_url or GOOGLE_ENDPOINT).rstrip("/")
+
+
+class _Token:
+    """An OAuth2 access token from ``google-auth`` credentials, refreshed before it expires."""
+
+    def __init__(self, credentials: Any, where: str) -> None:
+        self.credentials, self.where = credentials, where
+        self._lock = threading.Lock()
+
+    def header(self) -> dict[str, str]:
+        import google.auth.transport.requests
+
+        with self._lock:
+            if not self.credentials.valid:
+                self.credentials.refresh(google.auth.transport.requests.Request())
+            return {"Authorization": f"Bearer {self.credentials.token}"}
+
+
+def gcs_credentials(cfg: GCSConfig, anonymous: bool) -> tuple[_Token | None, str]:
+    """``(token or None, the identity in words)``, in GCP's order: anonymous; ``credentials_file``;
+    ``GOOGLE_APPLICATION_CREDENTIALS``; the application-default file; the metadata server.
+
+    Raises:
+        PermissionError: no credentials could be found or loaded (the message says where it looked).
+    """
+    if anonymous or cfg.anonymous:
+        return None, "no identity (anonymous: unsigned requests)"
+    try:
+        import google.auth
+        import google.auth.exceptions
+    except ImportError:
+        raise PermissionError("no GCS credentials: google-auth is not installed to read them (pip install "
+                              "google-auth); set download.gcs.anonymous: true for a public bucket") from None
+    path = cfg.credentials_file or os.environ.get("GOOGLE_APPLICATION_CREDENTIALS")
+    try:
+        if path:
+            credentials, _ = google.auth.load_credentials_from_file(  # type: ignore[no-untyped-call]
+                os.path.expanduser(path), scopes=[_SCOPE])
+            where = f"the credentials file {path}"
+        else:  # the application-default file, then the metadata server (on GCE/GKE only)
+            credentials, _ = google.auth.default(scopes=[_SCOPE])
+            where = "application-default credentials"
+    except (google.auth.exceptions.GoogleAuthError, OSError, ValueError) as exc:
+        raise PermissionError(f"no GCS credentials: {type(exc).__name__}: {exc} (looked at "
+                              "download.gcs.credentials_file, GOOGLE_APPLICATION_CREDENTIALS, the application-"
+                              "default file, the metadata server); set download.gcs.anonymous: true for a "
+                              "public bucket") from None
+    email = getattr(credentials, "service_account_email", None)
+    return _Token(credentials, where), f"{email or type(credentials).__name__} (from {where})"
+
+
+class GCSSource:
+    """``gs://bucket/prefix`` (see the module doc); every read pinned to the listed generation.
+
+    Args:
+        uri: ``gs://[anonymous@]bucket/prefix``.
+        cfg: The ``download.gcs`` settings.
+        request_timeout_s: Bound on a listing and on connecting.
+        read_timeout_s: Bound on one read of a streamed body.
+        retries: Retries of a listing on transient errors.
+    """
+
+    in_place: Path | None = None
+
+    def __init__(self, uri: str, cfg: GCSConfig, *, request_timeout_s: float, read_timeout_s: float | None = None,
+                 retries: int = 3) -> None:
+        import urllib3
+
+        bucket, anonymous = gcs_bucket(uri)
+        if not bucket:
+            raise ValueError(f"model source {uri!r} has no bucket")
+        self.uri, self.bucket, self.retries = uri, bucket, retries
+        self.prefix = urlparse(uri).path.strip("/")
+        self.endpoint = gcs_endpoint(cfg)
+        self._token, self.identity = gcs_credentials(cfg, anonymous)
+        timeout = urllib3.Timeout(connect=min(10.0, request_timeout_s), read=request_timeout_s)
+        self._pool = urllib3.PoolManager(maxsize=32, timeout=timeout, retries=False)
+        self._read_timeout = urllib3.Timeout(connect=min(10.0, request_timeout_s),
+                                             read=read_timeout_s or request_timeout_s)
+        self._errors = urllib3.exceptions.HTTPError
+
+    def __repr__(self) -> str:
+        return f"GCSSource({self.uri!r}, identity={self.identity!r})"
+
+    def _headers(self) -> dict[str, str]:
+        return self._token.header() if self._token is not None else {}
+
+    def _path(self, key: str) -> str:
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def _check(self, response: Any, what: str) -> None:
+        """A response's status as our errors: 5xx and 429 transient, the others final and named."""
+        status = int(response.status)
+        if status < 300:
+            return
+        body = response.data[:300].decode(errors="replace") if not response.closed else ""
+        response.release_conn()
+        if status in (401, 403):
+            raise PermissionError(f"access denied to {self.uri} for {self.identity}: status {status}")
+        if status == 404:
+            raise FileNotFoundError(f"{what}: not found in {self.uri} (status 404)")
+        if status == 429 or status >= 500:
+            raise Transient(f"{what}: status {status}")
+        raise ValueError(f"{what}: status {status}: {body.strip()[:200]}")
+
+    def list_files(self) -> list[RemoteFile]:
+        """Every object under the prefix, with its generation and the CRC32C GCS keeps for every object."""
+        base = f"{self.prefix}/" if self.prefix else ""
+
+        def listing() -> list[RemoteFile]:
+            files, token = [], ""
+            while True:
+                fields = {"prefix": base, "maxResults": "1000",
+                          "fields": "items(name,size,generation,crc32c,md5Hash),nextPageToken"}
+                if token:
+                    fields["pageToken"] = token
+                response = self._request("GET", f"{self.endpoint}/storage/v1/b/{quote(self.bucket)}/o",
+                                         fields=fields, headers=self._headers(), preload_content=True)
+                self._check(response, "listing")
+                page = response.json()
+                for item in page.get("items", []):
+                    key = str(item["name"])[len(base):]
+                    if not key or key.endswith("/"):
+                        continue
+                    checksum = (OriginChecksum("crc32c", str(item["crc32c"])) if item.get("crc32c")
+                                else OriginChecksum("md5", str(item["md5Hash"])) if item.get("md5Hash") else None)
+                    files.append(RemoteFile(check_key(key), int(item["size"]), str(item["generation"]), checksum))
+                token = str(page.get("nextPageToken") or "")
+                if not token:
+                    return files
+
+        files = with_retries(listing, retries=self.retries, what="listing", source=self.uri)
+        if not files:
+            raise FileNotFoundError(f"no objects under {self.uri}")
+        return sorted(files, key=lambda f: f.key)
+
+    def stream(self, file: RemoteFile, start: int, end: int) -> Iterator[bytes | memoryview]:
+        """Bytes ``[start, end)`` of the listed generation, yielded as they arrive.
+
+        Raises:
+            SourceChanged: that generation is gone (replaced or deleted since the listing).
+        """
+        if end <= start:
+            return
+        url = f"{self.endpoint}/download/storage/v1/b/{quote(self.bucket)}/o/{quote(self._path(file.key), safe='')}"
+        fields = {"alt": "media", **({"generation": file.etag} if file.etag else {})}
+        headers = {**self._headers(), "Range": f"bytes={start}-{end - 1}"}
+        response = self._request("GET", url, fields=fields, headers=headers, preload_content=False,
+                                 timeout=self._read_timeout)
+        try:
+            if response.status == 404 and file.etag:
+                raise SourceChanged(file.key, f"generation {file.etag} is gone")
+            self._check(response, file.key)
+            yield from response.stream(STREAM_CHUNK)
+        except self._errors as exc:  # a reset or a read timeout mid-body: worth another try, from here on
+            raise Transient(f"{file.key}: {type(exc).__name__}: {exc}") from exc
+        finally:
+            response.release_conn()
+
+    def _request(self, method: str, url: str, **kwargs: Any) -> Any:
+        """urllib3's errors become ours where they enter: a connection that fails is transient."""
+        try:
+            return self._pool.request(method, url, **kwargs)
+        except self._errors as exc:
+            raise Transient(f"{type(exc).__name__}: {exc}") from exc
