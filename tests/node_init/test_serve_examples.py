@@ -167,7 +167,7 @@ def test_the_overlapped_example_runs_exactly_as_its_comment_says(ray_cluster: An
     serve.shutdown()  # the session's Serve would hold port 8000
     example = REPO / "examples" / "serve_overlapped.yaml"
     lines = [line.lstrip("# ").strip() for line in example.read_text().splitlines() if line.startswith("#")]
-    (written,) = [line for line in lines if " serve run " in f" {line}"]
+    (written,) = [line for line in lines if re.match(r"^(\w+=\S+ )*serve run ", line)]
     env_part, _, command = written.partition("serve run ")
     env = {**os.environ, **dict(pair.split("=", 1) for pair in env_part.split())}
     assert env.get("RAY_ADDRESS") == "local"
@@ -257,8 +257,15 @@ MISTAKES = [(_bad_enum, ["engine.overlap", "auto, on, off"]),
             (_missing_handler_module, ["handlers[0]", "hookz"])]
 
 
-@pytest.mark.parametrize(("mistake", "words"), MISTAKES, ids=[m.__name__.strip("_") for m, _ in MISTAKES])
-@pytest.mark.parametrize("example", EXAMPLES, ids=[p.stem for p in EXAMPLES])
+# Each mistake on one example, the import-path typo on both (each path checks it in its own place).
+CASES = [(REPO / "examples" / example, mistake, words)
+         for (mistake, words), examples in zip(MISTAKES, [["serve_overlapped.yaml"], ["serve_stock.yaml"],
+                                                          ["serve_stock.yaml", "serve_overlapped.yaml"]], strict=True)
+         for example in examples]
+
+
+@pytest.mark.parametrize(("example", "mistake", "words"), CASES,
+                         ids=[f"{e.stem}-{m.__name__.strip('_')}" for e, m, _ in CASES])
 def test_a_config_mistake_in_an_example_fails_the_deploy_naming_the_field(
         example: Path, mistake: Any, words: list[str], cluster_address: str, tmp_path: Path) -> None:
     _, run, _ = commands(example)
