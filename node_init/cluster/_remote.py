@@ -111,14 +111,13 @@ def _node_task(config: NodeInitConfig, snapshot: dict[str, Any], local_node_id: 
         except BaseException as exc:
             box["error"] = exc
 
-    def stop() -> bool:
-        """Stop the download; whether its thread ended (one stuck in a handler's C call cannot be
-        interrupted: it is left to end by itself or with this worker process)."""
+    def stop() -> None:
+        """Stop the download (a thread stuck in a handler's C call cannot be interrupted: it is left to
+        end by itself or with this worker process)."""
         cancel.set()  # the download removes its temp files and returns at its next chunk
         worker.join(THREAD_JOIN_S)
         if worker.is_alive():
             _log.warning("the download thread did not stop; leaving it", node_id=node_id, doing=doing[0])
-        return not worker.is_alive()
 
     worker = threading.Thread(target=work, name="node-init-download", daemon=True)
     worker.start()
