@@ -166,6 +166,9 @@ class Downloader:
         first: Callable[[RemoteFile, int], bool] | None = None,
     ) -> None:
         self.source = source
+        # Files whose bytes differed from the origin's checksum: read again from the origin itself, not
+        # through a view that may hand back the same bad bytes (a peer's, a holder's).
+        self._from_origin: set[str] = set()
         self._first = first
         self.dest = dest
         self.cfg = cfg
@@ -185,6 +188,12 @@ class Downloader:
         return DownloadError(message, node_id=self.node_id, source=self.source.uri, file=file,
                              cause=describe(cause) if cause else "", resumable=not bad_bytes,
                              checksum_mismatch=mismatch)
+
+    def _source_for(self, key: str) -> Source:
+        """The source to read ``key`` from: the origin behind a peers' or holders' view after a mismatch."""
+        if key in self._from_origin:
+            return getattr(self.source, "origin", self.source)  # type: ignore[no-any-return]
+        return self.source
 
     def _stopped(self) -> bool:
         return self.cancel.is_set() or self._abort.is_set()
@@ -269,6 +278,7 @@ class Downloader:
                 if not exc.checksum_mismatch or exc.file is None or exc.file in reread:
                     raise
                 reread.append(exc.file)
+                self._from_origin.add(exc.file)
                 _log.warning("checksum mismatch: reading the file again from the origin", node_id=self.node_id,
                              source=self.source.uri, file=exc.file, error=str(exc))
             except SourceChanged as exc:
@@ -411,7 +421,7 @@ class Downloader:
             if self._stopped():
                 return False
             try:
-                for chunk in self.source.stream(state.file, pos, hi):
+                for chunk in self._source_for(key).stream(state.file, pos, hi):
                     if self._stopped():
                         return False
                     if pos + len(chunk) > hi:

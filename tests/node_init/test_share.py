@@ -763,3 +763,36 @@ async def test_a_node_that_joins_later_reads_from_a_node_that_holds_the_model(
     assert r2.peer_bytes == weights and origin2 < sum(sizes.values()) - weights + 64 * 1024  # from node1
     assert r3.peer_bytes == 0 and origin3 >= sum(sizes.values())  # the changed copies were refused
     assert d1 == d2 == d3 == digest(local)  # each node's snapshot, right after its init
+
+
+@pytest.mark.ray
+@pytest.mark.anyio
+async def test_a_holders_silently_corrupted_copy_is_caught_and_read_from_the_origin(
+        ray_cluster: RayCluster, s3_server: S3Server, tmp_path: Path) -> None:
+    """node1 holds the model; one byte of its copy flips on disk with size and mtime unchanged (nothing
+    but a checksum notices). node2, a fresh node, reads from node1 first: the bytes fail the origin's
+    checksum, so node2 reads the file again from the origin itself, not from node1, and the init succeeds."""
+    local = tmp_path / "model"
+    write_model_files(local, {"model.safetensors": 3 * MIB}, seed=11)
+    s3_server.upload_dir(local, "models", "rotten")
+    model = {"uri": "s3://models/rotten"}
+    first = config(model, s3_server.endpoint)
+    for node in ("node1", "node2"):
+        if node == "node2":
+            holder = next(n for n in ray_cluster.nodes if n.name == "node1")
+            blobs = holder.cache / ".node-init" / first.model_id / "blobs"
+            blob = max(blobs.iterdir(), key=lambda p: p.stat().st_size)
+            st = blob.stat()
+            data = bytearray(blob.read_bytes())
+            data[len(data) // 2] ^= 0xFF
+            blob.write_bytes(bytes(data))
+            os.utime(blob, ns=(st.st_atime_ns, st.st_mtime_ns))
+        target = next(n for n in ray_cluster.nodes if n.name == node)
+        download = msgspec.structs.replace(first.download, local_node=DownloadMode.NONE)
+        cfg = msgspec.structs.replace(first, placement=PlacementConfig(bundles=[{node: 1.0}]), download=download)
+        result = await initialize_node(cfg)
+        await result.close()
+        (report,) = [r for r in result.reports if r.node_id == target.node_id]
+    assert report.peer_bytes > 0  # node2 did take bytes from its holder
+    assert report.rereads == ("model.safetensors",) and report.verified["model.safetensors"] == "md5"
+    assert digest(target.cache / first.model_id) == digest(local)
