@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import logging
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -149,6 +150,9 @@ def _s3_server(model: Path, port: int, rate_mb_s: float | None) -> int:
     if not (model / "config.json").is_file():
         print(f"node-init s3-server: {model} holds no model (node-init build-model {model})", file=sys.stderr)
         return 2
+    # Ctrl-C, or a kill, stops it (a shell's background job starts with SIGINT ignored: take it back).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     server = S3Server(port=0 if rate_mb_s else port).start()
     server.upload_dir(model, "models", model.name)
     proxy = FaultProxy(server.endpoint, rate_mb_s=rate_mb_s, port=port).start() if rate_mb_s else None

@@ -12,6 +12,7 @@ import copy
 import os
 import re
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -169,8 +170,14 @@ def test_the_overlapped_example_runs_exactly_as_its_comment_says(ray_cluster: An
     lines = [line.lstrip("# ").strip() for line in example.read_text().splitlines() if line.startswith("#")]
     (written,) = [line for line in lines if re.match(r"^(\w+=\S+ )*serve run ", line)]
     env_part, _, command = written.partition("serve run ")
-    env = {**os.environ, **dict(pair.split("=", 1) for pair in env_part.split())}
+    # A user's environment: not the test session's per-node cache root (its Ray would fill the session's
+    # head cache), and the example's own cache empty, as on a fresh machine (it is the example's scratch).
+    env = {k: v for k, v in os.environ.items() if k not in ("NODE_INIT_CACHE_DIR", "NODE_NAME")}
+    env.update(pair.split("=", 1) for pair in env_part.split())
     assert env.get("RAY_ADDRESS") == "local"
+    cache = yaml.safe_load(example.read_text())["applications"][0]["args"]["llm_configs"][0][
+        "callback_config"]["callback_kwargs"]["download"]["cache_dir"]
+    shutil.rmtree(cache, ignore_errors=True)
     build, _, server = commands(example)
     subprocess.run(tool(build), cwd=REPO, check=True, timeout=120, capture_output=True)
     model = app_of(example)["args"]["llm_configs"][0]["model_loading_config"]["model_id"]

@@ -19,7 +19,7 @@ from tests.conftest import REPO
 pytestmark = pytest.mark.reliability
 
 CASES = [
-    ("model_id: tiny\nmodel_source: gs://bucket/m\n", "model_source", "unsupported scheme"),
+    ("model_id: tiny\nmodel_source: ftp://bucket/m\n", "model_source", "unsupported scheme"),
     ("model_id: tiny\nmodel_source: s3:///x\n", "model_source", "no bucket"),
     ("model_id: tiny\nmodel_source: ''\n", "model_source", "must not be empty"),
     ("model_id: '..'\n", "model_id", "cannot name a cache directory"),
