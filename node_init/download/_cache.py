@@ -47,7 +47,6 @@ RATES = ".node-init-rates.json"
 JOURNAL = "journal.jsonl"
 #: A snapshot younger than this is never collected: its engine may be about to hold it.
 COLLECT_GRACE_S = 600.0
-_MD5 = frozenset("0123456789abcdef")
 
 
 class BlobEntry(msgspec.Struct, frozen=True):
@@ -113,12 +112,6 @@ def cache_root(cfg: DownloadConfig) -> Path:
 def select(files: list[RemoteFile], mode: DownloadMode) -> list[RemoteFile]:
     """The files a mode wants."""
     return [f for f in files if mode.wants(f.key)]
-
-
-def single_part_md5(etag: str) -> str | None:
-    """The MD5 an S3 ETag states (a single-part object's ETag is its MD5), else ``None``."""
-    tag = etag.strip('"').lower()
-    return tag if len(tag) == 32 and set(tag) <= _MD5 else None
 
 
 #: The range checksum new downloads record: XXH3-64 (several times faster than zlib's CRC32,

@@ -522,7 +522,7 @@ class _FileState:
         self._idle = threading.Condition(self._lock)  # no write in progress
         self._writers = 0
         self._hash_lock = threading.Lock()
-        self._md5 = new_digest(self.origin.algorithm if self.in_order and self.origin else "md5")
+        self._digest = new_digest(self.origin.algorithm if self.in_order and self.origin else "md5")
         self._hashed = 0  # bytes [0, _hashed) are in the MD5
 
     def todo_ranges(self) -> list[tuple[int, int]]:
@@ -616,7 +616,7 @@ class _FileState:
         """Hash bytes of a single-range file as they arrive (in order, so no second read)."""
         with self._hash_lock:
             if pos == self._hashed:
-                self._md5.update(chunk)
+                self._digest.update(chunk)
                 self._hashed += len(chunk)
 
     def hash_through(self, *, complete_only: bool = True) -> str:
@@ -636,12 +636,12 @@ class _FileState:
                     chunk = os.pread(fd, min(hi - pos, 8 << 20), pos)
                     if not chunk:
                         raise OSError(errno.EIO, f"short read of the partial file at {pos}")
-                    self._md5.update(chunk)
+                    self._digest.update(chunk)
                     pos += len(chunk)
                 self._hashed = hi
             if complete_only and self._hashed < self.file.size:
                 raise OSError(errno.EIO, f"only {self._hashed} of {self.file.size} bytes could be hashed")
-            return encode_digest(self.origin, self._md5) if self.origin is not None else self._md5.hexdigest()
+            return encode_digest(self.origin, self._digest) if self.origin is not None else self._digest.hexdigest()
 
     def close(self) -> bool:
         """Stop further writes and close the file; whether it was still open."""
