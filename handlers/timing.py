@@ -14,6 +14,8 @@ figures are in the structured log line ``node init timings``.
 - ``node_init_node_cached_bytes{model, node}`` (counter: bytes reused from the node's cache)
 - ``node_init_checksum_rereads{model, node}`` (counter: files read again after their bytes differed
   from the origin's checksum)
+- ``node_init_bad_node_ranges{model, node, sender}`` (counter: pieces or ranges another node sent
+  that differed from their owner's checksum or the origin's, read from the origin instead)
 - ``node_init_failures{model, phase}`` (counter)
 """
 
@@ -76,11 +78,15 @@ def record_timings(event: AfterInit, ctx: Any) -> None:
                      ("model", "node"))
     rereads = _metric("counter", "node_init_checksum_rereads",
                       "Files read again after their bytes differed from the origin's checksum", ("model", "node"))
+    bad = _metric("counter", "node_init_bad_node_ranges",
+                  "Pieces or ranges a node sent that differed from the origin's bytes", ("model", "node", "sender"))
     for report in event.reports:
         tags = {"model": event.model_id, "node": report.node_id}
         node_s.observe(report.seconds, tags=tags)
         if report.rereads:
             rereads.inc(float(len(report.rereads)), tags=tags)
+        for sender, count in report.bad_nodes.items():
+            bad.inc(float(count), tags={**tags, "sender": sender})
         # Ray's Counter refuses an increment of 0 (a warm cache fetches nothing): skip it.
         if report.bytes > 0:
             node_b.inc(float(report.bytes), tags=tags)

@@ -87,6 +87,9 @@ class NodeReport(msgspec.Struct, frozen=True, kw_only=True):
         verified: How each file's bytes were checked against the origin (``crc64nvme``, ``crc32c``,
             ``sha256``, ``md5``, ... or ``size`` where the origin stated no checksum).
         rereads: Files read again from the origin after their bytes differed from its checksum.
+        bad_nodes: Nodes (peers of this init, or holders from earlier ones) that sent this node bytes
+            differing from their owner's checksum or the origin's, with how many pieces or ranges;
+            those bytes were read from the origin instead.
     """
 
     node_id: str
@@ -102,6 +105,7 @@ class NodeReport(msgspec.Struct, frozen=True, kw_only=True):
     errors: tuple[ErrorInfo, ...] = ()
     verified: dict[str, str] = {}
     rereads: tuple[str, ...] = ()
+    bad_nodes: dict[str, int] = {}
 
 
 @registered(Phase.BEFORE_INIT, vetoable=True, hook="on_before_init")

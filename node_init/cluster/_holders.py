@@ -3,10 +3,11 @@
 After a node's download completes it records, in Ray's internal KV (no service of ours; it lives as
 long as the cluster), the files its snapshot holds, keyed by source and node. A later init's node
 (a new replica on a fresh node) looks there first: each range it lacks that a live node holds in
-the same version is read on that node by a small task (:func:`read_held`, which re-checks the blob
-against the holder's journal) and arrives through Ray's object store; any failure (the holder died,
-collected that snapshot, or is slow) falls back to the origin. The reader's downloader verifies the
-bytes as it would the origin's.
+the same version is read on that node by a small task (:func:`read_held`, which checks each range it
+serves against the range checksums journaled with the blob) and arrives through Ray's object store;
+any failure (the holder died, collected that snapshot, is slow, or its bytes rotted) falls back to the
+origin. The reader's downloader verifies the bytes against the origin's checksum as it would the
+origin's, and a holder whose bytes differ is named (:class:`~node_init.cluster._view.SourceView`).
 """
 
 from __future__ import annotations
@@ -24,8 +25,10 @@ import structlog
 from .._bounds import Bounds
 from .._config import DownloadConfig, NodeInitConfig
 from ..download import ModelCache, RemoteFile, Source, cache_root, model_dir_name
+from ..download._cache import range_sum
 from ._exchange import MIN_SHARED_BYTES
 from ._share import SLICE
+from ._view import SourceView
 
 _log = structlog.get_logger("node_init.holders")
 _NAMESPACE = "node_init"
@@ -95,29 +98,43 @@ def holders_for(config: NodeInitConfig, node_id: str, todo: list[RemoteFile]) ->
     return out
 
 
+class HeldRangeDiffers(LookupError):
+    """A holder's blob no longer has the bytes journaled for it (bit rot, or a hand that changed it)."""
+
+
 def read_held(cfg: DownloadConfig, model_id: str, uri: str, file: RemoteFile, start: int, end: int) -> bytes:
-    """On a holder: bytes ``[start, end)`` of its verified blob of ``file`` (checked before and after)."""
+    """On a holder: bytes ``[start, end)`` of its verified blob of ``file``, each range they touch
+    checked against the checksum journaled when it was written (and the blob unchanged before and after).
+
+    Raises:
+        LookupError: the blob is gone or changed; :class:`HeldRangeDiffers` when its bytes differ.
+    """
     cache = ModelCache(cache_root(cfg) / model_dir_name(model_id), uri)
     try:
         if not cache.is_cached(file):
             raise LookupError(f"{file.key} is no longer in this node's cache")
+        entry = cache.entries()[cache.blob_name(file)]
+        part = entry.part_size
+        checked = bool(entry.ranges) and part > 0 and len(entry.ranges) == max(1, -(-file.size // part))
+        lo, hi = (start - start % part, min(file.size, -(-end // part) * part)) if checked else (start, end)
         with open(cache.blobs / cache.blob_name(file), "rb") as fh:
-            fh.seek(start)
-            data = fh.read(end - start)
-        if len(data) != end - start or not cache.is_cached(file):
+            fh.seek(lo)
+            block = fh.read(hi - lo)
+        if len(block) != hi - lo or not cache.is_cached(file):
             raise LookupError(f"{file.key} changed while it was read")
-        return data
+        for at in range(lo, hi, part) if checked else ():
+            if range_sum(memoryview(block)[at - lo:min(at + part, hi) - lo]) != entry.ranges[at // part]:
+                raise HeldRangeDiffers(f"{file.key} at {at}: the blob's bytes differ from those journaled")
+        return block[start - lo:end - lo]
     finally:
         cache.close()
 
 
-class HolderSource:
+class HolderSource(SourceView):
     """A :class:`~node_init.download.Source` that reads from nodes holding the files, else ``origin``."""
 
     def __init__(self, origin: Source, config: NodeInitConfig, holders: Holders) -> None:
-        self.origin = origin
-        self.uri = origin.uri
-        self.in_place = origin.in_place
+        super().__init__(origin)
         self.config = config
         self.holders = holders
         self.held_bytes = 0
@@ -133,9 +150,6 @@ class HolderSource:
     def __repr__(self) -> str:
         return f"HolderSource({self.origin!r}, files={len(self.holders)})"
 
-    def list_files(self) -> list[RemoteFile]:
-        return self.origin.list_files()
-
     def stream(self, file: RemoteFile, start: int, end: int) -> Iterator[bytes | memoryview]:
         until = time.monotonic() + self._wait_s
         for holder, model_id in self.holders.get((file.key, file.etag), []):
@@ -147,6 +161,7 @@ class HolderSource:
             finally:
                 slot.release()
             if data is not None:
+                self.received(file, start, data, holder)
                 view = memoryview(data)
                 for i in range(0, len(view), SLICE):
                     yield view[i:i + SLICE]
@@ -170,6 +185,9 @@ class HolderSource:
             if isinstance(exc, TimeoutError):  # still running: stop it (never force: that kills a worker)
                 with contextlib.suppress(Exception):
                     ray.cancel(ref)
+            if isinstance(getattr(exc, "cause", None), HeldRangeDiffers):
+                self.blame(holder, file, start, str(exc.cause))  # type: ignore[union-attr]
+                return None
             _log.info("holder unavailable: next holder or the source", holder=holder[:12], file=file.key,
                       error=type(exc).__name__)
             return None

@@ -179,7 +179,12 @@ def node_download(
                  from_holders=held.held_bytes if held else 0)
     _record(config, node_id, wanted)
     _extra_files(config, node_id, cancel)  # after the model, as Ray does
-    return _finish(msgspec.structs.replace(report, peer_bytes=peer, verified=result.verified, rereads=result.rereads),
+    bad: dict[str, int] = {}
+    for view in (shared, held):
+        for node, count in (view.bad_nodes if view is not None else {}).items():
+            bad[node] = bad.get(node, 0) + count
+    return _finish(msgspec.structs.replace(report, peer_bytes=peer, verified=result.verified, rereads=result.rereads,
+                                           bad_nodes=bad),
                    start, path=result.path, files=result.fetched, nbytes=result.bytes, cached=result.cached_bytes)
 
 

@@ -40,6 +40,7 @@ from ._exchange import (
     pieces_of,
     start_exchange,
 )
+from ._view import SourceView, piece_sum
 
 _log = structlog.get_logger("node_init.share")
 
@@ -109,9 +110,15 @@ class ShareStats:
     refetched: int = 0
 
 
-class SharedSource:
+class SharedSource(SourceView):
     """A :class:`~node_init.download.Source` that reads a node's own share from ``origin`` (offering
     it to peers) and the peers' shares from their offers, falling back to ``origin``.
+
+    Each piece is offered with the CRC32C of the bytes its owner read from the origin, and checked
+    against it where it is taken: a piece that differs (a fault in a node's memory or object store,
+    or a node that alters what it serves) is named, and the rest of its range is read from the
+    origin. An owner that vouches for wrong bytes is caught by the file's origin checksum, and named
+    when the file is read again from the origin (:meth:`SourceView.from_origin`).
 
     The download need not wait for every node to join: until the exchange answers, the node reads
     by its :func:`provisional` owners (what the assignment is when every node needs the same
@@ -133,9 +140,7 @@ class SharedSource:
 
     def __init__(self, origin: Source, exchange: Any, node_id: str, owners: dict[Unit, str],
                  cfg: DownloadConfig, *, joining: Any = None) -> None:
-        self.origin = origin
-        self.uri = origin.uri
-        self.in_place = origin.in_place
+        super().__init__(origin)
         self.exchange = exchange
         self.node_id = node_id
         self.owners = owners
@@ -182,10 +187,10 @@ class SharedSource:
         if early and not self._closed:
             self._send_early(early)
 
-    def _send_early(self, early: list[tuple[Unit, int, Any, int]]) -> None:
+    def _send_early(self, early: list[tuple[Unit, int, list[Any], int]]) -> None:
         import ray
 
-        mine = [(u, i, [ref], n) for u, i, ref, n in early if self.owners.get(u) == self.node_id]
+        mine = [(u, i, box, n) for u, i, box, n in early if self.owners.get(u) == self.node_id]
         for unit in {u for u, _, _, _ in early if self.owners.get(u) != self.node_id}:
             self._stopped.add(unit)  # not this node's after all: its tee offers no more of it
             self._tell("release", self.node_id, unit)
@@ -207,9 +212,6 @@ class SharedSource:
     def __repr__(self) -> str:
         return f"SharedSource({self.origin!r}, node_id={self.node_id!r})"
 
-    def list_files(self) -> list[RemoteFile]:
-        return self.origin.list_files()
-
     def mine(self, file: RemoteFile, offset: int) -> bool:
         """Whether the range at ``offset`` is this node's to fetch and offer (the downloader reads them first)."""
         return self.owners.get(unit_at(file, offset, self._part)) == self.node_id
@@ -227,7 +229,7 @@ class SharedSource:
         for index in range((start - unit[2]) // self._piece, pieces_of(unit, self._piece)):
             lo = unit[2] + index * self._piece
             hi = lo + piece_bytes(unit, index, self._piece)
-            data = self._take(unit, index) if self._taken_upto.get(unit, 0) <= index else None
+            data = self._take(file, unit, index) if self._taken_upto.get(unit, 0) <= index else None
             if data == "own":  # its owner died and this node took the range over: fetch it and offer it
                 with self._lock:
                     self.owners[unit] = self.node_id
@@ -275,7 +277,8 @@ class SharedSource:
                 while tee.next < pieces_of(unit, self._piece) and \
                         len(tee.buf) >= piece_bytes(unit, tee.next, self._piece):
                     size = piece_bytes(unit, tee.next, self._piece)
-                    if not self._offer(unit, tee.next, bytes(tee.buf[:size])):
+                    data = bytes(tee.buf[:size])
+                    if not self._offer(unit, tee.next, data, piece_sum(data)):
                         self._tees.pop(unit, None)
                         tee = None
                         break
@@ -288,33 +291,37 @@ class SharedSource:
         if tee is not None and tee.next >= pieces_of(unit, self._piece):
             self._tees.pop(unit, None)
 
-    def _offer(self, unit: Unit, index: int, data: bytes) -> bool:
-        """Offer one piece; ``False`` when this node does not own ``unit`` after all, or is over
-        the memory bound for longer than a peer would wait (the rest of the range is then not
-        offered: its peers read it from the source). Before the exchange has answered, the
-        piece is kept to offer then."""
-        import ray
-
+    def _offer(self, unit: Unit, index: int, data: bytes, checksum: int) -> bool:
+        """Offer one piece with the checksum of the bytes read from the origin; ``False`` when this
+        node does not own ``unit`` after all, or is over the memory bound for longer than a peer
+        would wait (the rest of the range is then not offered: its peers read it from the source).
+        Before the exchange has answered, the piece is kept to offer then."""
         if unit in self._stopped:
             return False
         with self._lock:
             if not self._joined.is_set() and self._early_bytes + len(data) <= self._limit:
-                self._early.append((unit, index, ray.put(data), len(data)))
+                self._early.append((unit, index, self._box(data, checksum), len(data)))
                 self._early_bytes += len(data)
                 return True
         if not self._joined.wait(self._wait_s):
             self._tell("skip", unit, index)
             return False
-        return self._send(unit, index, ray.put(data), len(data))
+        return self._send(unit, index, self._box(data, checksum), len(data))
 
-    def _send(self, unit: Unit, index: int, ref: Any, nbytes: int) -> bool:
+    def _box(self, data: bytes, checksum: int) -> list[Any]:
+        """What an offer carries: the piece's object (Ray passes the reference), its checksum, its sender."""
+        import ray
+
+        return [ray.put(data), checksum, self.node_id]
+
+    def _send(self, unit: Unit, index: int, box: list[Any], nbytes: int) -> bool:
         import ray
 
         if self.owners.get(unit) != self.node_id:  # the exchange gave it to another node, or shares nothing
             self._tell("release", self.node_id, unit)
             return False
         try:
-            answer = ray.get(self.exchange.offer.remote(self.node_id, unit, index, [ref], nbytes, self._limit,
+            answer = ray.get(self.exchange.offer.remote(self.node_id, unit, index, box, nbytes, self._limit,
                                                         self._wait_s), timeout=self._bounds.rpc(self._wait_s))
         except (ray.exceptions.RayError, TimeoutError) as exc:  # the exchange is gone: peers use the source
             _log.info("cannot offer to peers", node_id=self.node_id, file=unit[0], error=type(exc).__name__)
@@ -333,7 +340,7 @@ class SharedSource:
         except ray.exceptions.RayError as exc:
             _log.info("exchange unreachable", node_id=self.node_id, method=method, error=type(exc).__name__)
 
-    def _take(self, unit: Unit, index: int) -> bytes | str | None:
+    def _take(self, file: RemoteFile, unit: Unit, index: int) -> bytes | str | None:
         """A piece's bytes from its owner; ``"own"`` if this node took the range over; ``None``: use the source.
 
         The wait for the offer is at most two waits (:attr:`_wait_s`, a third of the stall bound)
@@ -386,6 +393,13 @@ class SharedSource:
         if not isinstance(data, bytes) or len(data) != piece_bytes(unit, index, self._piece):
             self._tell("release", self.node_id, unit)
             return None
+        sender = str(box[2]) if len(box) > 2 else "?"
+        lo = unit[2] + index * self._piece
+        if len(box) < 2 or piece_sum(data) != box[1]:  # not the bytes its owner read from the origin
+            self.blame(sender, file, lo, "a piece differs from its owner's checksum")
+            self._tell("release", self.node_id, unit)
+            return None
+        self.received(file, lo, data, sender)
         return data
 
     def finish(self, timeout: float) -> None:

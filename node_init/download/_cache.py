@@ -65,7 +65,11 @@ class BlobEntry(msgspec.Struct, frozen=True):
         ino: The blob's inode (a different inode means it was replaced).
         verified: How its bytes were checked against the origin (``crc64nvme``, ``crc32c``, ``crc32``,
             ``sha256``, ``sha1``, ``md5``), or ``size`` when the origin stated no checksum.
-        origin: The origin's checksum it matched (``algorithm:value``), re-checked by ``verify: full``.
+        origin: The origin's checksum it matched (``algorithm:value``, ``algorithm*part:value`` for a
+            composite one), re-checked by ``verify: full``.
+        part_size: The size of the ranges ``ranges`` covers (all but the last).
+        ranges: Each range's :data:`RANGE_SUM`, taken as it was written: a holder checks the ranges it
+            serves to another node against them.
     """
 
     blob: str
@@ -77,6 +81,8 @@ class BlobEntry(msgspec.Struct, frozen=True):
     ino: int
     verified: str = "size"
     origin: str = ""
+    part_size: int = 0
+    ranges: list[int] = []
 
 
 class PartState(msgspec.Struct):
@@ -225,8 +231,8 @@ class ModelCache:
         if not full:
             return True
         if entry.origin:  # against what the origin stated at download, not only the node's own digest
-            algorithm, _, value = entry.origin.partition(":")
-            if file_checksum(str(self.blobs / name), OriginChecksum(algorithm, value)) != value:
+            origin = OriginChecksum.parse(entry.origin)
+            if not origin.matches(file_checksum(str(self.blobs / name), origin)):
                 return False
         return file_digest(self.blobs / name, entry.digest) == entry.digest
 
@@ -234,11 +240,13 @@ class ModelCache:
         """The files of ``files`` whose blob is not complete and unchanged."""
         return [f for f in files if not self.is_cached(f, full=full)]
 
-    def commit_blob(self, f: RemoteFile, digest: str, *, verified: str = "size", origin: str = "") -> None:
+    def commit_blob(self, f: RemoteFile, digest: str, *, verified: str = "size", origin: str = "",
+                    ranges: list[int] | None = None, part_size: int = 0) -> None:
         """Record ``f``'s blob, written and verified, as complete (one appended journal line)."""
         name = self.blob_name(f)
         st = (self.blobs / name).stat()
-        entry = BlobEntry(name, f.key, f.size, f.etag, digest, st.st_mtime_ns, st.st_ino, verified, origin)
+        entry = BlobEntry(name, f.key, f.size, f.etag, digest, st.st_mtime_ns, st.st_ino, verified, origin,
+                          part_size if ranges else 0, ranges or [])
         line = msgspec.json.encode(entry) + b"\n"
         with self._journal_lock:
             if self._journal_fd is None:

@@ -29,7 +29,7 @@ import structlog
 from .._config import DownloadConfig
 from .._errors import DownloadError, describe
 from ._cache import RANGE_SUM, ModelCache, PartState, range_hasher, ranges_digest, record_rate
-from ._checksums import RangeCrc, combine, encode_crc, encode_digest, new_digest
+from ._checksums import InOrder, RangeCrc, combine, encode_crc
 from ._retry import Transient, backoff, is_transient
 from ._sources import LocalSource, RemoteFile, Source, SourceChanged, check_key
 
@@ -192,7 +192,8 @@ class Downloader:
     def _source_for(self, key: str) -> Source:
         """The source to read ``key`` from: the origin behind a peers' or holders' view after a mismatch."""
         if key in self._from_origin:
-            return getattr(self.source, "origin", self.source)  # type: ignore[no-any-return]
+            from_origin = getattr(self.source, "from_origin", None)  # a view: peers, holders
+            return from_origin() if from_origin is not None else self.source  # type: ignore[no-any-return]
         return self.source
 
     def _stopped(self) -> bool:
@@ -217,7 +218,7 @@ class Downloader:
         start = time.monotonic()
         for f in files:
             check_key(f.key)
-        unchecked = [f.key for f in files if f.checksum is None or f.checksum.scope != "full"]
+        unchecked = [f.key for f in files if f.checksum is None or not f.checksum.checkable]
         if self.cfg.require_checksum and unchecked:
             raise self._error(f"download.require_checksum: the origin states no checksum for {len(unchecked)} "
                               f"file(s)", file=", ".join(unchecked[:3]) + (" ..." if len(unchecked) > 3 else ""))
@@ -413,8 +414,8 @@ class Downloader:
         key = state.file.key
         pos, attempt = lo, 0
         live = state.in_order and not state.resumable  # one range, in order: the digest as bytes arrive
-        # The range checksum is the content digest only where no in-order digest is (that is then the digest).
-        rsum = None if state.in_order else range_hasher()
+        # Every range's own checksum: the blob's content digest, and what a holder checks the ranges it serves by.
+        rsum = range_hasher()
         # The origin's CRC of this range, as its bytes arrive; the file's is combined from them at the end.
         rcrc = RangeCrc(state.origin.algorithm) if state.origin is not None and state.origin.is_crc else None
         while True:
@@ -428,8 +429,7 @@ class Downloader:
                         raise Transient(f"long read: {pos + len(chunk) - lo} of {hi - lo} bytes at offset {lo}")
                     if not state.write(chunk, pos):
                         return False
-                    if rsum is not None:
-                        rsum.update(chunk)
+                    rsum.update(chunk)
                     if rcrc is not None:
                         rcrc.update(chunk)
                     if live:
@@ -438,8 +438,7 @@ class Downloader:
                     self.progress.add(len(chunk))
                 if pos != hi:
                     raise Transient(f"short read: {pos - lo} of {hi - lo} bytes at offset {lo}")
-                if rsum is not None:
-                    state.sums[lo] = rsum.intdigest()
+                state.sums[lo] = rsum.intdigest()
                 if rcrc is not None:
                     state.crcs[lo] = rcrc.value
                 return True
@@ -460,24 +459,17 @@ class Downloader:
     def _finalize(self, state: _FileState) -> None:
         """All ranges are written: finish the checks against the origin, commit the blob."""
         f = state.file
-        origin = f.checksum
         try:
             state.touch()  # an empty file gets no write
             got = state.hash_through() if state.in_order else state.combined_crc() if state.origin else None
+            digest = state.sums_digest()
         except OSError as exc:
             raise self._write_error(exc, f.key) from exc
-        checked = origin is not None and origin.scope == "full"
-        if checked and origin is not None and got != origin.value:
-            raise self._error(f"{origin.algorithm} mismatch: the origin states {origin.value}, the bytes give {got}",
+        checked = state.origin
+        if checked is not None and (got is None or not checked.matches(got)):
+            raise self._error(f"{checked.label} mismatch: the origin states {checked.value}, the bytes give {got}",
                               file=f.key, bad_bytes=True, mismatch=True)
-        md5 = got if origin is not None and origin.algorithm == "md5" else None
-        state.verified = origin.algorithm if checked and origin is not None else "size"
-        if md5 is not None:
-            digest = f"md5:{md5}"
-        elif state.in_order and origin is not None:
-            digest = f"{origin.algorithm}:{got}"
-        else:
-            digest = state.sums_digest()
+        state.verified = checked.label if checked is not None else "size"
         if not state.close():
             return  # aborted meanwhile
         try:  # what is journaled is exactly the listed size: no short file, no hole past the end
@@ -488,8 +480,8 @@ class Downloader:
             raise self._error(f"the cache file holds {size} bytes, the source lists {f.size}", file=f.key,
                               bad_bytes=True)
         try:
-            state.cache.commit_blob(f, digest, verified=state.verified,
-                                    origin=str(origin) if checked and origin is not None else "")
+            state.cache.commit_blob(f, digest, verified=state.verified, origin=str(checked) if checked else "",
+                                    ranges=[state.sums[lo] for lo, _ in state.ranges], part_size=state.part)
         except OSError as exc:
             raise self._write_error(exc, f.key) from exc
         state.committed = True
@@ -498,7 +490,7 @@ class Downloader:
 
 
 class _FileState:
-    """One partial file: its ranges, its writes (stoppable at once), and its in-order MD5."""
+    """One partial file: its ranges, its writes (stoppable at once), and its in-order checksum."""
 
     def __init__(self, cache: ModelCache, file: RemoteFile, part: int, resume: PartState | None) -> None:
         self.cache = cache
@@ -511,9 +503,10 @@ class _FileState:
         self.done = set(self.state.done)
         self.part = part
         self.sums = {int(k): v for k, v in self.state.sums.items()}
-        self.origin = file.checksum if file.checksum is not None and file.checksum.scope == "full" else None
+        self.origin = file.checksum if file.checksum is not None and file.checksum.checkable else None
         self.crcs = {int(k): v for k, v in self.state.crcs.items()}
-        # A digest that does not combine (MD5, SHA) is fed in order; a CRC is combined from its ranges.
+        # A digest that does not combine (MD5, SHA, any composite) is fed in order; a full CRC is combined
+        # from its ranges.
         self.in_order = self.origin is not None and not self.origin.is_crc
         self.verified = "size"
         self.resumable = len(self.ranges) > 1
@@ -522,7 +515,7 @@ class _FileState:
         self._idle = threading.Condition(self._lock)  # no write in progress
         self._writers = 0
         self._hash_lock = threading.Lock()
-        self._digest = new_digest(self.origin.algorithm if self.in_order and self.origin else "md5")
+        self._digest = InOrder(self.origin) if self.in_order and self.origin is not None else None
         self._hashed = 0  # bytes [0, _hashed) are in the MD5
 
     def todo_ranges(self) -> list[tuple[int, int]]:
@@ -587,7 +580,20 @@ class _FileState:
         return complete
 
     def sums_digest(self) -> str:
-        """The content digest from every range's checksum (see ``BlobEntry.digest``)."""
+        """The content digest from every range's checksum (see ``BlobEntry.digest``); a range an earlier
+        release wrote without one is read back once."""
+        for lo, hi in self.ranges:
+            if lo not in self.sums:
+                with self._lock:
+                    fd = self._open()
+                rsum, pos = range_hasher(), lo
+                while pos < hi:
+                    chunk = os.pread(fd, min(hi - pos, 8 << 20), pos)
+                    if not chunk:
+                        raise OSError(errno.EIO, f"short read of the partial file at {pos}")
+                    rsum.update(chunk)
+                    pos += len(chunk)
+                self.sums[lo] = rsum.intdigest()
         return ranges_digest(self.part, [self.sums[lo] for lo, _ in self.ranges])
 
     def combined_crc(self) -> str:
@@ -615,12 +621,14 @@ class _FileState:
     def feed(self, chunk: bytes | memoryview, pos: int) -> None:
         """Hash bytes of a single-range file as they arrive (in order, so no second read)."""
         with self._hash_lock:
-            if pos == self._hashed:
+            if pos == self._hashed and self._digest is not None:
                 self._digest.update(chunk)
                 self._hashed += len(chunk)
 
     def hash_through(self, *, complete_only: bool = True) -> str:
-        """Feed written ranges to the MD5 in order, as far as they are contiguous; the digest."""
+        """Feed written ranges to the in-order checksum, as far as they are contiguous; its value."""
+        if self._digest is None:
+            return ""
         with self._hash_lock:
             for lo, hi in self.ranges:
                 if hi <= self._hashed:
@@ -641,7 +649,7 @@ class _FileState:
                 self._hashed = hi
             if complete_only and self._hashed < self.file.size:
                 raise OSError(errno.EIO, f"only {self._hashed} of {self.file.size} bytes could be hashed")
-            return encode_digest(self.origin, self._digest) if self.origin is not None else self._digest.hexdigest()
+            return self._digest.result()
 
     def close(self) -> bool:
         """Stop further writes and close the file; whether it was still open."""

@@ -307,9 +307,11 @@ class S3Source:
 
         obstore's listing and metadata carry no checksum or encryption headers, so a signed HEAD per
         file through boto3 (``x-amz-checksum-mode: ENABLED``) asks for the object's additional checksum
-        (a full-object CRC32/CRC32C/CRC64NVME, SHA-1 or SHA-256) and its encryption. Without one, a
-        single-part ETag states the MD5, unless the object is SSE-KMS or SSE-C encrypted (its ETag is
-        then no MD5). Without boto3 (the ``[aws]`` extra), or where the HEAD fails, only the ETag is read.
+        (a full-object CRC32/CRC32C/CRC64NVME, SHA-1 or SHA-256, or a per-part composite of one) and its
+        encryption. Without one, the ETag states the MD5 (of the whole object, or of the parts' MD5s for a
+        multipart upload), unless the object is SSE-KMS or SSE-C encrypted (its ETag is then no MD5).
+        Composites need the part boundaries: two more HEADs (``?partNumber=``) per multipart object.
+        Without boto3 (the ``[aws]`` extra), or where the HEAD fails, only the ETag is read.
         """
         import concurrent.futures as cf
 
@@ -331,15 +333,51 @@ class S3Source:
             _log.warning("no checksum from the origin (HEAD failed): the size and ETag are checked",
                          source=self.uri, file=f.key, error=describe(exc))
             return msgspec.structs.replace(f, checksum=_etag_md5(f.etag))
-        full = head.get("ChecksumType", "FULL_OBJECT") == "FULL_OBJECT"
+        parts = _etag_parts(f.etag)
+        stated = head.get("ChecksumType")
         for field, algorithm in (("ChecksumCRC64NVME", "crc64nvme"), ("ChecksumCRC32C", "crc32c"),
                                  ("ChecksumCRC32", "crc32"), ("ChecksumSHA256", "sha256"), ("ChecksumSHA1", "sha1")):
             value = head.get(field)
-            if value and "-" not in value:
-                return msgspec.structs.replace(f, checksum=OriginChecksum(
-                    algorithm, value, "full" if full else "composite"))
+            if not value:
+                continue
+            # A multipart upload's SHA is always per part, a CRC64NVME always whole; a CRC32(C) says which.
+            # (moto states neither the type nor the "-N" on HEAD: the ETag's part count tells.)
+            composite = "-" in value or stated == "COMPOSITE" or (
+                stated is None and parts > 1 and algorithm != "crc64nvme")
+            if not composite:
+                return msgspec.structs.replace(f, checksum=OriginChecksum(algorithm, value))
+            return msgspec.structs.replace(f, checksum=OriginChecksum(
+                algorithm, value, "composite", self._part_size(client, f, parts)))
         encrypted = head.get("ServerSideEncryption", "").startswith("aws:kms") or head.get("SSECustomerAlgorithm")
-        return msgspec.structs.replace(f, checksum=None if encrypted else _etag_md5(f.etag))
+        if encrypted:  # its ETag is no MD5 of the content
+            return msgspec.structs.replace(f, checksum=None)
+        if parts > 1:  # the MD5 of the parts' MD5s: checkable where the part boundaries are known
+            return msgspec.structs.replace(f, checksum=OriginChecksum(
+                "md5", f.etag.strip('"').lower(), "composite", self._part_size(client, f, parts)))
+        return msgspec.structs.replace(f, checksum=_etag_md5(f.etag))
+
+    def _part_size(self, client: Any, f: RemoteFile, parts: int) -> int:
+        """The part size of a multipart object (``HEAD ?partNumber=``), or ``0`` when it cannot be
+        known for sure: every part but the last must be as large as the first, which the first's
+        and the last's sizes confirm (a checksum over guessed boundaries would be a false mismatch)."""
+        # No If-Match here: moto answers a part's HEAD with the part's own ETag (AWS: the object's). The
+        # reads are pinned; boundaries of a version replaced meanwhile only fail its check, then its read.
+        key = self._path(f.key)
+        try:
+            first = client.head_object(Bucket=self._bucket, Key=key, PartNumber=1)
+            count = int(first.get("PartsCount") or parts)
+            size = int(first["ContentLength"])
+            tail = f.size - (count - 1) * size
+            if count < 2 or not 0 < tail <= size:
+                raise ValueError(f"{count} parts of {size} bytes cannot make {f.size} bytes")
+            last = client.head_object(Bucket=self._bucket, Key=key, PartNumber=count)
+            if int(last["ContentLength"]) != tail:
+                raise ValueError("the parts are not of one size")
+        except Exception as exc:
+            _log.warning("the multipart object's part sizes are unknown: its size is checked, not its bytes",
+                         source=self.uri, file=f.key, error=describe(exc))
+            return 0
+        return size
 
     def _boto3_client(self) -> Any:
         """A boto3 S3 client with this source's endpoint and identity, or ``None`` without boto3."""
@@ -381,6 +419,12 @@ class S3Source:
             if denied is exc:
                 raise
             raise denied from None
+
+
+def _etag_parts(etag: str) -> int:
+    """The part count a multipart S3 ETag states (``<hex>-N``), else ``0``."""
+    head, dash, count = etag.strip('"').rpartition("-")
+    return int(count) if dash and count.isdigit() and len(head) == 32 else 0
 
 
 def _etag_md5(etag: str) -> OriginChecksum | None:

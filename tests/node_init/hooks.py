@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from typing import Any
 
 from eventbus import HandlerSet
 from node_init import AfterInit, BeforeDownload, BeforeEngineInit, BeforeInit, CallbackCtx
@@ -164,3 +165,40 @@ def say_hello_from_the_node(event: BeforeDownload, ctx: CallbackCtx) -> bool:
     structlog.get_logger("tests.hooks").info("hello from the node", pid=os.getpid(),
                                              node_name=os.environ.get("NODE_NAME"))
     return os.environ.get("NODE_NAME") != "node1"
+
+
+#: node2 alters what it offers its peers, for shared downloads of a source whose URI names the way
+#: (``.../corrupt-flip-...``: bytes flipped after their checksum, as a bad memory or object store would;
+#: ``.../corrupt-lie-...``: the checksum taken over the flipped bytes, as a node that lies would). No
+#: real fault makes a node do this on demand, so the node's own offer is patched, in its task's process,
+#: by this handler; the patch acts only on those sources, so a later test reusing the process is untouched.
+corrupt_offers_on_node2 = HandlerSet()
+
+
+def _flipped(data: bytes) -> bytes:
+    out = bytearray(data)
+    out[len(out) // 2] ^= 0xFF
+    return bytes(out)
+
+
+@corrupt_offers_on_node2.on(BeforeDownload)
+def corrupt_what_node2_offers(event: BeforeDownload, ctx: CallbackCtx) -> None:
+    from node_init.cluster._share import SharedSource
+    from node_init.cluster._view import piece_sum
+
+    if os.environ.get("NODE_NAME") != "node2" or getattr(SharedSource, "_corrupting", False):
+        return
+    box, offer = SharedSource._box, SharedSource._offer
+
+    def bad_box(self: SharedSource, data: bytes, checksum: int) -> list[object]:
+        return box(self, _flipped(data) if "corrupt-flip-" in self.uri else data, checksum)
+
+    def bad_offer(self: SharedSource, unit: Any, index: int, data: bytes, checksum: int) -> bool:
+        if "corrupt-lie-" in self.uri:
+            data = _flipped(data)
+            checksum = piece_sum(data)
+        return offer(self, unit, index, data, checksum)
+
+    SharedSource._box = bad_box  # type: ignore[method-assign]
+    SharedSource._offer = bad_offer  # type: ignore[method-assign]
+    SharedSource._corrupting = True  # type: ignore[attr-defined]

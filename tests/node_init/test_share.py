@@ -770,8 +770,9 @@ async def test_a_node_that_joins_later_reads_from_a_node_that_holds_the_model(
 async def test_a_holders_silently_corrupted_copy_is_caught_and_read_from_the_origin(
         ray_cluster: RayCluster, s3_server: S3Server, tmp_path: Path) -> None:
     """node1 holds the model; one byte of its copy flips on disk with size and mtime unchanged (nothing
-    but a checksum notices). node2, a fresh node, reads from node1 first: the bytes fail the origin's
-    checksum, so node2 reads the file again from the origin itself, not from node1, and the init succeeds."""
+    but a checksum notices). node2, a fresh node, reads from node1 first: node1 checks each range it
+    serves against the checksum journaled when it was written and refuses the rotten one, which node2
+    reads from the origin; node1 is named, and the init succeeds with the origin's bytes."""
     local = tmp_path / "model"
     write_model_files(local, {"model.safetensors": 3 * MIB}, seed=11)
     s3_server.upload_dir(local, "models", "rotten")
@@ -793,6 +794,54 @@ async def test_a_holders_silently_corrupted_copy_is_caught_and_read_from_the_ori
         result = await initialize_node(cfg)
         await result.close()
         (report,) = [r for r in result.reports if r.node_id == target.node_id]
-    assert report.peer_bytes > 0  # node2 did take bytes from its holder
-    assert report.rereads == ("model.safetensors",) and report.verified["model.safetensors"] == "md5"
+    node1 = next(n for n in ray_cluster.nodes if n.name == "node1").node_id
+    assert report.peer_bytes == 2 * MIB  # node2 took the two sound ranges from its holder...
+    assert report.bad_nodes == {node1: 1}  # ...not the rotten one, and says whose it was
+    assert report.rereads == () and report.verified["model.safetensors"] == "md5"
     assert digest(target.cache / first.model_id) == digest(local)
+
+
+@pytest.mark.ray
+@pytest.mark.anyio
+@pytest.mark.parametrize("how", ["flip", "lie"])
+async def test_a_peer_that_offers_wrong_bytes_is_named_and_every_node_serves_the_origins(
+        ray_cluster: RayCluster, s3_server: S3Server, tmp_path: Path, how: str) -> None:
+    """node2 alters the pieces it offers: ``flip`` after their checksum was taken (a bad memory or
+    object store: each consumer's check of the piece catches it), ``lie`` with the checksum taken
+    over the altered bytes (the file's origin checksum catches it; the file is read again from the
+    origin, which shows whose bytes differed). Either way the init succeeds, every snapshot is the
+    origin's, byte for byte, and node2, only node2, is named in the reports."""
+    local = tmp_path / "model"
+    write_model_files(local, {"model-00002-of-00002.safetensors": 2 * MIB, "config.json": 900}, seed=5)
+    big = os.urandom(11 * MIB + 99)
+    (local / "model-00001-of-00002.safetensors").write_bytes(big)
+    prefix = f"corrupt-{how}-{tmp_path.name}"
+    s3_server.upload_dir(local, "models", prefix)
+    client = s3_server.client()  # the 11 MiB shard as a multipart upload (parts of 5, 5, 1 MiB)
+    key = f"{prefix}/model-00001-of-00002.safetensors"
+    upload = client.create_multipart_upload(Bucket="models", Key=key)
+    parts = []
+    for n, lo in enumerate(range(0, len(big), 5 * MIB), start=1):
+        part = client.upload_part(Bucket="models", Key=key, PartNumber=n, UploadId=upload["UploadId"],
+                                  Body=big[lo:lo + 5 * MIB])
+        parts.append({"PartNumber": n, "ETag": part["ETag"]})
+    client.complete_multipart_upload(Bucket="models", Key=key, UploadId=upload["UploadId"],
+                                     MultipartUpload={"Parts": parts})
+    cfg = config({"uri": f"s3://models/{prefix}"}, s3_server.endpoint, ("tests.node_init.hooks:corrupt_offers_on_node2",),
+                 share="on")
+    with anyio.fail_after(90):
+        result = await initialize_node(cfg)
+    await result.close()
+    node2 = next(n for n in ray_cluster.nodes if n.name == "node2").node_id
+    want = digest(local)
+    for node in ray_cluster.nodes:
+        assert digest(node.cache / cfg.model_id) == want
+    blamed = {n for r in result.reports for n in r.bad_nodes}
+    assert blamed == {node2}
+    assert sum(r.peer_bytes for r in result.reports) > 0  # the healthy peers' pieces were still taken
+    for report in result.reports:
+        assert "size" not in report.verified.values()
+        if how == "lie" and report.bad_nodes:
+            assert report.rereads  # caught by the file's checksum, then read again from the origin
+        if how == "flip":
+            assert not report.rereads  # caught piece by piece: no file had to be read again
