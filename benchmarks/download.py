@@ -14,14 +14,19 @@ Three tables:
 - many small files: 20,000 x 10 KB from a local directory (ours vs ``cp -r``) and
   3,000 x 10 KB from S3 (ours vs s5cmd); the page cache is warm and ``sync`` runs
   (untimed) before each run, so one run's dirty pages do not slow the next;
-- reuse of a complete cache: ``verify: stat`` against ``verify: full`` (re-hash every byte).
+- reuse of a complete cache: ``verify: stat`` against ``verify: full`` (re-hash every byte);
+- the cost of checking every byte against the origin's checksum: 1 x 256 MB and 4 x 150 MB uploaded
+  as multipart objects with a full-object CRC64NVME (as AWS stores uploads since 2025), ours verified
+  against ours with the checksums dropped from the listing (size only), and s5cmd, medians of 5.
 
-Run: ``python benchmarks/download.py [--quick]``; writes ``results/download.{json,md}``.
+Run: ``python benchmarks/download.py [--quick | --verify-only]``; writes ``results/download.{json,md}``
+(``--verify-only``: ``results/download_verify.{json,md}``).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
@@ -79,12 +84,18 @@ def worker(kind: str, uri: str, endpoint: str, dest: str) -> None:
                                  download_model=NodeModelDownloadable.MODEL_AND_TOKENIZER,
                                  download_extra_files=False)
     else:
+        import msgspec
+
         from node_init import DownloadConfig
         from node_init.download import Downloader, list_source
 
         def run() -> None:
             source, files = list_source(uri, DownloadConfig())
-            Downloader(source, Path(dest) / "ours", DownloadConfig()).run(files)
+            if kind == "unverified":  # the origin's checksums dropped: only sizes are checked
+                files = [msgspec.structs.replace(f, checksum=None) for f in files]
+            result = Downloader(source, Path(dest) / "ours", DownloadConfig()).run(files)
+            checked = set(result.verified.values())
+            assert checked == ({"size"} if kind == "unverified" else {"crc64nvme"}) or kind == "ours", checked
 
     def cpu() -> float:
         self_, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -179,6 +190,62 @@ def verify_cost(server: Any, uri: str, expected: dict[str, str], repeats: int) -
     return {"case": uri, **res}
 
 
+def upload_crc64(server: Any, local: Path, bucket: str, prefix: str) -> None:
+    """Upload ``local``'s files as multipart objects (8 MiB parts) with a full-object CRC64NVME."""
+    from boto3.s3.transfer import TransferConfig
+
+    client = server.client()
+    with contextlib.suppress(client.exceptions.BucketAlreadyOwnedByYou):
+        client.create_bucket(Bucket=bucket)
+    for path in sorted(local.iterdir()):
+        client.upload_file(str(path), bucket, f"{prefix}/{path.name}", ExtraArgs={"ChecksumAlgorithm": "CRC64NVME"},
+                           Config=TransferConfig(multipart_threshold=8 * MB, multipart_chunksize=8 * MB))
+
+
+def verify_overhead(repeats: int = 5) -> None:
+    """Checking every byte against the origin's CRC64NVME: verified vs size only vs s5cmd."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from node_init.testing import S3Server, write_model_files
+
+    server = S3Server().start()
+    rows = []
+    try:
+        for name in ("1 x 256 MB", "4 x 150 MB"):
+            local = Path(tempfile.mkdtemp(prefix="dl-src-"))
+            write_model_files(local, CASES[name])
+            prefix = "crc-" + name.replace(" ", "")
+            upload_crc64(server, local, "bench", prefix)
+            expected = files_digest(local)
+            total = sum(p.stat().st_size for p in local.iterdir())
+            shutil.rmtree(local)
+            uri = f"s3://bench/{prefix}"
+            one_run("verified", uri, server.endpoint, expected)  # warm the server alike for all
+            res = interleaved(("verified", "unverified", "s5cmd"), repeats,
+                              lambda k, uri=uri, expected=expected: one_run(k, uri, server.endpoint, expected))
+            row = {"case": name, "bytes": total, **res}
+            for kind in ("verified", "unverified", "s5cmd"):
+                row[kind]["mb_s"] = total / 1e6 / row[kind]["seconds"]
+                row[kind]["cpu_per_gb"] = row[kind]["cpu"] / (total / 1e9)
+            rows.append(row)
+            print(f"{name}: verified {row['verified']['mb_s']:.0f} MB/s, size only {row['unverified']['mb_s']:.0f} "
+                  f"MB/s, s5cmd {row['s5cmd']['mb_s']:.0f} MB/s", flush=True)
+    finally:
+        server.stop()
+    table = markdown_table(
+        ["objects (multipart, CRC64NVME)", "verified MB/s", "size-only MB/s", "s5cmd MB/s",
+         "wall verified/size-only", "client CPU s/GB (verified / size-only / s5cmd)", "CPU verified/size-only",
+         "verified/s5cmd speed"],
+        [[r["case"], f"{r['verified']['mb_s']:.0f}", f"{r['unverified']['mb_s']:.0f}", f"{r['s5cmd']['mb_s']:.0f}",
+          f"{r['verified']['seconds'] / r['unverified']['seconds']:.2f}x",
+          " / ".join(f"{r[k]['cpu_per_gb']:.2f}" for k in ("verified", "unverified", "s5cmd")),
+          f"{r['verified']['cpu'] / r['unverified']['cpu']:.2f}x",
+          f"{r['verified']['mb_s'] / r['s5cmd']['mb_s']:.2f}x"] for r in rows])
+    print()
+    print(table)
+    path = write_outputs("download_verify", {"repeats": repeats, "rows": rows}, table)
+    print(f"\nwrote {path}")
+
+
 def main(quick: bool) -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     from node_init.testing import S3Server, write_model_files
@@ -248,4 +315,9 @@ if __name__ == "__main__":
         sys.exit(0)
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="two sizes, one run each")
-    main(ap.parse_args().quick)
+    ap.add_argument("--verify-only", action="store_true", help="only the cost of verification (medians of 5)")
+    args = ap.parse_args()
+    if args.verify_only:
+        verify_overhead()
+    else:
+        main(args.quick)

@@ -79,10 +79,16 @@ def _short(value: Any) -> str:
 def render_reports(result: InitResult) -> str:
     lines = [f"model path: {result.model_path}", "nodes:"]
     for r in result.reports:
+        checked: dict[str, int] = {}
+        for how in r.verified.values():
+            checked[how] = checked.get(how, 0) + 1
         lines.append(
             f"  {r.node_id[:16]}  mode={r.mode.value:<19} fetched={len(r.files)} files "
             f"{r.bytes / 1e6:.1f} MB  cached={r.cached_bytes / 1e6:.1f} MB  {r.seconds:.2f}s"
             f"{'  VETOED' if r.vetoed else ''}  custom_data={r.custom_data}"
+            + (f"  checked={','.join(f'{k}:{n}' for k, n in sorted(checked.items()))}" if checked else "")
+            + (f"  rereads={len(r.rereads)}" if r.rereads else "")
+            + (f"  bad_nodes={ {n[:12]: c for n, c in r.bad_nodes.items()} }" if r.bad_nodes else "")
         )
     lines.append("timings: " + ", ".join(f"{k}={v:.3f}s" for k, v in result.timings.items()))
     return "\n".join(lines)

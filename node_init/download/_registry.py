@@ -187,8 +187,9 @@ def _open_local(uri: str, cfg: DownloadConfig) -> Source:
 
 register_source(SourceKind(
     name="s3", schemes=("s3://", "s3a://"), remote=True, share="auto",
-    checksums="the object's additional checksum (CRC64NVME, CRC32C, CRC32, SHA-256, SHA-1), else a single-part "
-              "ETag's MD5 (not for SSE-KMS/SSE-C)", check=_check_s3, open=_open_s3,
+    checksums="the object's additional checksum (CRC64NVME, CRC32C, CRC32, SHA-256, SHA-1; whole or per part), "
+              "else the ETag's MD5 (of the parts' MD5s for a multipart upload; not for SSE-KMS/SSE-C)",
+    check=_check_s3, open=_open_s3,
     credentials="the node's AWS variables, download.s3 keys, then the AWS credential chain; "
                 "s3://anonymous@bucket or download.s3.anonymous for unsigned reads",
 ))

@@ -306,38 +306,37 @@ class S3Source:
         """Each file with what the origin says its content is.
 
         obstore's listing and metadata carry no checksum or encryption headers, so a signed HEAD per
-        file through boto3 (``x-amz-checksum-mode: ENABLED``) asks for the object's additional checksum
-        (a full-object CRC32/CRC32C/CRC64NVME, SHA-1 or SHA-256, or a per-part composite of one) and its
-        encryption. Without one, the ETag states the MD5 (of the whole object, or of the parts' MD5s for a
-        multipart upload), unless the object is SSE-KMS or SSE-C encrypted (its ETag is then no MD5).
-        Composites need the part boundaries: two more HEADs (``?partNumber=``) per multipart object.
-        Without boto3 (the ``[aws]`` extra), or where the HEAD fails, only the ETag is read.
+        file (``x-amz-checksum-mode: ENABLED``, see :mod:`node_init.download._s3_head`) asks for the
+        object's additional checksum (a full-object CRC32/CRC32C/CRC64NVME, SHA-1 or SHA-256, or a
+        per-part composite of one) and its encryption. Without one, the ETag states the MD5 (of the
+        whole object, or of the parts' MD5s for a multipart upload), unless the object is SSE-KMS or
+        SSE-C encrypted (its ETag is then no MD5). Composites need the part boundaries: two more HEADs
+        (``?partNumber=``) per multipart object. Where the HEAD fails, only the ETag is read.
         """
         import concurrent.futures as cf
 
+        from ._s3_head import s3_head
+
         try:
-            client = self._boto3_client()
+            head = s3_head(bucket=self._bucket, endpoint=self._endpoint, region=self._region, auth=self._auth,
+                           timeout_s=self._timeout_s, retries=self.retries)
         except Exception as exc:  # e.g. a profile boto3 cannot read: the ETag still pins the version
-            _log.warning("no checksums from the origin (no S3 client for HEAD)", source=self.uri, error=describe(exc))
-            client = None
-        if client is None:
+            _log.warning("no checksums from the origin (no client for HEAD)", source=self.uri, error=describe(exc))
             return [msgspec.structs.replace(f, checksum=_etag_md5(f.etag)) for f in files]
         with cf.ThreadPoolExecutor(min(16, len(files)), thread_name_prefix="s3-head") as pool:
-            return list(pool.map(lambda f: self._head_checksum(client, f), files))
+            return list(pool.map(lambda f: self._head_checksum(head, f), files))
 
-    def _head_checksum(self, client: Any, f: RemoteFile) -> RemoteFile:
+    def _head_checksum(self, head: Any, f: RemoteFile) -> RemoteFile:
         try:
-            head = client.head_object(Bucket=self._bucket, Key=self._path(f.key), ChecksumMode="ENABLED",
-                                      **({"IfMatch": f.etag} if f.etag else {}))
+            headers = head(self._path(f.key), None, f.etag or None)
         except Exception as exc:  # the checksum is extra: the ETag still pins the version
             _log.warning("no checksum from the origin (HEAD failed): the size and ETag are checked",
                          source=self.uri, file=f.key, error=describe(exc))
             return msgspec.structs.replace(f, checksum=_etag_md5(f.etag))
         parts = _etag_parts(f.etag)
-        stated = head.get("ChecksumType")
-        for field, algorithm in (("ChecksumCRC64NVME", "crc64nvme"), ("ChecksumCRC32C", "crc32c"),
-                                 ("ChecksumCRC32", "crc32"), ("ChecksumSHA256", "sha256"), ("ChecksumSHA1", "sha1")):
-            value = head.get(field)
+        stated = headers.get("x-amz-checksum-type")
+        for algorithm in ("crc64nvme", "crc32c", "crc32", "sha256", "sha1"):
+            value = headers.get(f"x-amz-checksum-{algorithm}")
             if not value:
                 continue
             # A multipart upload's SHA is always per part, a CRC64NVME always whole; a CRC32(C) says which.
@@ -347,16 +346,17 @@ class S3Source:
             if not composite:
                 return msgspec.structs.replace(f, checksum=OriginChecksum(algorithm, value))
             return msgspec.structs.replace(f, checksum=OriginChecksum(
-                algorithm, value, "composite", self._part_size(client, f, parts)))
-        encrypted = head.get("ServerSideEncryption", "").startswith("aws:kms") or head.get("SSECustomerAlgorithm")
+                algorithm, value, "composite", self._part_size(head, f, parts)))
+        encrypted = (headers.get("x-amz-server-side-encryption", "").startswith("aws:kms")
+                     or headers.get("x-amz-server-side-encryption-customer-algorithm"))
         if encrypted:  # its ETag is no MD5 of the content
             return msgspec.structs.replace(f, checksum=None)
         if parts > 1:  # the MD5 of the parts' MD5s: checkable where the part boundaries are known
             return msgspec.structs.replace(f, checksum=OriginChecksum(
-                "md5", f.etag.strip('"').lower(), "composite", self._part_size(client, f, parts)))
+                "md5", f.etag.strip('"').lower(), "composite", self._part_size(head, f, parts)))
         return msgspec.structs.replace(f, checksum=_etag_md5(f.etag))
 
-    def _part_size(self, client: Any, f: RemoteFile, parts: int) -> int:
+    def _part_size(self, head: Any, f: RemoteFile, parts: int) -> int:
         """The part size of a multipart object (``HEAD ?partNumber=``), or ``0`` when it cannot be
         known for sure: every part but the last must be as large as the first, which the first's
         and the last's sizes confirm (a checksum over guessed boundaries would be a false mismatch)."""
@@ -364,40 +364,19 @@ class S3Source:
         # reads are pinned; boundaries of a version replaced meanwhile only fail its check, then its read.
         key = self._path(f.key)
         try:
-            first = client.head_object(Bucket=self._bucket, Key=key, PartNumber=1)
-            count = int(first.get("PartsCount") or parts)
-            size = int(first["ContentLength"])
+            first = head(key, 1, None)
+            count = int(first.get("x-amz-mp-parts-count") or parts)
+            size = int(first["content-length"])
             tail = f.size - (count - 1) * size
             if count < 2 or not 0 < tail <= size:
                 raise ValueError(f"{count} parts of {size} bytes cannot make {f.size} bytes")
-            last = client.head_object(Bucket=self._bucket, Key=key, PartNumber=count)
-            if int(last["ContentLength"]) != tail:
+            if int(head(key, count, None)["content-length"]) != tail:
                 raise ValueError("the parts are not of one size")
         except Exception as exc:
             _log.warning("the multipart object's part sizes are unknown: its size is checked, not its bytes",
                          source=self.uri, file=f.key, error=describe(exc))
             return 0
         return size
-
-    def _boto3_client(self) -> Any:
-        """A boto3 S3 client with this source's endpoint and identity, or ``None`` without boto3."""
-        try:
-            import boto3
-            import botocore
-            import botocore.config
-        except ImportError:
-            return None
-        config = botocore.config.Config(
-            connect_timeout=min(10.0, self._timeout_s), read_timeout=self._timeout_s,
-            retries={"max_attempts": self.retries + 1, "mode": "standard"}, max_pool_connections=16,
-            signature_version=botocore.UNSIGNED if self._auth.get("skip_signature") else None,
-            s3={"addressing_style": "path"} if self._endpoint else None)
-        keys = {k: reveal(str(self._auth[a])) for k, a in (("aws_access_key_id", "access_key_id"),
-                                                          ("aws_secret_access_key", "secret_access_key"),
-                                                          ("aws_session_token", "session_token")) if a in self._auth}
-        # A fresh session: boto3's default one keeps the environment it first saw (profiles, files).
-        return boto3.Session().client("s3", endpoint_url=self._endpoint, region_name=self._region, config=config,
-                                      **keys)
 
     def stream(self, file: RemoteFile, start: int, end: int) -> Iterator[bytes | memoryview]:
         """Ranged GET pinned with ``If-Match`` to the listed ETag, yielded as bytes arrive."""

@@ -827,8 +827,8 @@ async def test_a_peer_that_offers_wrong_bytes_is_named_and_every_node_serves_the
         parts.append({"PartNumber": n, "ETag": part["ETag"]})
     client.complete_multipart_upload(Bucket="models", Key=key, UploadId=upload["UploadId"],
                                      MultipartUpload={"Parts": parts})
-    cfg = config({"uri": f"s3://models/{prefix}"}, s3_server.endpoint, ("tests.node_init.hooks:corrupt_offers_on_node2",),
-                 share="on")
+    cfg = config({"uri": f"s3://models/{prefix}"}, s3_server.endpoint,
+                 ("tests.node_init.hooks:corrupt_offers_on_node2",), share="on")
     with anyio.fail_after(90):
         result = await initialize_node(cfg)
     await result.close()
