@@ -15,7 +15,7 @@ from node_init.download._s3_head import HeadFailed, s3_head
 class _Capture(http.server.BaseHTTPRequestHandler):
     seen: list[tuple[str, dict[str, str]]] = []
 
-    def do_HEAD(self) -> None:  # noqa: N802 (the stdlib's name)
+    def do_HEAD(self) -> None:
         type(self).seen.append((self.path, {k.lower(): v for k, v in self.headers.items()}))
         status = 404 if "missing" in self.path else 200
         self.send_response(status)
