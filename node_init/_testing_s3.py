@@ -272,8 +272,9 @@ class FaultProxy:
 
         body = await request.read()
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP}
+        # No body, no data: aiohttp would add a Content-Type that a signature (Azure's Shared Key) covers.
         async with self._session.request(request.method, self.upstream + request.path_qs,
-                                         headers=headers, data=body) as up:
+                                         headers=headers, data=body or None) as up:
             answer = {k: v for k, v in up.headers.items() if k.lower() not in _HOP}
             if fault is not None and fault.kind == "headers":
                 answer.update(fault.headers)

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 if TYPE_CHECKING:
-    from node_init.testing import FaultProxy, GCSServer, S3Server
+    from node_init.testing import AzuriteServer, FaultProxy, GCSServer, S3Server
 
 REPO = Path(__file__).resolve().parent.parent
 # vLLM on CPU: a small KV cache (GB) is plenty for the tiny test models.
@@ -21,6 +21,10 @@ os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
 os.environ["NO_GCE_CHECK"] = "true"
 os.environ["GCE_METADATA_HOST"] = os.environ["GCE_METADATA_IP"] = "127.0.0.1:9"
+# Nor Azure's: a managed identity asked anyway (azure-identity installed, no key) goes to the App Service
+# endpoint these name, a closed port, never the instance metadata address.
+os.environ["IDENTITY_ENDPOINT"] = "http://127.0.0.1:9/msi/token"
+os.environ["IDENTITY_HEADER"] = "test"
 
 
 @dataclass(frozen=True)
@@ -121,6 +125,18 @@ def gcs_server() -> Iterator[GCSServer]:
     from node_init.testing import GCSServer
 
     server = GCSServer().start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def azure_server() -> Iterator[AzuriteServer]:
+    """One real Azure Blob Storage emulator (Azurite, installed by ``make setup``) on 127.0.0.1 for the session."""
+    from node_init.testing import AzuriteServer
+
+    server = AzuriteServer().start()
     try:
         yield server
     finally:

@@ -147,6 +147,31 @@ def _check_gcs(uri: str) -> None:
         raise ValueError(f"{uri!r}: '.' and '..' are not allowed in the prefix")
 
 
+_AZURE_CONTAINER = re.compile(r"^(?=.{3,63}$)[a-z0-9](?!.*--)[a-z0-9-]*[a-z0-9]$")
+_AZURE_ACCOUNT = re.compile(r"^[a-z0-9]{3,24}$")
+
+
+def _check_azure(uri: str) -> None:
+    scheme = uri.split("://", 1)[0]
+    netloc = urlparse(uri).netloc
+    form = f"{scheme}://container@account.{'dfs' if scheme == 'abfss' else 'blob'}.core.windows.net/path"
+    container, at, host = netloc.partition("@")
+    if not at or not container:
+        raise ValueError(f"{uri!r} names no container@account ({form})")
+    # Ray's host checks: abfss:// is a Data Lake (dfs) host; azure:// a blob or dfs host.
+    suffixes = (".dfs.core.windows.net",) if scheme == "abfss" else (".blob.core.windows.net", ".dfs.core.windows.net")
+    if not host.endswith(suffixes):
+        raise ValueError(f"{uri!r}: the host must end with {' or '.join(suffixes)} ({form})")
+    account = host.split(".", 1)[0]
+    if not _AZURE_ACCOUNT.match(account):
+        raise ValueError(f"{account!r} is not a valid storage account name (3-24 lowercase letters and digits)")
+    if not _AZURE_CONTAINER.match(container) and container != "$root":
+        raise ValueError(f"{container!r} is not a valid container name (3-63 characters: a-z, 0-9 and single "
+                         "hyphens, starting and ending with a letter or digit)")
+    if any(p in (".", "..") for p in urlparse(uri).path.split("/")[1:]):
+        raise ValueError(f"{uri!r}: '.' and '..' are not allowed in the path")
+
+
 def _check_hf(uri: str) -> None:
     repo = uri[len("hf://"):].split("@", 1)[0]
     if repo.count("/") > 1 or not all(repo.split("/")) or any(p in (".", "..") for p in repo.split("/")):
@@ -171,6 +196,13 @@ def _open_gcs(uri: str, cfg: DownloadConfig) -> Source:
 
     return GCSSource(uri, cfg.gcs, request_timeout_s=cfg.stall_timeout_s, read_timeout_s=cfg.timeout_s,
                      retries=cfg.retries)
+
+
+def _open_azure(uri: str, cfg: DownloadConfig) -> Source:
+    from ._azure import AzureSource
+
+    return AzureSource(uri, cfg.azure, request_timeout_s=cfg.stall_timeout_s, read_timeout_s=cfg.timeout_s,
+                       retries=cfg.retries)
 
 
 def _open_hf(uri: str, cfg: DownloadConfig) -> Source:
@@ -198,6 +230,14 @@ register_source(SourceKind(
     checksums="the CRC32C GCS keeps for every object (else its md5Hash)", check=_check_gcs, open=_open_gcs,
     credentials="download.gcs.credentials_file, GOOGLE_APPLICATION_CREDENTIALS, the application-default file, "
                 "the metadata server; gs://anonymous@bucket or download.gcs.anonymous for unsigned reads",
+))
+register_source(SourceKind(
+    name="azure", schemes=("azure://", "abfss://"), remote=True, share="auto",
+    checksums="the blob's Content-MD5 where it has one (blobs uploaded in blocks often have none)",
+    check=_check_azure, open=_open_azure,
+    credentials="download.azure.account_key, AZURE_STORAGE_KEY, download.azure.sas_token, AZURE_STORAGE_SAS_TOKEN, "
+                "then azure-identity: a service principal, workload identity, the managed identity; "
+                "download.azure.anonymous for a public container",
 ))
 register_source(SourceKind(
     name="hf-cache", schemes=("hf://",), remote=False, share="never", checksums="none (loaded where it is)",

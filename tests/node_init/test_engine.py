@@ -134,3 +134,42 @@ async def test_a_failed_download_shuts_the_overlapped_engine_down(ray_cluster: A
     wait_no_engine_process()
     cache = Path(os.environ["NODE_INIT_CACHE_DIR"]) / cfg.model_id
     assert not (cache / "model.safetensors").exists()
+
+
+@pytest.mark.parametrize("source", ["gs", "azure", "abfss-mirror-dict"])
+async def test_every_remote_store_boots_the_engine_overlapped_on_three_sharing_nodes(
+        ray_cluster: Any, gcs_server: Any, azure_server: Any, tmp_path: Path, source: str) -> None:
+    """gs:// (fake-gcs-server), azure:// and Ray's CloudMirrorConfig mapping with an abfss:// bucket
+    (Azurite): three nodes share one fetch (``share: auto``), the engine boots on dummy weights while
+    they download and then loads the real ones; every node's snapshot is the origin's bytes."""
+    from node_init.testing import AZURITE_KEY
+
+    local = build_tiny_llama(tmp_path / "tiny", tie_word_embeddings=False)
+    prefix = f"tiny-{source}"
+    if source == "gs":
+        gcs_server.upload_dir(local, "models", prefix)
+        model_source: Any = f"gs://models/{prefix}"
+        store = {"gcs": {"endpoint_url": gcs_server.endpoint, "anonymous": True}}
+        checked = "crc32c"
+    else:
+        azure_server.upload_dir(local, "models", prefix)
+        host = "devstoreaccount1.dfs.core.windows.net" if "abfss" in source else "devstoreaccount1.blob.core.windows.net"
+        uri = f"{'abfss' if 'abfss' in source else 'azure'}://models@{host}/{prefix}"
+        model_source = {"bucket_uri": uri} if "dict" in source else uri
+        store = {"azure": {"endpoint_url": azure_server.endpoint, "account_key": AZURITE_KEY}}
+        checked = "md5"
+    cfg = node_config(model_source, prefix="tiny", placement={"bundles": [{"CPU": 1}] * 3, "strategy": "STRICT_SPREAD"},
+                      download={"timeout_s": 60, "retries": 0, "share": "auto", "part_size_mb": 1, **store},
+                      engine={"kind": "vllm", "overlap": "on", "kwargs": ENGINE_KWARGS})
+    result = await initialize_node(cfg)
+    try:
+        assert not result.engine.on_dummy_weights and "weights_load" in result.timings
+        assert result.engine.model_path == result.model_path
+        assert len(result.reports) == 3 and sum(r.peer_bytes for r in result.reports) > 0
+        for report in result.reports:
+            assert report.verified["model.safetensors"] == checked
+            assert all((Path(report.path) / p.name).read_bytes() == p.read_bytes() for p in local.iterdir())
+        assert len(await result.engine.generate_ids(PROMPTS[0], max_tokens=4)) == 4
+    finally:
+        await result.close()
+    wait_no_engine_process()

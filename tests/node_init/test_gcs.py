@@ -1,4 +1,4 @@
-"""``gs://`` against a real GCS emulator (fake-gcs-server) on 127.0.0.1, through the fault proxy."""
+"""``gs://`` against a real GCS emulator (fake-gcs-server) on 127.0.0.1 (link faults: `test_stores.py`)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from node_init import ConfigError, DownloadConfig, DownloadError, GCSConfig, parse_config
+from node_init import ConfigError, DownloadConfig, GCSConfig, parse_config
 from node_init.download import Downloader, list_source, open_source
-from node_init.testing import Fault, FaultProxy, GCSServer, write_model_files
+from node_init.testing import FaultProxy, GCSServer, write_model_files
 
 MB = 1 << 20
 
@@ -41,32 +41,6 @@ def test_a_gcs_model_downloads_pinned_and_checked_by_crc32c(gcs_server: GCSServe
     result = Downloader(source, tmp_path / "m", config).run(files, relist=source.list_files)
     assert same(result.path, model["local"])
     assert set(result.verified.values()) == {"crc32c"}
-
-
-@pytest.mark.parametrize(("fault", "healed"), [
-    (Fault(kind="corrupt", match="model-00001", after_bytes=999, count=1), True),
-    (Fault(kind="status", status=503, match="model-00001", count=2), True),
-    (Fault(kind="reset", match="model-00002", after_bytes=100_000, count=2), True),
-    (Fault(kind="corrupt", match="model-00001", after_bytes=999, count=100), False),
-], ids=["flip-once", "503", "reset", "flip-always"])
-def test_faults_on_the_gcs_link_heal_or_fail_typed(gcs_server: GCSServer, model: dict[str, Any], tmp_path: Path,
-                                                   fault: Fault, healed: bool) -> None:
-    proxy = FaultProxy(gcs_server.endpoint).start()
-    try:
-        proxy.add(Fault(**{f: getattr(fault, f) for f in fault.__struct_fields__}))
-        config = cfg(proxy.endpoint)
-        source, files = list_source(model["uri"], config)
-        if healed:
-            result = Downloader(source, tmp_path / "m", config).run(files)
-            assert same(result.path, model["local"])
-        else:
-            with pytest.raises(DownloadError) as info:
-                Downloader(source, tmp_path / "m", config).run(files)
-            assert info.value.checksum_mismatch and "crc32c mismatch" in str(info.value)
-            assert info.value.file == "model-00001-of-00002.safetensors" and not (tmp_path / "m").exists()
-        assert proxy.injected
-    finally:
-        proxy.stop()
 
 
 def test_an_object_replaced_mid_download_restarts_on_one_generation(gcs_server: GCSServer, tmp_path: Path) -> None:

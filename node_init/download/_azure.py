@@ -1,0 +1,254 @@
+"""``azure://`` and ``abfss://``: Azure Blob Storage through its REST API, in Ray's URI forms.
+
+Ray writes ``azure://container@account.blob.core.windows.net/path`` and
+``abfss://container@account.dfs.core.windows.net/path`` (obstore's own ``azure://container/path``
+is not Ray's). Both are read through the Blob API (it reads Data Lake Gen2 accounts too): one
+List Blobs call per 5,000 blobs gives each blob's size, ETag and ``Content-MD5`` (the origin's
+checksum where the blob has one: blobs uploaded in blocks often have none, and are then reported
+as ``size``); every ranged read is pinned with ``If-Match`` to the listed ETag. Requests go
+through urllib3 (a pool per source, streamed bodies), signed with the account key (Shared Key),
+a SAS token, or an Azure AD token from ``azure-identity``.
+"""
+
+from __future__ import annotations
+
+import base64
+import email.utils
+import hashlib
+import hmac
+import os
+import threading
+import xml.etree.ElementTree as ET
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl, quote, urlparse
+
+import structlog
+
+from .._config import AzureConfig, reveal
+from ._checksums import OriginChecksum
+from ._retry import Transient, with_retries
+from ._sources import STREAM_CHUNK, RemoteFile, SourceChanged, check_key
+
+_log = structlog.get_logger("node_init.download")
+#: The Blob service version every request asks for (Azurite 3.35 serves it).
+API_VERSION = "2021-12-02"
+_SCOPE = "https://storage.azure.com/.default"
+
+
+def azure_parts(uri: str) -> tuple[str, str, str, str]:
+    """``(scheme, container, account, prefix)`` of a Ray-form Azure URI."""
+    parsed = urlparse(uri)
+    container, _, host = parsed.netloc.partition("@")
+    return parsed.scheme, container, host.split(".", 1)[0], parsed.path.strip("/")
+
+
+def shared_key(account: str, key: str, method: str, url: str, headers: dict[str, str]) -> str:
+    """The Shared Key signature of a Blob service request (its string-to-sign, HMAC-SHA256 with the key)."""
+    low = {k.lower(): v for k, v in headers.items()}
+    fields = ["content-encoding", "content-language", "content-length", "content-md5", "content-type", "date",
+              "if-modified-since", "if-match", "if-none-match", "if-unmodified-since", "range"]
+    parsed = urlparse(url)
+    canonical_headers = "".join(f"{k}:{low[k].strip()}\n" for k in sorted(low) if k.startswith("x-ms-"))
+    params: dict[str, list[str]] = {}
+    for k, v in parse_qsl(parsed.query, keep_blank_values=True):
+        params.setdefault(k.lower(), []).append(v)
+    resource = f"/{account}{parsed.path}" + "".join(f"\n{k}:{','.join(sorted(params[k]))}" for k in sorted(params))
+    length = low.get("content-length", "")
+    values = [low.get(f, "") if f != "content-length" else ("" if length == "0" else length) for f in fields]
+    text = "\n".join([method, *values]) + "\n" + canonical_headers + resource
+    return base64.b64encode(hmac.new(base64.b64decode(key), text.encode(), hashlib.sha256).digest()).decode()
+
+
+class _AadToken:
+    """An Azure AD token from an ``azure-identity`` credential, fetched again before it expires."""
+
+    def __init__(self, credential: Any, looked: str) -> None:
+        self._credential, self._looked = credential, looked
+        self._token: Any = None
+        self._lock = threading.Lock()
+
+    def header(self) -> str:
+        import time
+
+        with self._lock:
+            if self._token is None or self._token.expires_on - 300 < time.time():
+                try:
+                    self._token = self._credential.get_token(_SCOPE)
+                except Exception as exc:  # azure-identity's errors: none of its credentials answered
+                    raise PermissionError(f"no Azure credentials: {type(exc).__name__} (looked at {self._looked}); "
+                                          "set download.azure.anonymous: true for a public container") from None
+            return f"Bearer {self._token.token}"
+
+
+def azure_credentials(cfg: AzureConfig, account: str) -> tuple[str, object, str]:
+    """``(kind, secret or token source, the identity in words)``, in Azure's order: anonymous; an
+    account key (the config, ``AZURE_STORAGE_KEY``); a SAS token (the config,
+    ``AZURE_STORAGE_SAS_TOKEN``); then ``azure-identity``: a service principal, workload identity,
+    the managed identity.
+
+    Raises:
+        PermissionError: nothing found (the message says where it looked, never a secret).
+    """
+    env = os.environ
+    if cfg.anonymous:
+        return "anonymous", None, "no identity (anonymous: unsigned requests)"
+    for kind, value, where in (("key", reveal(cfg.account_key), "download.azure.account_key"),
+                               ("key", env.get("AZURE_STORAGE_KEY"), "AZURE_STORAGE_KEY"),
+                               ("sas", reveal(cfg.sas_token), "download.azure.sas_token"),
+                               ("sas", env.get("AZURE_STORAGE_SAS_TOKEN"), "AZURE_STORAGE_SAS_TOKEN")):
+        if value:
+            what = f"account {account}'s key" if kind == "key" else "a SAS token"
+            return kind, value.lstrip("?") if kind == "sas" else value, f"{what} (from {where})"
+    looked = ("download.azure.account_key, AZURE_STORAGE_KEY, download.azure.sas_token, AZURE_STORAGE_SAS_TOKEN, "
+              "a service principal (AZURE_CLIENT_ID/AZURE_TENANT_ID/AZURE_CLIENT_SECRET), workload identity "
+              "(AZURE_FEDERATED_TOKEN_FILE), the managed identity")
+    try:
+        from azure.identity import (  # type: ignore[import-not-found]
+            ChainedTokenCredential,
+            EnvironmentCredential,
+            ManagedIdentityCredential,
+            WorkloadIdentityCredential,
+        )
+    except ImportError:
+        raise PermissionError(f"no Azure credentials: looked at {looked.rsplit(', a service', 1)[0]}; "
+                              "azure-identity is not installed to try a service principal, workload identity "
+                              "or the managed identity (install the [azure] extra); set "
+                              "download.azure.anonymous: true for a public container") from None
+    chain = [EnvironmentCredential()]
+    if env.get("AZURE_FEDERATED_TOKEN_FILE"):
+        chain.append(WorkloadIdentityCredential())
+    chain.append(ManagedIdentityCredential())
+    where = ("a service principal" if env.get("AZURE_CLIENT_SECRET") else "workload identity"
+             if env.get("AZURE_FEDERATED_TOKEN_FILE") else "the managed identity")
+    return "aad", _AadToken(ChainedTokenCredential(*chain), looked), \
+        f"{env.get('AZURE_CLIENT_ID') or 'an identity'} (from {where})"
+
+
+class AzureSource:
+    """``azure://`` / ``abfss://`` (see the module doc); every read pinned to the listed ETag.
+
+    Args:
+        uri: ``azure://container@account.blob.core.windows.net/prefix`` or
+            ``abfss://container@account.dfs.core.windows.net/prefix``.
+        cfg: The ``download.azure`` settings.
+        request_timeout_s: Bound on a listing and on connecting.
+        read_timeout_s: Bound on one read of a streamed body.
+        retries: Retries of a listing on transient errors.
+    """
+
+    in_place: Path | None = None
+
+    def __init__(self, uri: str, cfg: AzureConfig, *, request_timeout_s: float, read_timeout_s: float | None = None,
+                 retries: int = 3) -> None:
+        import urllib3
+
+        _, self.container, self.account, self.prefix = azure_parts(uri)
+        self.uri, self.retries = uri, retries
+        self.endpoint = (cfg.endpoint_url or f"https://{self.account}.blob.core.windows.net").rstrip("/")
+        self._kind, self._secret, self.identity = azure_credentials(cfg, self.account)
+        timeout = urllib3.Timeout(connect=min(10.0, request_timeout_s), read=request_timeout_s)
+        self._pool = urllib3.PoolManager(maxsize=32, timeout=timeout, retries=False)
+        self._read_timeout = urllib3.Timeout(connect=min(10.0, request_timeout_s),
+                                             read=read_timeout_s or request_timeout_s)
+        self._errors = urllib3.exceptions.HTTPError
+
+    def __repr__(self) -> str:
+        return f"AzureSource({self.uri!r}, identity={self.identity!r})"
+
+    def _path(self, key: str) -> str:
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def _url(self, path: str, query: dict[str, str]) -> str:
+        """The request URL, a SAS token's parameters appended."""
+        pairs = list(query.items()) + (parse_qsl(str(self._secret)) if self._kind == "sas" else [])
+        return f"{self.endpoint}{path}" + ("?" + "&".join(f"{k}={quote(v, safe='')}" for k, v in pairs)
+                                           if pairs else "")
+
+    def _headers(self, method: str, url: str, extra: dict[str, str]) -> dict[str, str]:
+        headers = {"x-ms-version": API_VERSION, "x-ms-date": email.utils.formatdate(usegmt=True), **extra}
+        if self._kind == "key":
+            headers["Authorization"] = f"SharedKey {self.account}:{self._shared_key(method, url, headers)}"
+        elif self._kind == "aad":
+            headers["Authorization"] = self._secret.header()  # type: ignore[attr-defined]
+        return headers
+
+    def _shared_key(self, method: str, url: str, headers: dict[str, str]) -> str:
+        return shared_key(self.account, str(self._secret), method, url, headers)
+
+    def _check(self, response: Any, what: str) -> None:
+        """A response's status as our errors: 5xx and 429 transient, the others final and named."""
+        status = int(response.status)
+        if status < 300:
+            return
+        code = response.headers.get("x-ms-error-code", "")
+        response.release_conn()
+        if status in (401, 403):
+            raise PermissionError(f"access denied to {self.uri} for {self.identity}: status {status} {code}".strip())
+        if status == 404:
+            raise FileNotFoundError(f"{what}: not found in {self.uri} (status 404 {code})".strip())
+        if status == 429 or status >= 500:
+            raise Transient(f"{what}: status {status} {code}".strip())
+        raise ValueError(f"{what}: status {status} {code}".strip())
+
+    def list_files(self) -> list[RemoteFile]:
+        """Every blob under the prefix, with its ETag and, where it has one, its Content-MD5."""
+        base = f"{self.prefix}/" if self.prefix else ""
+
+        def listing() -> list[RemoteFile]:
+            files, marker = [], ""
+            while True:
+                query = {"restype": "container", "comp": "list", "prefix": base, "maxresults": "5000",
+                         **({"marker": marker} if marker else {})}
+                url = self._url(f"/{quote(self.container)}", query)
+                response = self._request("GET", url, headers=self._headers("GET", url, {}), preload_content=True)
+                self._check(response, "listing")
+                root = ET.fromstring(response.data)
+                for blob in root.iter("Blob"):
+                    name, props = blob.findtext("Name") or "", blob.find("Properties")
+                    key = name[len(base):]
+                    if not key or key.endswith("/") or props is None:
+                        continue
+                    if (props.findtext("ResourceType") or "file") == "directory":  # a Data Lake directory
+                        continue
+                    md5 = props.findtext("Content-MD5") or ""
+                    files.append(RemoteFile(check_key(key), int(props.findtext("Content-Length") or 0),
+                                            props.findtext("Etag") or "", OriginChecksum("md5", md5) if md5 else None))
+                marker = root.findtext("NextMarker") or ""
+                if not marker:
+                    return files
+
+        files = with_retries(listing, retries=self.retries, what="listing", source=self.uri)
+        if not files:
+            raise FileNotFoundError(f"no blobs under {self.uri}")
+        return sorted(files, key=lambda f: f.key)
+
+    def stream(self, file: RemoteFile, start: int, end: int) -> Iterator[bytes | memoryview]:
+        """Bytes ``[start, end)`` of the listed version, yielded as they arrive.
+
+        Raises:
+            SourceChanged: the blob's ETag is no longer the listed one (replaced since the listing).
+        """
+        if end <= start:
+            return
+        url = self._url(f"/{quote(self.container)}/{quote(self._path(file.key), safe='/')}", {})
+        extra = {"x-ms-range": f"bytes={start}-{end - 1}", **({"If-Match": file.etag} if file.etag else {})}
+        response = self._request("GET", url, headers=self._headers("GET", url, extra), preload_content=False,
+                                 timeout=self._read_timeout)
+        try:
+            if response.status == 412:
+                raise SourceChanged(file.key, f"ETag {file.etag} is no longer current")
+            self._check(response, file.key)
+            yield from response.stream(STREAM_CHUNK)
+        except self._errors as exc:  # a reset or a read timeout mid-body: worth another try, from here on
+            raise Transient(f"{file.key}: {type(exc).__name__}: {exc}") from exc
+        finally:
+            response.release_conn()
+
+    def _request(self, method: str, url: str, **kwargs: Any) -> Any:
+        """urllib3's errors become ours where they enter: a connection that fails is transient."""
+        try:
+            return self._pool.request(method, url, **kwargs)
+        except self._errors as exc:
+            raise Transient(f"{type(exc).__name__}: {exc}") from exc
