@@ -25,10 +25,10 @@ derived in one place from its config (:class:`Bounds`). ``node_init.ray_serve``
 from ._bounds import Bounds as Bounds
 from ._callback import RayServeLLMCallback as RayServeLLMCallback
 from ._callback import get_or_create_callback as get_or_create_callback
+from ._config import AzureConfig as AzureConfig
 from ._config import DownloadConfig as DownloadConfig
 from ._config import EngineConfig as EngineConfig
 from ._config import ExtraFiles as ExtraFiles
-from ._config import AzureConfig as AzureConfig
 from ._config import GCSConfig as GCSConfig
 from ._config import MirrorConfig as MirrorConfig
 from ._config import NodeInitConfig as NodeInitConfig

@@ -146,25 +146,45 @@ def _vllm_logs_to_file(path: Path) -> None:
     print(f"vLLM's own log: {path}", file=sys.stderr)
 
 
-def _s3_server(model: Path, port: int, rate_mb_s: float | None) -> int:
-    """A local S3 server with ``model`` uploaded, for the examples (loopback only, no credentials of yours)."""
+def _store_server(kind: str, model: Path, port: int, rate_mb_s: float | None) -> int:
+    """A local S3, GCS or Azure server with ``model`` uploaded, for the examples (loopback only, no
+    credentials of yours): moto, fake-gcs-server or Azurite, behind a proxy on ``port`` where the
+    server picks its own port or a cap is asked for."""
     try:
-        from .testing import FaultProxy, S3Server
+        from .testing import AZURITE_KEY, AzuriteServer, FaultProxy, GCSServer, S3Server
     except ImportError as exc:
-        print(f"node-init s3-server needs the [test] extra (moto[server]): {exc}", file=sys.stderr)
+        print(f"node-init {kind}-server needs the [test] extra: {exc}", file=sys.stderr)
         return 2
     if not (model / "config.json").is_file():
-        print(f"node-init s3-server: {model} holds no model (node-init build-model {model})", file=sys.stderr)
+        print(f"node-init {kind}-server: {model} holds no model (node-init build-model {model})", file=sys.stderr)
         return 2
     # Ctrl-C, or a kill, stops it (a shell's background job starts with SIGINT ignored: take it back).
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, signal.default_int_handler)
-    server = S3Server(port=0 if rate_mb_s else port).start()
+    server: Any
+    try:
+        if kind == "s3":
+            server = S3Server(port=0 if rate_mb_s else port).start()
+            upstream, suffix = server.endpoint, ""
+            where = f"s3://models/{model.name} (access key id 'testing', secret 'testing')"
+        elif kind == "gcs":
+            server = GCSServer().start()
+            upstream, suffix = server.endpoint, ""
+            where = f"gs://models/{model.name} (anonymous reads)"
+        else:
+            server = AzuriteServer().start()
+            upstream, suffix = server.root, "/devstoreaccount1"
+            where = (f"azure://models@devstoreaccount1.blob.core.windows.net/{model.name} (Azurite's well-known "
+                     f"account key {AZURITE_KEY[:8]}...)")
+    except FileNotFoundError as exc:  # Azurite not installed
+        print(f"node-init {kind}-server: {exc}", file=sys.stderr)
+        return 2
     server.upload_dir(model, "models", model.name)
-    proxy = FaultProxy(server.endpoint, rate_mb_s=rate_mb_s, port=port).start() if rate_mb_s else None
-    endpoint = proxy.endpoint if proxy else server.endpoint
-    print(f"serving s3://models/{model.name} at {endpoint} (access key id 'testing', secret 'testing')"
-          + (f", capped at {rate_mb_s:g} MB/s" if rate_mb_s else "") + "; Ctrl-C stops it", flush=True)
+    proxied = rate_mb_s is not None or kind != "s3"
+    proxy = FaultProxy(upstream, rate_mb_s=rate_mb_s, port=port).start() if proxied else None
+    endpoint = (proxy.endpoint if proxy else server.endpoint) + suffix
+    print(f"serving {where} at {endpoint}" + (f", capped at {rate_mb_s:g} MB/s" if rate_mb_s else "")
+          + "; Ctrl-C stops it", flush=True)
     try:
         while True:
             time.sleep(3600)
@@ -209,11 +229,15 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--no-engine", action="store_true", help="stop after the downloads")
     for p in (run, demo):
         p.add_argument("--json-logs", action="store_true", help="JSON log lines (default on a non-TTY)")
-    s3 = sub.add_parser("s3-server", help="serve DIR as s3://models/<DIR's name> from a local S3 server "
-                                           "(moto, the [test] extra) on 127.0.0.1, until interrupted")
-    s3.add_argument("dir", type=Path)
-    s3.add_argument("--port", type=int, default=9000)
-    s3.add_argument("--rate-mb-s", type=float, help="cap the link (MB/s) with a proxy in front of it")
+    for kind, what, port in (("s3", "s3://models/<DIR's name> from a local S3 server (moto)", 9000),
+                             ("gcs", "gs://models/<DIR's name> from a local GCS server (fake-gcs-server)", 9100),
+                             ("azure", "azure://models@devstoreaccount1.blob.core.windows.net/<DIR's name> from "
+                                       "Azurite (installed by make setup)", 10100)):
+        server = sub.add_parser(f"{kind}-server", help=f"serve DIR as {what} on 127.0.0.1 (the [test] extra), "
+                                                       "until interrupted")
+        server.add_argument("dir", type=Path)
+        server.add_argument("--port", type=int, default=port)
+        server.add_argument("--rate-mb-s", type=float, help="cap the link (MB/s) with a proxy in front of it")
     build = sub.add_parser("build-model", help="write a tiny random Llama (with a tokenizer) to DIR")
     build.add_argument("dir", type=Path)
     build.add_argument("--tied", action="store_true", help="tie the input and output embeddings")
@@ -223,8 +247,8 @@ def main(argv: list[str] | None = None) -> int:
 
         print(build_tiny_llama(args.dir, tie_word_embeddings=args.tied))
         return 0
-    if args.command == "s3-server":
-        return _s3_server(args.dir, args.port, args.rate_mb_s)
+    if args.command.endswith("-server"):
+        return _store_server(args.command.removesuffix("-server"), args.dir, args.port, args.rate_mb_s)
     configure_logging(json=True if args.json_logs else None)
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     if args.command == "run":

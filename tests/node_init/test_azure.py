@@ -14,7 +14,7 @@ import pytest
 
 from node_init import AzureConfig, ConfigError, DownloadConfig, DownloadError, parse_config
 from node_init.download import Downloader, list_source, open_source
-from node_init.testing import AZURITE_KEY, AzuriteServer, Fault, FaultProxy, write_model_files
+from node_init.testing import AZURITE_KEY, AzuriteServer, FaultProxy, write_model_files
 
 MB = 1 << 20
 HOST = "devstoreaccount1.blob.core.windows.net"

@@ -153,7 +153,7 @@ async def test_every_remote_store_boots_the_engine_overlapped_on_three_sharing_n
         checked = "crc32c"
     else:
         azure_server.upload_dir(local, "models", prefix)
-        host = "devstoreaccount1.dfs.core.windows.net" if "abfss" in source else "devstoreaccount1.blob.core.windows.net"
+        host = f"devstoreaccount1.{'dfs' if 'abfss' in source else 'blob'}.core.windows.net"
         uri = f"{'abfss' if 'abfss' in source else 'azure'}://models@{host}/{prefix}"
         model_source = {"bucket_uri": uri} if "dict" in source else uri
         store = {"azure": {"endpoint_url": azure_server.endpoint, "account_key": AZURITE_KEY}}
