@@ -30,6 +30,7 @@ from ._config import DownloadConfig as DownloadConfig
 from ._config import EngineConfig as EngineConfig
 from ._config import ExtraFiles as ExtraFiles
 from ._config import GCSConfig as GCSConfig
+from ._config import HFConfig as HFConfig
 from ._config import MirrorConfig as MirrorConfig
 from ._config import NodeInitConfig as NodeInitConfig
 from ._config import PlacementConfig as PlacementConfig
@@ -86,6 +87,7 @@ __all__ = [
     "ExtraFiles",
     "AzureConfig",
     "GCSConfig",
+    "HFConfig",
     "EventSpec",
     "InitFailed",
     "InitResult",

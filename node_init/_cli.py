@@ -151,7 +151,7 @@ def _store_server(kind: str, model: Path, port: int, rate_mb_s: float | None) ->
     credentials of yours): moto, fake-gcs-server or Azurite, behind a proxy on ``port`` where the
     server picks its own port or a cap is asked for."""
     try:
-        from .testing import AZURITE_KEY, AzuriteServer, FaultProxy, GCSServer, S3Server
+        from .testing import AZURITE_KEY, AzuriteServer, FaultProxy, GCSServer, HubServer, S3Server
     except ImportError as exc:
         print(f"node-init {kind}-server needs the [test] extra: {exc}", file=sys.stderr)
         return 2
@@ -171,6 +171,10 @@ def _store_server(kind: str, model: Path, port: int, rate_mb_s: float | None) ->
             server = GCSServer().start()
             upstream, suffix = server.endpoint, ""
             where = f"gs://models/{model.name} (anonymous reads)"
+        elif kind == "hub":
+            server = HubServer().start()
+            upstream, suffix = server.endpoint, ""
+            where = f"the Hugging Face Hub repo node-init/{model.name} (set HF_ENDPOINT to the address)"
         else:
             server = AzuriteServer().start()
             upstream, suffix = server.root, "/devstoreaccount1"
@@ -179,7 +183,10 @@ def _store_server(kind: str, model: Path, port: int, rate_mb_s: float | None) ->
     except FileNotFoundError as exc:  # Azurite not installed
         print(f"node-init {kind}-server: {exc}", file=sys.stderr)
         return 2
-    server.upload_dir(model, "models", model.name)
+    if kind == "hub":
+        server.push_dir(f"node-init/{model.name}", model)
+    else:
+        server.upload_dir(model, "models", model.name)
     proxied = rate_mb_s is not None or kind != "s3"
     proxy = FaultProxy(upstream, rate_mb_s=rate_mb_s, port=port).start() if proxied else None
     endpoint = (proxy.endpoint if proxy else server.endpoint) + suffix
@@ -232,7 +239,8 @@ def main(argv: list[str] | None = None) -> int:
     for kind, what, port in (("s3", "s3://models/<DIR's name> from a local S3 server (moto)", 9000),
                              ("gcs", "gs://models/<DIR's name> from a local GCS server (fake-gcs-server)", 9100),
                              ("azure", "azure://models@devstoreaccount1.blob.core.windows.net/<DIR's name> from "
-                                       "Azurite (installed by make setup)", 10100)):
+                                       "Azurite (installed by make setup)", 10100),
+                             ("hub", "the Hugging Face Hub repo node-init/<DIR's name> from a local Hub", 9200)):
         server = sub.add_parser(f"{kind}-server", help=f"serve DIR as {what} on 127.0.0.1 (the [test] extra), "
                                                        "until interrupted")
         server.add_argument("dir", type=Path)

@@ -108,6 +108,23 @@ class AzureConfig(_Strict, kw_only=True, forbid_unknown_fields=True, frozen=True
                 msgspec.structs.force_setattr(self, name, Secret(value))
 
 
+class HFConfig(_Strict, kw_only=True, forbid_unknown_fields=True, frozen=True):
+    """Hugging Face Hub settings, for ``org/name`` and ``hf://org/name[@revision]`` sources.
+
+    Attributes:
+        endpoint_url: The Hub's URL (a mirror, a private Hub); a node's ``HF_ENDPOINT`` overrides it.
+        token: A Hub token (a :class:`Secret`); else ``HF_TOKEN``, else the file the Hugging Face CLI
+            writes (``$HF_HOME/token``).
+    """
+
+    endpoint_url: str | None = None
+    token: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.token is not None and not isinstance(self.token, Secret):
+            msgspec.structs.force_setattr(self, "token", Secret(self.token))
+
+
 class DownloadConfig(_Strict, kw_only=True, forbid_unknown_fields=True, frozen=True):
     """How nodes fetch the model.
 
@@ -136,6 +153,7 @@ class DownloadConfig(_Strict, kw_only=True, forbid_unknown_fields=True, frozen=T
         s3: S3 endpoint and credential settings.
         gcs: Google Cloud Storage endpoint and credential settings.
         azure: Azure Blob Storage endpoint and credential settings (``azure://``, ``abfss://``).
+        hf: Hugging Face Hub endpoint and token (``org/name``, ``hf://``).
     """
 
     cache_dir: str = "~/.cache/node-init"
@@ -155,6 +173,7 @@ class DownloadConfig(_Strict, kw_only=True, forbid_unknown_fields=True, frozen=T
     s3: S3Config = S3Config()
     gcs: GCSConfig = GCSConfig()
     azure: AzureConfig = AzureConfig()
+    hf: HFConfig = HFConfig()
 
 
 
@@ -298,6 +317,10 @@ def _validate(c: NodeInitConfig) -> None:
     if c.download.gcs.credentials_file is not None and not c.download.gcs.credentials_file.strip():
         raise ConfigError("must not be empty (leave it out to use GOOGLE_APPLICATION_CREDENTIALS)",
                           field="download.gcs.credentials_file")
+    if c.download.hf.endpoint_url is not None:
+        _validate_endpoint(c.download.hf.endpoint_url, field="download.hf.endpoint_url")
+    if c.download.hf.token is not None and not str(reveal(c.download.hf.token)).strip():
+        raise ConfigError("must not be empty (leave it out to use HF_TOKEN)", field="download.hf.token")
     azure = c.download.azure
     if azure.endpoint_url is not None:
         _validate_endpoint(azure.endpoint_url, field="download.azure.endpoint_url")

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 import attrs
+import msgspec
 import structlog
 
 from eventbus import EventBus, Outcome
@@ -366,6 +367,8 @@ async def _with_downloads(run: _Run, log: Any) -> str:
     """Downloads on every node, and the engine boot, at once (see ``_engine_when_ready``)."""
     import ray
 
+    # A Hub id is told from a path, and its revision pinned to a commit, once, here: every node reads one commit.
+    run.config = await anyio.to_thread.run_sync(_pinned, run.config)
     config, ctx = run.config, run.ctx
     if not ray.is_initialized():
         await anyio.to_thread.run_sync(ray.init)  # connecting takes seconds: off the loop
@@ -401,6 +404,20 @@ async def _with_downloads(run: _Run, log: Any) -> str:
     ctx.custom_data["nodes"] = merged
     mine = next(r for r in run.reports if r.node_id == local)
     return mine.path or local_model_path(config)
+
+
+def _pinned(config: NodeInitConfig) -> NodeInitConfig:
+    """``config`` with a bare Hub id made ``hf://`` and an ``hf://`` revision resolved to its commit."""
+    from .download import source_errors
+    from .download._hub import hub_or_path, offline, pin_hub_source
+
+    source = config.model_source or ""
+    pinned = hub_or_path(source)
+    if pinned.startswith("hf://") and not offline():
+        with source_errors(pinned):
+            pinned = pin_hub_source(pinned, config.download.hf, timeout_s=config.download.stall_timeout_s,
+                                    retries=config.download.retries)
+    return config if pinned == source else msgspec.structs.replace(config, model_source=pinned)
 
 
 async def _engine_when_ready(run: _Run, replica: _Replica, log: Any) -> None:

@@ -112,6 +112,12 @@ class EventBusCallback(CallbackBase):
             return
         self._start = time.monotonic()
         ctx = self._ours = _our_ctx(self.config, self.ctx, self.llm_config)
+        source = self.config.model_source or ""
+        if source.startswith("hf://") or ("://" not in source and source.count("/") == 1 and
+                                          not source.startswith(("/", "~", "."))):
+            _log.info("the model is a Hugging Face Hub id: on stock ray.serve.llm Ray keeps control and vLLM "
+                      "downloads it while the engine boots, unverified (OverlappedLLMServer downloads it first)",
+                      source=source)
         outcome = await self._publish(BeforeInit(model_id=self.config.model_id), ctx, Phase.BEFORE_INIT)
         _to_ray(ctx, self.ctx)
         self._engine_kwargs(ctx)

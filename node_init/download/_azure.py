@@ -28,7 +28,7 @@ import structlog
 
 from .._config import AzureConfig, reveal
 from ._checksums import OriginChecksum
-from ._retry import Transient, with_retries
+from ._retry import Transient, retry_after, with_retries
 from ._sources import STREAM_CHUNK, RemoteFile, SourceChanged, check_key
 
 _log = structlog.get_logger("node_init.download")
@@ -105,7 +105,7 @@ def azure_credentials(cfg: AzureConfig, account: str) -> tuple[str, object, str]
               "a service principal (AZURE_CLIENT_ID/AZURE_TENANT_ID/AZURE_CLIENT_SECRET), workload identity "
               "(AZURE_FEDERATED_TOKEN_FILE), the managed identity")
     try:
-        from azure.identity import (  # type: ignore[import-not-found]
+        from azure.identity import (  # type: ignore[import-not-found,import-untyped,unused-ignore]
             ChainedTokenCredential,
             EnvironmentCredential,
             ManagedIdentityCredential,
@@ -189,7 +189,7 @@ class AzureSource:
         if status == 404:
             raise FileNotFoundError(f"{what}: not found in {self.uri} (status 404 {code})".strip())
         if status == 429 or status >= 500:
-            raise Transient(f"{what}: status {status} {code}".strip())
+            raise Transient(f"{what}: status {status} {code}".strip(), retry_after=retry_after(response.headers))
         raise ValueError(f"{what}: status {status} {code}".strip())
 
     def list_files(self) -> list[RemoteFile]:

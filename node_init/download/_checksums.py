@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import os
 from collections.abc import Callable, Sequence
 from typing import Literal
 
@@ -20,8 +21,9 @@ import msgspec
 
 #: The CRCs an origin may state, with their width in bytes.
 CRC_BYTES = {"crc32": 4, "crc32c": 4, "crc64nvme": 8}
-#: The digests an origin may state that do not combine (fed in order).
-DIGESTS = ("sha256", "sha1", "md5")
+#: The digests an origin may state that do not combine (fed in order). ``git-sha1`` is git's blob id (the
+#: SHA-1 of ``blob <size>\0`` and the bytes), as the Hugging Face Hub states small files.
+DIGESTS = ("sha256", "sha1", "md5", "git-sha1")
 
 
 class OriginChecksum(msgspec.Struct, frozen=True):
@@ -132,7 +134,7 @@ def new_digest(algorithm: str) -> hashlib._Hash:
 def _raw(algorithm: str) -> Callable[[], _Raw]:
     if algorithm in CRC_BYTES:
         return lambda: _CrcRaw(algorithm)
-    return lambda: _HashRaw(algorithm)
+    return lambda: _HashRaw("sha1" if algorithm == "git-sha1" else algorithm)
 
 
 class _Raw:
@@ -169,11 +171,13 @@ class InOrder:
     """A checksum fed the file's bytes in order, in ``checksum``'s algorithm and form: a whole-object
     digest, or a composite one (each part's checksum in turn, then the checksum of them all)."""
 
-    def __init__(self, checksum: OriginChecksum) -> None:
+    def __init__(self, checksum: OriginChecksum, size: int = 0) -> None:
         self._checksum = checksum
         self._new = _raw(checksum.algorithm)
         self._part = checksum.part_size if checksum.scope == "composite" else 0
         self._current = self._new()
+        if checksum.algorithm == "git-sha1":  # git hashes a header with the size before the bytes
+            self._current.update(b"blob %d\0" % size)
         self._in_part = 0
         self._parts: list[bytes] = []
 
@@ -198,7 +202,9 @@ class InOrder:
             raw, suffix = whole.digest(), f"-{len(parts)}"
         else:
             raw, suffix = self._current.digest(), ""
-        hexed = self._checksum.algorithm == "md5" and len(self._checksum.value.split("-")[0]) == 32
+        # Stated in hex (an ETag's MD5, the Hub's SHA-256 and git ids): hex; else base64 (S3, GCS, Azure).
+        stated = self._checksum.value.split("-")[0]
+        hexed = len(stated) == 2 * len(raw) and all(c in "0123456789abcdef" for c in stated.lower())
         return (raw.hex() if hexed else base64.b64encode(raw).decode()) + suffix
 
 
@@ -210,7 +216,7 @@ def file_checksum(path: str, checksum: OriginChecksum, chunk: int = 8 << 20) -> 
             while block := f.read(chunk):
                 value = update(block, value)
             return encode_crc(checksum.algorithm, value)
-        hasher = InOrder(checksum)
+        hasher = InOrder(checksum, os.fstat(f.fileno()).st_size)
         while block := f.read(chunk):
             hasher.update(block)
         return hasher.result()

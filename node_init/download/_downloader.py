@@ -30,7 +30,7 @@ from .._config import DownloadConfig
 from .._errors import DownloadError, describe
 from ._cache import RANGE_SUM, ModelCache, PartState, range_hasher, ranges_digest, record_rate
 from ._checksums import InOrder, RangeCrc, combine, encode_crc
-from ._retry import Transient, backoff, is_transient
+from ._retry import Transient, is_transient, retry_delay
 from ._sources import LocalSource, RemoteFile, Source, SourceChanged, check_key
 
 _log = structlog.get_logger("node_init.download")
@@ -451,7 +451,7 @@ class Downloader:
                     raise self._error(f"read failed after {attempt + 1} attempt(s): {describe(exc)}",
                                       file=key, cause=exc) from exc
                 attempt += 1
-                delay = backoff(attempt)
+                delay = retry_delay(attempt, exc)
                 _log.warning("retrying read", node_id=self.node_id, file=key, attempt=attempt, offset=pos,
                              delay_s=round(delay, 3), error=describe(exc))
             self._sleep(delay)
@@ -515,7 +515,7 @@ class _FileState:
         self._idle = threading.Condition(self._lock)  # no write in progress
         self._writers = 0
         self._hash_lock = threading.Lock()
-        self._digest = InOrder(self.origin) if self.in_order and self.origin is not None else None
+        self._digest = InOrder(self.origin, file.size) if self.in_order and self.origin is not None else None
         self._hashed = 0  # bytes [0, _hashed) are in the MD5
 
     def todo_ranges(self) -> list[tuple[int, int]]:

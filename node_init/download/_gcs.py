@@ -20,7 +20,7 @@ import structlog
 
 from .._config import GCSConfig
 from ._checksums import OriginChecksum
-from ._retry import Transient, with_retries
+from ._retry import Transient, retry_after, with_retries
 from ._sources import STREAM_CHUNK, RemoteFile, SourceChanged, check_key
 
 _log = structlog.get_logger("node_init.download")
@@ -143,7 +143,7 @@ class GCSSource:
         if status == 404:
             raise FileNotFoundError(f"{what}: not found in {self.uri} (status 404)")
         if status == 429 or status >= 500:
-            raise Transient(f"{what}: status {status}")
+            raise Transient(f"{what}: status {status}", retry_after=retry_after(response.headers))
         raise ValueError(f"{what}: status {status}: {body.strip()[:200]}")
 
     def list_files(self) -> list[RemoteFile]:

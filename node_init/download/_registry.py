@@ -10,6 +10,7 @@ policy and the README's source table all read :data:`SOURCES`.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Literal
@@ -88,14 +89,21 @@ def check_source(uri: str) -> None:
     source_kind(uri).check(uri)
 
 
+def _offline_hub(uri: str) -> bool:
+    """An ``hf://`` source under ``HF_HUB_OFFLINE``: this node's cache, loaded where it is."""
+    from ._hub import offline
+
+    return uri.startswith("hf://") and offline()
+
+
 def is_remote_source(uri: str | None) -> bool:
     """Whether ``uri``'s bytes come over the network."""
-    return bool(uri) and source_kind(uri or "").remote
+    return bool(uri) and source_kind(uri or "").remote and not _offline_hub(uri or "")
 
 
 def shares(uri: str | None, setting: str) -> bool:
     """Whether ``download.share: <setting>`` shares a fetch of ``uri`` between nodes."""
-    if not uri or setting == "off":
+    if not uri or setting == "off" or _offline_hub(uri):
         return False
     kind = source_kind(uri).share
     return kind == "auto" or (kind == "on" and setting == "on")
@@ -173,15 +181,21 @@ def _check_azure(uri: str) -> None:
 
 
 def _check_hf(uri: str) -> None:
-    repo = uri[len("hf://"):].split("@", 1)[0]
-    if repo.count("/") > 1 or not all(repo.split("/")) or any(p in (".", "..") for p in repo.split("/")):
-        raise ValueError(f"{uri!r}: expected hf://name or hf://org/name[@revision]")
+    from ._hub import check_hub_uri
+
+    check_hub_uri(uri)
 
 
 def _check_local(uri: str) -> None:
     if uri.startswith("file://") and not uri[len("file://"):].startswith("/"):
         raise ValueError(f"{uri!r}: a file:// URI needs an absolute path (file:///models/x)")
-    # A plain path is checked on each node, where it must exist.
+    # A plain path is checked on each node, where it must exist. A relative one may be a Hub id
+    # (org/name, as Ray writes it): the replica decides which (see node_init.download.hub_or_path).
+    from ._hub import is_hub_id
+
+    if not uri.startswith(("/", "~", ".", "file://")) and not is_hub_id(uri) and not os.path.exists(uri):
+        raise ValueError(f"{uri!r} is neither a local path (no such file or directory here) nor a Hugging Face "
+                         "Hub id (org/name)")
 
 
 def _open_s3(uri: str, cfg: DownloadConfig) -> Source:
@@ -191,24 +205,37 @@ def _open_s3(uri: str, cfg: DownloadConfig) -> Source:
                     retries=cfg.retries)
 
 
+def _silence_s(cfg: DownloadConfig) -> float:
+    """How long one connection of an HTTP source (urllib3: the bound is per socket read) may send nothing
+    before it is dropped and the range read again: a third of the stall bound, so one hung connection
+    is retried well before the download counts as stalled."""
+    from .._bounds import Bounds
+
+    return Bounds.of_download(cfg).silence_s
+
+
 def _open_gcs(uri: str, cfg: DownloadConfig) -> Source:
     from ._gcs import GCSSource
 
-    return GCSSource(uri, cfg.gcs, request_timeout_s=cfg.stall_timeout_s, read_timeout_s=cfg.timeout_s,
+    return GCSSource(uri, cfg.gcs, request_timeout_s=cfg.stall_timeout_s, read_timeout_s=_silence_s(cfg),
                      retries=cfg.retries)
 
 
 def _open_azure(uri: str, cfg: DownloadConfig) -> Source:
     from ._azure import AzureSource
 
-    return AzureSource(uri, cfg.azure, request_timeout_s=cfg.stall_timeout_s, read_timeout_s=cfg.timeout_s,
+    return AzureSource(uri, cfg.azure, request_timeout_s=cfg.stall_timeout_s, read_timeout_s=_silence_s(cfg),
                        retries=cfg.retries)
 
 
 def _open_hf(uri: str, cfg: DownloadConfig) -> Source:
+    from ._hub import HubSource, offline
     from ._sources import HFCacheSource
 
-    return HFCacheSource(uri)
+    if offline():  # HF_HUB_OFFLINE: this node's Hugging Face cache, as huggingface_hub reads it
+        return HFCacheSource(uri)
+    return HubSource(uri, cfg.hf, request_timeout_s=cfg.stall_timeout_s, read_timeout_s=_silence_s(cfg),
+                     retries=cfg.retries)
 
 
 def _open_local(uri: str, cfg: DownloadConfig) -> Source:
@@ -240,8 +267,12 @@ register_source(SourceKind(
                 "download.azure.anonymous for a public container",
 ))
 register_source(SourceKind(
-    name="hf-cache", schemes=("hf://",), remote=False, share="never", checksums="none (loaded where it is)",
-    credentials="none (this node's Hugging Face cache, offline)", check=_check_hf, open=_open_hf,
+    name="hf", schemes=("hf://",), remote=True, share="auto",
+    checksums="the Hub's SHA-256 of an LFS file, the git blob SHA-1 of a small one (HF_HUB_OFFLINE=1: none, "
+              "this node's Hugging Face cache, loaded where it is)",
+    check=_check_hf, open=_open_hf,
+    credentials="download.hf.token, HF_TOKEN, the Hugging Face CLI's token file; the endpoint from HF_ENDPOINT or "
+                "download.hf.endpoint_url",
 ))
 register_source(SourceKind(
     name="local", schemes=("file://", ""), remote=False, share="on", checksums="none (size and mtime pin a file)",

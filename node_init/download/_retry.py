@@ -21,7 +21,35 @@ _STATUS = re.compile(r"status code: (\d{3})\b")
 
 
 class Transient(Exception):
-    """A read error worth retrying that the client did not type (a short or long read)."""
+    """A read error worth retrying that the client did not type (a short or long read).
+
+    Attributes:
+        retry_after: Seconds the server asked to wait (``Retry-After`` of a 429 or 503), else ``0``.
+    """
+
+    def __init__(self, message: str, *, retry_after: float = 0.0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+#: The longest ``Retry-After`` waited out; a longer one is a server saying "not today": the retry
+#: comes after this and, if the answer is the same, the error.
+MAX_RETRY_AFTER_S = 60.0
+
+
+def retry_after(headers: object) -> float:
+    """The seconds of a response's ``Retry-After`` (``0`` when absent or a date)."""
+    value = str(getattr(headers, "get", lambda _k, _d=None: "")("Retry-After", "") or "")
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return 0.0
+
+
+def retry_delay(attempt: int, exc: BaseException) -> float:
+    """Seconds before retry ``attempt`` after ``exc``: the backoff, or the wait the server asked for."""
+    asked = min(MAX_RETRY_AFTER_S, float(getattr(exc, "retry_after", 0.0) or 0.0))
+    return max(backoff(attempt), asked)
 
 
 def http_status(exc: BaseException) -> int | None:
@@ -68,7 +96,7 @@ def with_retries(call: Callable[[], T], *, retries: int, what: str, sleep: Calla
             if not is_transient(exc) or attempt >= retries:
                 raise
             attempt += 1
-            delay = backoff(attempt)
+            delay = retry_delay(attempt, exc)
             _log.warning(f"retrying {what}", attempt=attempt, delay_s=round(delay, 3), error=describe(exc),
                          **log_fields)
             sleep(delay)

@@ -173,3 +173,38 @@ async def test_every_remote_store_boots_the_engine_overlapped_on_three_sharing_n
     finally:
         await result.close()
     wait_no_engine_process()
+
+
+async def test_a_hub_model_boots_from_the_snapshot_with_the_hub_gone(ray_cluster: Any, tmp_path: Path) -> None:
+    """A bare Hub id: the node downloads it (verified), then the Hub server stops before the engine boots:
+    the engine loads the local snapshot, exactly the Hub's files, and never asks the Hub again."""
+    from node_init.testing import HubServer
+
+    local = build_tiny_llama(tmp_path / "tiny", tie_word_embeddings=False)
+    hub = HubServer().start()
+    hub.push_dir("org/tiny-hub", local)
+    bus = EventBus()
+
+    def hub_down(event: BeforeEngineInit, ctx: CallbackCtx) -> None:
+        hub.stop()
+        seen.append(len(hub.requests))
+
+    seen: list[int] = []
+    bus.subscribe(BeforeEngineInit, hub_down)
+    cfg = node_config("org/tiny-hub", prefix="tiny", placement=None,
+                      download={"timeout_s": 60, "retries": 0, "hf": {"endpoint_url": hub.endpoint}},
+                      engine={"kind": "vllm", "overlap": "off", "kwargs": ENGINE_KWARGS})
+    try:
+        result = await initialize_node(cfg, bus=bus)
+    finally:
+        hub.stop()
+    try:
+        assert seen and len(hub.requests) == seen[0]  # nothing reached the Hub once it was down
+        assert result.engine.model_path == result.model_path
+        (report,) = result.reports
+        assert report.verified["model.safetensors"] == "sha256" and report.verified["config.json"] == "git-sha1"
+        assert all((Path(result.model_path) / p.name).read_bytes() == p.read_bytes() for p in local.iterdir())
+        assert len(await result.engine.generate_ids(PROMPTS[0], max_tokens=4)) == 4
+    finally:
+        await result.close()
+    wait_no_engine_process()

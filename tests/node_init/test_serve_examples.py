@@ -38,20 +38,20 @@ PORT = 8000  # Serve's default: the examples set no http_options
 
 
 def commands(example: Path) -> tuple[list[str], list[str], list[str] | None]:
-    """The ``node-init build-model``, ``serve run`` and (if any) ``node-init s3-server`` commands the
+    """The ``node-init build-model``, ``serve run`` and (if any) ``node-init <store>-server`` commands the
     example's comments give (an environment assignment before ``serve run`` dropped: the test picks
     the cluster)."""
     lines = [line.lstrip("# ").strip() for line in example.read_text().splitlines() if line.startswith("#")]
     lines = [re.sub(r"^(\w+=\S+ )+(?=serve run )", "", line) for line in lines]
     (build,) = [shlex.split(line) for line in lines if line.startswith("node-init build-model ")]
     (run,) = [shlex.split(line) for line in lines if line.startswith("serve run ")]
-    servers = [shlex.split(line) for line in lines if line.startswith("node-init s3-server ")]
+    servers = [shlex.split(line) for line in lines if re.match(r"node-init \w+-server ", line)]
     return build, run, servers[0] if servers else None
 
 
 @contextlib.contextmanager
-def s3_server_as_written(argv: list[str] | None) -> Iterator[None]:
-    """The example's ``node-init s3-server`` command, in the background, while the block runs."""
+def store_server_as_written(argv: list[str] | None) -> Iterator[None]:
+    """The example's ``node-init <store>-server`` command, in the background, while the block runs."""
     if argv is None:
         yield
         return
@@ -59,7 +59,7 @@ def s3_server_as_written(argv: list[str] | None) -> Iterator[None]:
     try:
         assert proc.stdout is not None
         line = proc.stdout.readline()  # "serving s3://... at http://127.0.0.1:9000 ..." once it is up
-        assert line.startswith("serving s3://"), line + proc.stdout.read()[-2000:]
+        assert line.startswith("serving "), line + proc.stdout.read()[-2000:]
         yield
     finally:
         proc.send_signal(signal.SIGINT)
@@ -181,7 +181,7 @@ def test_the_overlapped_example_runs_exactly_as_its_comment_says(ray_cluster: An
     build, _, server = commands(example)
     subprocess.run(tool(build), cwd=REPO, check=True, timeout=120, capture_output=True)
     model = app_of(example)["args"]["llm_configs"][0]["model_loading_config"]["model_id"]
-    with s3_server_as_written(server):
+    with store_server_as_written(server):
         proc = subprocess.Popen(tool(["serve", "run", *shlex.split(command)]), cwd=REPO, env=env,
                                 stdout=(tmp_path / "serve.log").open("w"), stderr=subprocess.STDOUT)
         try:
@@ -210,7 +210,7 @@ def test_the_overlapped_example_runs_exactly_as_its_comment_says(ray_cluster: An
 def test_an_example_runs_as_written_and_restarts_warm(example: Path, cluster_address: str) -> None:
     build, run, server = commands(example)
     subprocess.run(tool(build), cwd=REPO, check=True, timeout=120, capture_output=True)
-    with s3_server_as_written(server):
+    with store_server_as_written(server):
         _run_and_restart_warm(example, run, cluster_address)
 
 

@@ -1,0 +1,229 @@
+"""The Hugging Face Hub as a source, against ``node_init.testing.HubServer`` (proved honest here with the
+official ``huggingface_hub`` client): ids, revisions pinned to a commit, vLLM's file choice, every byte
+checked against the Hub's SHA-256 or git blob SHA-1, a gated repo, a 429, offline."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from node_init import ConfigError, DownloadConfig, DownloadError, HFConfig, parse_config
+from node_init.download import Downloader, list_source
+from node_init.download._hub import hub_or_path, pin_hub_source, vllm_files
+from node_init.testing import HubServer, write_model_files
+
+MB = 1 << 20
+REPO = "org/tiny"
+
+
+@pytest.fixture(scope="module")
+def hub(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    server = HubServer().start()
+    local = tmp_path_factory.mktemp("hub") / "m"
+    write_model_files(local, {"model-00001-of-00002.safetensors": 2 * MB + 5, "model-00002-of-00002.safetensors": MB})
+    (local / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {
+        "a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}}))
+    (local / "pytorch_model.bin").write_bytes(os.urandom(1000))  # another format: vLLM takes safetensors
+    (local / "original").mkdir()
+    (local / "original" / "consolidated.pth").write_bytes(os.urandom(1000))  # skipped, as vLLM skips it
+    (local / "stale-shard.safetensors").write_bytes(os.urandom(300))  # not in the index: not loaded
+    commit = server.push_dir(REPO, local)
+    try:
+        yield {"server": server, "local": local, "commit": commit}
+    finally:
+        server.stop()
+
+
+def cfg(hub: dict[str, Any], **over: Any) -> DownloadConfig:
+    return DownloadConfig(**{"hf": HFConfig(endpoint_url=hub["server"].endpoint), "part_size_mb": 1,
+                             "timeout_s": 60, "stall_timeout_s": 5, "retries": 2, **over})
+
+
+WANTED = {"config.json", "generation_config.json", "model-00001-of-00002.safetensors",
+          "model-00002-of-00002.safetensors", "model.safetensors.index.json", "tokenizer.json", "tokenizer_config.json"}
+
+
+def test_the_hub_server_is_honest_the_official_client_gets_the_same_bytes(hub: dict[str, Any], tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
+    import huggingface_hub
+
+    path = Path(huggingface_hub.snapshot_download(REPO, cache_dir=tmp_path / "hf", endpoint=hub["server"].endpoint))
+    assert path.name == hub["commit"]
+    for p in hub["local"].rglob("*"):
+        if p.is_file():
+            assert (path / p.relative_to(hub["local"])).read_bytes() == p.read_bytes()
+
+
+def test_vllm_s_choice_of_files() -> None:
+    assert vllm_files(["a.safetensors", "a.bin", "config.json", "original/x.pth", "t.pt"]) == ["a.safetensors",
+                                                                                               "config.json"]
+    assert vllm_files(["w.bin", "w.pt", "config.json"]) == ["config.json", "w.bin"]
+    assert vllm_files(["w.pt", "tokenizer.model"]) == ["tokenizer.model", "w.pt"]
+
+
+def test_a_hub_model_downloads_pinned_and_checked_by_the_hubs_digests(hub: dict[str, Any], tmp_path: Path) -> None:
+    config = cfg(hub)
+    source, files = list_source("hf://org/tiny", config)
+    assert source.uri == f"hf://org/tiny@{hub['commit']}"
+    assert {f.key for f in files} == WANTED  # the index's shards, no .bin, no original/, no stale shard
+    result = Downloader(source, tmp_path / "m", config).run(files)
+    for key in WANTED:
+        assert (Path(result.path) / key).read_bytes() == (hub["local"] / key).read_bytes()
+    assert result.verified["model-00001-of-00002.safetensors"] == "sha256"
+    assert result.verified["config.json"] == "git-sha1"
+
+
+@pytest.mark.parametrize(("count", "healed"), [(1, True), (100, False)], ids=["once", "always"])
+def test_a_flipped_byte_under_true_headers_is_caught(hub: dict[str, Any], tmp_path: Path, count: int,
+                                                     healed: bool) -> None:
+    config = cfg(hub)
+    source, files = list_source("hf://org/tiny", config)
+    for name in ("model-00002-of-00002.safetensors", "tokenizer.json"):
+        hub["server"].flip(name, count)
+        try:
+            if healed:
+                result = Downloader(source, tmp_path / name, config).run(files)
+                assert (Path(result.path) / name).read_bytes() == (hub["local"] / name).read_bytes()
+                assert result.rereads == (name,)
+            else:
+                with pytest.raises(DownloadError) as info:
+                    Downloader(source, tmp_path / name, config).run(files)
+                assert info.value.checksum_mismatch and info.value.file == name
+                assert ("sha256" if name.endswith("safetensors") else "git-sha1") in str(info.value)
+        finally:
+            hub["server"].flip(name, -hub["server"]._flips.get(name, 0))
+
+
+def test_a_branch_that_moves_mid_download_does_not_tear_the_snapshot(hub: dict[str, Any], tmp_path: Path) -> None:
+    server = hub["server"]
+    first = server.push("org/moving", {"config.json": b"{}", "w.safetensors": os.urandom(3 * MB)})
+    pinned = pin_hub_source("hf://org/moving", HFConfig(endpoint_url=server.endpoint), timeout_s=5, retries=0)
+    assert pinned == f"hf://org/moving@{first}"
+    config = cfg(hub)
+    source, files = list_source(pinned, config)
+    old = {f.key: f for f in files}
+    server.push("org/moving", {"config.json": b"{\"v\": 2}", "w.safetensors": os.urandom(3 * MB)})  # main moves
+    result = Downloader(source, tmp_path / "m", config).run(files)
+    assert (Path(result.path) / "w.safetensors").stat().st_size == old["w.safetensors"].size
+    assert hashlib.sha256((Path(result.path) / "w.safetensors").read_bytes()).hexdigest() == old["w.safetensors"].etag
+    assert (Path(result.path) / "config.json").read_bytes() == b"{}"  # the first commit's, not a mix
+
+
+def test_a_gated_repo_without_a_token_names_where_the_token_was_looked_for(
+        hub: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    server = hub["server"]
+    server.push("org/gated", {"config.json": b"{}"}, gated=True)
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path))  # no token file
+    with pytest.raises(DownloadError) as info:
+        list_source("hf://org/gated", cfg(hub))
+    text = str(info.value)
+    assert "gated" in text and "HF_TOKEN" in text and "download.hf.token" in text
+    (tmp_path / "token").write_text(server.token)  # the file the Hugging Face CLI writes
+    source, files = list_source("hf://org/gated", cfg(hub))
+    assert [f.key for f in files] == ["config.json"] and "token file" in repr(source)
+    assert server.token not in repr(source)
+
+
+def test_a_429_is_waited_out_as_the_hub_asks(hub: dict[str, Any], tmp_path: Path) -> None:
+    import time
+
+    server = hub["server"]
+    server.throttle("/tree/", count=1, retry_after=1.5)
+    server.throttle("tokenizer.json", count=1, retry_after=1.5)
+    config = cfg(hub)
+    t = time.monotonic()
+    source, files = list_source("hf://org/tiny", config)
+    assert time.monotonic() - t >= 1.5  # the listing waited as long as the Hub asked (the backoff is shorter)
+    t = time.monotonic()
+    result = Downloader(source, tmp_path / "m", config).run(files)
+    assert time.monotonic() - t >= 1.5
+    assert (Path(result.path) / "tokenizer.json").read_bytes() == (hub["local"] / "tokenizer.json").read_bytes()
+    assert not server._throttled  # both were answered 429, and both asked again
+
+
+def test_a_bare_id_is_a_hub_id_unless_it_is_a_path_here(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert hub_or_path("Qwen/Qwen2.5-0.5B-Instruct") == "hf://Qwen/Qwen2.5-0.5B-Instruct"
+    (tmp_path / "models" / "tiny").mkdir(parents=True)
+    assert hub_or_path("models/tiny") == "models/tiny"  # a directory here: a path
+    assert hub_or_path("/abs/models") == "/abs/models" and hub_or_path("s3://b/m") == "s3://b/m"
+
+
+@pytest.mark.parametrize(("source", "words"), [
+    ("org/na me", "neither a local path"),
+    ("hf://org/na me", "not a Hugging Face Hub repo id"),
+    ("hf://org--x/name", "not a Hugging Face Hub repo id"),
+    ("hf://org/name@bad..rev", "not a revision"),
+    ("hf://org/name@has space", "not a revision"),
+])
+def test_bad_hub_sources_are_refused_at_parse_time(source: str, words: str) -> None:
+    with pytest.raises(ConfigError, match=words) as info:
+        parse_config({"model_id": "m", "model_source": source})
+    assert info.value.field == "model_source"
+
+
+def test_a_hub_endpoint_that_is_not_a_url_is_refused() -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config({"model_id": "m", "model_source": "hf://org/x", "download": {"hf": {"endpoint_url": "nope"}}})
+    assert info.value.field == "download.hf.endpoint_url"
+
+
+def test_offline_reads_a_warm_cache_with_the_hub_down(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    server = HubServer().start()
+    commit = server.push("org/off", {"config.json": b"{}", "w.safetensors": os.urandom(1000)})
+    monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
+    import huggingface_hub
+
+    huggingface_hub.snapshot_download("org/off", cache_dir=tmp_path / "hub", endpoint=server.endpoint)
+    server.stop()  # the Hub is down from here on
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    source, files = list_source("hf://org/off", DownloadConfig())
+    assert source.in_place is not None and source.in_place.name == commit
+    assert sorted(f.key for f in files) == ["config.json", "w.safetensors"]
+
+
+@pytest.mark.ray
+@pytest.mark.anyio
+async def test_three_nodes_read_one_commit_while_main_moves(ray_cluster: Any, tmp_path: Path) -> None:
+    """The replica pins ``org/moving3`` (a bare id, as Ray writes it) to main's commit; main moves while
+    the three nodes download (slowly, through a capped Hub): every node's snapshot is the first commit's,
+    byte for byte, and the nodes shared one fetch."""
+    import anyio
+
+    from node_init import initialize_node
+    from tests._configs import node_config
+
+    server = HubServer(rate_mb_s=4.0).start()
+    try:
+        old = {"config.json": b"{}", "model.safetensors": os.urandom(6 * MB)}
+        server.push("org/moving3", old)
+        config = node_config("org/moving3", placement={"bundles": [{"CPU": 1}] * 3, "strategy": "STRICT_SPREAD"},
+                             download={"hf": {"endpoint_url": server.endpoint}, "share": "auto", "part_size_mb": 1,
+                                       "timeout_s": 60})
+
+        async def move_main_once_bytes_flow() -> None:
+            while server.bytes_sent < MB:
+                await anyio.sleep(0.02)
+            server.push("org/moving3", {"config.json": b"{\"v\": 2}", "model.safetensors": os.urandom(6 * MB)})
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(move_main_once_bytes_flow)
+            result = await initialize_node(config)
+        try:
+            assert len(result.reports) == 3 and sum(r.peer_bytes for r in result.reports) > 0
+            for report in result.reports:
+                for name, data in old.items():
+                    assert (Path(report.path) / name).read_bytes() == data
+                assert report.verified == {"config.json": "git-sha1", "model.safetensors": "sha256"}
+        finally:
+            await result.close()
+    finally:
+        server.stop()
