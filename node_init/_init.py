@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import filecmp
+import os
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -367,11 +368,12 @@ async def _with_downloads(run: _Run, log: Any) -> str:
     """Downloads on every node, and the engine boot, at once (see ``_engine_when_ready``)."""
     import ray
 
-    # A Hub id is told from a path, and its revision pinned to a commit, once, here: every node reads one commit.
-    run.config = await anyio.to_thread.run_sync(_pinned, run.config)
-    config, ctx = run.config, run.ctx
     if not ray.is_initialized():
         await anyio.to_thread.run_sync(ray.init)  # connecting takes seconds: off the loop
+    # A Hub id is told from a path, and its revision pinned to a commit, once, here: every node reads one
+    # commit, and the commit's tree, fetched here, reaches the nodes through Ray's KV.
+    run.config = await anyio.to_thread.run_sync(_pinned, run.config)
+    config, ctx = run.config, run.ctx
     # The init's exchange for a shared download: a hub that has to start takes about a second (a
     # worker process), so it starts before placement and runs while placement does.
     with open_exchange(config, wanted=share_enabled(config) and may_span_nodes(ctx, config)) as exchange:
@@ -406,17 +408,25 @@ async def _with_downloads(run: _Run, log: Any) -> str:
     return mine.path or local_model_path(config)
 
 
-def _pinned(config: NodeInitConfig) -> NodeInitConfig:
+def _pinned(config: NodeInitConfig, *, share_tree: bool = True) -> NodeInitConfig:
     """``config`` with a bare Hub id made ``hf://`` and an ``hf://`` revision resolved to its commit."""
+    from ._errors import DownloadError
     from .download import source_errors
     from .download._hub import hub_or_path, offline, pin_hub_source
 
     source = config.model_source or ""
     pinned = hub_or_path(source)
     if pinned.startswith("hf://") and not offline():
-        with source_errors(pinned):
-            pinned = pin_hub_source(pinned, config.download.hf, timeout_s=config.download.stall_timeout_s,
-                                    retries=config.download.retries)
+        try:
+            with source_errors(pinned):
+                pinned = pin_hub_source(pinned, config.download.hf, timeout_s=config.download.stall_timeout_s,
+                                        retries=config.download.retries, share_tree=share_tree)
+        except DownloadError as exc:
+            if source.startswith("hf://"):
+                raise
+            # A bare id: say both readings failed, not only the Hub's.
+            raise DownloadError(f"model_source {source!r} is no path on the replica ({os.getcwd()}), and as a "
+                                f"Hugging Face Hub id: {exc.cause or exc}", source=source, cause=exc.cause) from exc
     return config if pinned == source else msgspec.structs.replace(config, model_source=pinned)
 
 

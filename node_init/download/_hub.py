@@ -227,8 +227,12 @@ class HubSource:
         return f"HubSource({self.uri!r}, {self.identity})"
 
     def list_files(self) -> list[RemoteFile]:
-        """The files vLLM would load at the pinned commit, each with the Hub's digest."""
-        entries = {str(e["path"]): e for e in self.client.tree(self.repo, self.commit)}
+        """The files vLLM would load at the pinned commit, each with the Hub's digest (the tree the
+        replica fetched, where it shared one through Ray: the Hub is not asked once per node)."""
+        tree = shared_tree(self.repo, self.commit)
+        if tree is None:
+            tree = self.client.tree(self.repo, self.commit)
+        entries = {str(e["path"]): e for e in tree}
         keep = vllm_files(list(entries))
         for suffix, index in WEIGHT_PATTERNS:  # only the shards an index names (a repo may hold others beside them)
             if index is not None and index in entries and any(k.endswith(suffix) for k in keep):
@@ -257,14 +261,53 @@ class HubSource:
         yield from self.client.stream(self.repo, self.commit, file.key, start, end)
 
 
-def pin_hub_source(uri: str, cfg: HFConfig, *, timeout_s: float, retries: int) -> str:
-    """``hf://org/name@<commit>`` for ``hf://org/name[@revision]``, resolved once (on the replica)."""
+_KV_NAMESPACE = "node_init"
+
+
+def _tree_key(repo: str, commit: str) -> str:
+    return f"hub-tree/{repo}@{commit}"
+
+
+def _ray_up() -> bool:
+    try:
+        import ray
+    except ImportError:
+        return False
+    return bool(ray.is_initialized())
+
+
+def shared_tree(repo: str, commit: str) -> list[dict[str, Any]] | None:
+    """The tree of ``repo@commit`` the replica put in Ray's internal KV, if Ray runs and it did."""
+    try:
+        import ray
+        from ray.experimental import internal_kv
+
+        if not ray.is_initialized():
+            return None
+        raw = internal_kv._internal_kv_get(_tree_key(repo, commit), namespace=_KV_NAMESPACE)
+    except Exception:  # no Ray here, or its KV is unreachable: list the Hub
+        return None
+    return list(json.loads(raw)) if raw else None
+
+
+def pin_hub_source(uri: str, cfg: HFConfig, *, timeout_s: float, retries: int, share_tree: bool = False) -> str:
+    """``hf://org/name@<commit>`` for ``hf://org/name[@revision]``, resolved once (on the replica).
+
+    With ``share_tree`` (Ray running), the commit's tree is fetched here too and put in Ray's internal
+    KV, where the nodes read it: the Hub rate-limits, and many nodes must not each list it.
+    """
     repo, revision = parse_hub_uri(uri)
-    if COMMIT.match(revision) or offline():
+    if offline():
         return uri
     client = HubClient(cfg, request_timeout_s=timeout_s, retries=retries)
-    commit = client.commit(repo, revision)
-    _log.info("hub revision pinned", repo=repo, revision=revision, commit=commit)
+    commit = revision if COMMIT.match(revision) else client.commit(repo, revision)
+    if commit != revision:
+        _log.info("hub revision pinned", repo=repo, revision=revision, commit=commit)
+    if share_tree and _ray_up() and shared_tree(repo, commit) is None:
+        from ray.experimental import internal_kv
+
+        internal_kv._internal_kv_put(_tree_key(repo, commit), json.dumps(client.tree(repo, commit)).encode(),
+                                     overwrite=True, namespace=_KV_NAMESPACE)
     return f"hf://{repo}@{commit}"
 
 

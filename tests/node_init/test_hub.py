@@ -219,6 +219,8 @@ async def test_three_nodes_read_one_commit_while_main_moves(ray_cluster: Any, tm
             result = await initialize_node(config)
         try:
             assert len(result.reports) == 3 and sum(r.peer_bytes for r in result.reports) > 0
+            # The replica resolved main and listed the commit once; no node asked the Hub for either.
+            assert [kind for kind, _ in server.requests if kind in ("info", "tree")] == ["info", "tree"]
             for report in result.reports:
                 for name, data in old.items():
                     assert (Path(report.path) / name).read_bytes() == data
@@ -227,3 +229,21 @@ async def test_three_nodes_read_one_commit_while_main_moves(ray_cluster: Any, tm
             await result.close()
     finally:
         server.stop()
+
+
+def test_a_bare_id_that_is_neither_a_path_nor_on_the_hub_names_both(hub: dict[str, Any], tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from node_init._init import _pinned
+    from tests._configs import node_config
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path))
+    config = node_config("org/nowhere", download={"hf": {"endpoint_url": hub["server"].endpoint}, "retries": 0})
+    with pytest.raises(DownloadError) as info:
+        _pinned(config)
+    text = str(info.value)
+    assert "no path on the replica" in text and str(tmp_path) in text and "org/nowhere" in text
+    assert "HF_TOKEN" in text  # where the token was looked for: a private repo looks missing without one
+    pinned = _pinned(node_config("org/tiny", download={"hf": {"endpoint_url": hub["server"].endpoint}}))
+    assert pinned.model_source == f"hf://org/tiny@{hub['commit']}"
