@@ -219,9 +219,10 @@ class NodeInitConfig(_Strict, kw_only=True, forbid_unknown_fields=True, frozen=T
 
     Attributes:
         model_id: The model's name (also the engine's served name).
-        model_source: ``s3://bucket/prefix``, a local directory or ``file://`` URI, Ray's
-            ``CloudMirrorConfig`` mapping (``{bucket_uri, extra_files}``: it sets this and ``extra_files``),
-            or ``hf://org/name`` (a Hugging Face cache, offline); ``None`` means
+        model_source: ``s3://``, ``gs://``, ``azure://`` or ``abfss://`` (Ray's forms), a Hugging Face Hub
+            id (``org/name``, ``hf://org/name[@revision]``; ``HF_HUB_OFFLINE=1``: this node's cache), a local
+            directory or ``file://`` URI, or Ray's ``CloudMirrorConfig`` mapping (``{bucket_uri,
+            extra_files}``: it sets this and ``extra_files``); ``None`` means
             the engine loads ``model_id`` itself and nothing is downloaded.
         callback: Import path of a class-style callback (``pkg.mod:Class``).
         callback_kwargs: Keyword arguments for the callback class.

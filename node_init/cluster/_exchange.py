@@ -24,10 +24,12 @@ Unit = tuple[str, str, int, int]
 MIN_SHARED_BYTES = 256 * 1024
 #: The hub actor's name and namespace (``ray list actors`` shows it). The number is the protocol's
 #: version: a library that changes the calls names a new hub rather than talk to an old one.
-EXCHANGE_NAME = "node-init-exchange-3"
+EXCHANGE_NAME = "node-init-exchange-4"
 EXCHANGE_NAMESPACE = "node_init"
 #: A piece of a range: (range, index).
 Piece = tuple[Unit, int]
+#: An init on the hub: (its id, the piece size, how long it may go without a call).
+InitKey = tuple[str, int, float]
 
 
 def piece_size(part: int) -> int:
@@ -394,11 +396,48 @@ class ExchangeHub:
         """Make ``init``'s exchange; it is dropped after ``bound_s`` seconds without a call."""
         self._get(init, piece, bound_s)
 
-    async def call(self, init: str, piece: int, bound_s: float, method: str, *args: Any, **kwargs: Any) -> Any:
-        """``init``'s :class:`Exchange` ``method`` (see :class:`InitExchange`)."""
-        if method.startswith("_") or not callable(getattr(Exchange, method, None)):
-            raise AttributeError(f"Exchange has no call {method!r}")
-        return await getattr(self._get(init, piece, bound_s), method)(*args, **kwargs)
+    # One method per Exchange call, so a type checker sees each (no dispatch by name). ``key`` is the
+    # init's (id, piece size, idle bound): the first call of an init makes its state.
+
+    async def expect(self, key: InitKey, nodes: list[str]) -> None:
+        await self._get(*key).expect(nodes)
+
+    async def join(self, key: InitKey, node: str, units: list[Unit], timeout: float,
+                   claimed: list[Unit] | None = None) -> dict[Unit, str]:
+        return await self._get(*key).join(node, units, timeout, claimed)
+
+    async def offer(self, key: InitKey, node: str, unit: Unit, index: int, box: list[Any], nbytes: int,
+                    limit: int | None = None, timeout: float = 0.0) -> str:
+        return await self._get(*key).offer(node, unit, index, box, nbytes, limit, timeout)
+
+    async def offer_all(self, key: InitKey, node: str, offers: list[tuple[Unit, int, list[Any], int]], limit: int,
+                        timeout: float) -> list[str]:
+        return await self._get(*key).offer_all(node, offers, limit, timeout)
+
+    async def skip(self, key: InitKey, unit: Unit, index: int) -> None:
+        await self._get(*key).skip(unit, index)
+
+    async def take(self, key: InitKey, node: str, unit: Unit, index: int, timeout: float,
+                   budget: float | None = None) -> list[Any] | str | None:
+        return await self._get(*key).take(node, unit, index, timeout, budget)
+
+    async def taken(self, key: InitKey, node: str, unit: Unit, index: int) -> None:
+        await self._get(*key).taken(node, unit, index)
+
+    async def lost(self, key: InitKey, node: str, unit: Unit, index: int, box: list[Any] | None = None) -> str | None:
+        return await self._get(*key).lost(node, unit, index, box)
+
+    async def release(self, key: InitKey, node: str, unit: Unit) -> None:
+        await self._get(*key).release(node, unit)
+
+    async def finished(self, key: InitKey, node: str) -> None:
+        await self._get(*key).finished(node)
+
+    async def gone(self, key: InitKey, node: str) -> None:
+        await self._get(*key).gone(node)
+
+    async def drained(self, key: InitKey, node: str, timeout: float) -> bool:
+        return await self._get(*key).drained(node, timeout)
 
     async def close(self, init: str) -> None:
         """Drop ``init``'s exchange (its references with it, so Ray frees the pieces)."""
@@ -416,21 +455,55 @@ class ExchangeHub:
 
 
 class InitExchange:
-    """One init's exchange on the hub, called like an actor handle: ``x.offer.remote(...)``.
+    """One init's exchange on the hub: each :class:`Exchange` call as a method that returns the hub
+    call's object reference (``ray.get`` it, or not, for a one-way note).
 
     Picklable: the replica sends it to each node task.
     """
 
     def __init__(self, hub: Any, init: str, piece: int, bound_s: float) -> None:
         self.hub, self.init, self.piece, self.bound_s = hub, init, piece, bound_s
+        self.key: InitKey = (init, piece, bound_s)
 
     def __reduce__(self) -> tuple[Any, tuple[Any, str, int, float]]:
         return InitExchange, (self.hub, self.init, self.piece, self.bound_s)
 
-    def __getattr__(self, method: str) -> Any:
-        if method.startswith("_"):
-            raise AttributeError(method)
-        return _Call(self, method)
+    def expect(self, nodes: list[str]) -> Any:
+        return self.hub.expect.remote(self.key, nodes)
+
+    def join(self, node: str, units: list[Unit], timeout: float, claimed: list[Unit] | None = None) -> Any:
+        return self.hub.join.remote(self.key, node, units, timeout, claimed)
+
+    def offer(self, node: str, unit: Unit, index: int, box: list[Any], nbytes: int, limit: int | None = None,
+              timeout: float = 0.0) -> Any:
+        return self.hub.offer.remote(self.key, node, unit, index, box, nbytes, limit, timeout)
+
+    def offer_all(self, node: str, offers: list[tuple[Unit, int, list[Any], int]], limit: int, timeout: float) -> Any:
+        return self.hub.offer_all.remote(self.key, node, offers, limit, timeout)
+
+    def skip(self, unit: Unit, index: int) -> Any:
+        return self.hub.skip.remote(self.key, unit, index)
+
+    def take(self, node: str, unit: Unit, index: int, timeout: float, budget: float | None = None) -> Any:
+        return self.hub.take.remote(self.key, node, unit, index, timeout, budget)
+
+    def taken(self, node: str, unit: Unit, index: int) -> Any:
+        return self.hub.taken.remote(self.key, node, unit, index)
+
+    def lost(self, node: str, unit: Unit, index: int, box: list[Any] | None = None) -> Any:
+        return self.hub.lost.remote(self.key, node, unit, index, box)
+
+    def release(self, node: str, unit: Unit) -> Any:
+        return self.hub.release.remote(self.key, node, unit)
+
+    def finished(self, node: str) -> Any:
+        return self.hub.finished.remote(self.key, node)
+
+    def gone(self, node: str) -> Any:
+        return self.hub.gone.remote(self.key, node)
+
+    def drained(self, node: str, timeout: float) -> Any:
+        return self.hub.drained.remote(self.key, node, timeout)
 
     def close(self) -> None:
         """Drop this init's state on the hub (fire and forget; the hub also drops it at its bound)."""
@@ -441,15 +514,6 @@ class InitExchange:
 
     def __repr__(self) -> str:
         return f"InitExchange({self.init!r})"
-
-
-class _Call:
-    def __init__(self, exchange: InitExchange, method: str) -> None:
-        self._x, self._method = exchange, method
-
-    def remote(self, *args: Any, **kwargs: Any) -> Any:
-        x = self._x
-        return x.hub.call.remote(x.init, x.piece, x.bound_s, self._method, *args, **kwargs)
 
 
 def start_exchange(part_size_mb: int, bound_s: float) -> InitExchange:

@@ -249,7 +249,7 @@ def _join(exchange: Any, node_id: str, todo: list[RemoteFile], config: NodeInitC
     guess = provisional(units, nodes)
     claimed = [u for u, owner in guess.items() if owner == node_id]
     try:
-        joining = exchange.join.remote(node_id, units, Bounds.of(config).join_s, claimed)
+        joining = exchange.join(node_id, units, Bounds.of(config).join_s, claimed)
     except ray.exceptions.RayError as exc:
         _log.warning("no exchange: fetching every range from the source", node_id=node_id, error=describe(exc))
         return None

@@ -224,7 +224,7 @@ async def run_on_nodes(
     if not sharing(config, nodes):
         exchange = None
     if exchange is not None:
-        exchange.expect.remote(nodes)
+        exchange.expect(nodes)
     deaths: list[NodeInitError] = []
     lingering: set[str] = set()  # tasks that had not ended when their stop's bound did: they keep the key
 
@@ -266,7 +266,7 @@ async def run_on_nodes(
                 raise error from None
             deaths.append(error)  # the others refetch its share and finish first
             try:
-                await exchange.gone.remote(node_id)
+                await exchange.gone(node_id)
             except ray.exceptions.RayError as gone:  # no exchange: the others already read from the source
                 _log.info("exchange unreachable", node_id=node_id, error=describe(gone))
         finally:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import attrs
@@ -193,11 +193,11 @@ class SharedSource(SourceView):
         mine = [(u, i, box, n) for u, i, box, n in early if self.owners.get(u) == self.node_id]
         for unit in {u for u, _, _, _ in early if self.owners.get(u) != self.node_id}:
             self._stopped.add(unit)  # not this node's after all: its tee offers no more of it
-            self._tell("release", self.node_id, unit)
+            self._tell(self.exchange.release, self.node_id, unit)
         if not mine:
             return
         try:
-            answers = ray.get(self.exchange.offer_all.remote(self.node_id, mine, self._limit, self._wait_s),
+            answers = ray.get(self.exchange.offer_all(self.node_id, mine, self._limit, self._wait_s),
                               timeout=self._bounds.rpc(len(mine) * self._wait_s))
         except (ray.exceptions.RayError, TimeoutError) as exc:  # the exchange is gone: peers use the source
             _log.info("cannot offer to peers", node_id=self.node_id, error=type(exc).__name__)
@@ -251,7 +251,7 @@ class SharedSource(SourceView):
             pos += len(view)
             self._taken_upto[unit] = index + 1
             if pos >= end:  # the next take would have said so; there is none
-                self._tell("taken", self.node_id, unit, index)
+                self._tell(self.exchange.taken, self.node_id, unit, index)
                 return
 
     def _tee(self, unit: Unit, file: RemoteFile, start: int, end: int, *,
@@ -266,7 +266,7 @@ class SharedSource(SourceView):
         if start > unit[2] and not takeover:
             tee = self._tees.get(unit)
             if tee is None or tee.position(unit, self._piece) != start:
-                self._tell("skip", unit, tee.next if tee is not None else 0)
+                self._tell(self.exchange.skip, unit, tee.next if tee is not None else 0)
                 tee = None
         if tee is not None:
             self._tees[unit] = tee
@@ -304,7 +304,7 @@ class SharedSource(SourceView):
                 self._early_bytes += len(data)
                 return True
         if not self._joined.wait(self._wait_s):
-            self._tell("skip", unit, index)
+            self._tell(self.exchange.skip, unit, index)
             return False
         return self._send(unit, index, self._box(data, checksum), len(data))
 
@@ -318,10 +318,10 @@ class SharedSource(SourceView):
         import ray
 
         if self.owners.get(unit) != self.node_id:  # the exchange gave it to another node, or shares nothing
-            self._tell("release", self.node_id, unit)
+            self._tell(self.exchange.release, self.node_id, unit)
             return False
         try:
-            answer = ray.get(self.exchange.offer.remote(self.node_id, unit, index, box, nbytes, self._limit,
+            answer = ray.get(self.exchange.offer(self.node_id, unit, index, box, nbytes, self._limit,
                                                         self._wait_s), timeout=self._bounds.rpc(self._wait_s))
         except (ray.exceptions.RayError, TimeoutError) as exc:  # the exchange is gone: peers use the source
             _log.info("cannot offer to peers", node_id=self.node_id, file=unit[0], error=type(exc).__name__)
@@ -331,14 +331,14 @@ class SharedSource(SourceView):
         self.stats.offered += 1
         return True
 
-    def _tell(self, method: str, *args: Any) -> None:
+    def _tell(self, call: Callable[..., Any], *args: Any) -> None:
         """A one-way note to the exchange; if it is unreachable, only the sharing stops, not the download."""
         import ray
 
         try:
-            getattr(self.exchange, method).remote(*args)
+            call(*args)
         except ray.exceptions.RayError as exc:
-            _log.info("exchange unreachable", node_id=self.node_id, method=method, error=type(exc).__name__)
+            _log.info("exchange unreachable", node_id=self.node_id, method=call.__name__, error=type(exc).__name__)
 
     def _take(self, file: RemoteFile, unit: Unit, index: int) -> bytes | str | None:
         """A piece's bytes from its owner; ``"own"`` if this node took the range over; ``None``: use the source.
@@ -360,7 +360,7 @@ class SharedSource(SourceView):
         for _ in range(3):  # a piece whose object was lost: taken over here, or taken again from its new owner
             left = remaining()
             try:
-                box = ray.get(self.exchange.take.remote(self.node_id, unit, index, self._wait_s, left),
+                box = ray.get(self.exchange.take(self.node_id, unit, index, self._wait_s, left),
                               timeout=self._bounds.rpc(left))
             except (ray.exceptions.RayError, TimeoutError) as exc:  # the exchange is gone
                 _log.info("peer's range unavailable", node_id=self.node_id, file=unit[0], error=type(exc).__name__)
@@ -378,26 +378,26 @@ class SharedSource(SourceView):
                           error=type(exc).__name__)
                 if isinstance(exc, TimeoutError) and get_s < self._wait_s:
                     # Out of time, not proof of a lost piece: read the range alone, leave it to its owner.
-                    self._tell("release", self.node_id, unit)
+                    self._tell(self.exchange.release, self.node_id, unit)
                     return None
                 try:
-                    answer = ray.get(self.exchange.lost.remote(self.node_id, unit, index, box),
+                    answer = ray.get(self.exchange.lost(self.node_id, unit, index, box),
                                      timeout=self._bounds.rpc(0))
                 except (ray.exceptions.RayError, TimeoutError):
                     answer = None
                 if answer == "own":
                     return "own"
                 if answer != "retry":
-                    self._tell("release", self.node_id, unit)
+                    self._tell(self.exchange.release, self.node_id, unit)
                     return None
         if not isinstance(data, bytes) or len(data) != piece_bytes(unit, index, self._piece):
-            self._tell("release", self.node_id, unit)
+            self._tell(self.exchange.release, self.node_id, unit)
             return None
         sender = str(box[2]) if len(box) > 2 else "?"
         lo = unit[2] + index * self._piece
         if len(box) < 2 or piece_sum(data) != box[1]:  # not the bytes its owner read from the origin
             self.blame(sender, file, lo, "a piece differs from its owner's checksum")
-            self._tell("release", self.node_id, unit)
+            self._tell(self.exchange.release, self.node_id, unit)
             return None
         self.received(file, lo, data, sender)
         return data
@@ -411,9 +411,9 @@ class SharedSource(SourceView):
             self._settler.join(self._join_s)
         self._closed = True
         try:
-            ray.get(self.exchange.finished.remote(self.node_id), timeout=self._bounds.rpc(0))
+            ray.get(self.exchange.finished(self.node_id), timeout=self._bounds.rpc(0))
             if self.stats.offered and timeout > 0 and \
-                    not ray.get(self.exchange.drained.remote(self.node_id, timeout), timeout=self._bounds.rpc(timeout)):
+                    not ray.get(self.exchange.drained(self.node_id, timeout), timeout=self._bounds.rpc(timeout)):
                 _log.warning("peers did not take every offered range in time", node_id=self.node_id)
         except (ray.exceptions.RayError, TimeoutError) as exc:  # the init is over (its exchange is gone)
             _log.info("exchange gone before this node finished", node_id=self.node_id, error=type(exc).__name__)

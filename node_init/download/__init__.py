@@ -2,9 +2,10 @@
 
 - Sources (:func:`open_source`, :func:`list_source`), one registry of kinds (:data:`SOURCES`,
   :class:`SourceKind`: schemes, config-time check, opening, capabilities): a local directory or
-  ``file://`` URI, ``s3://`` on any S3-compatible endpoint, ``hf://`` from the node's Hugging Face
-  cache. Each lists its files (:class:`RemoteFile`, with a version tag) and streams
-  byte ranges pinned to that version (:class:`SourceChanged` when it moved on).
+  ``file://`` URI, ``s3://`` on any S3-compatible endpoint, ``gs://``, ``azure://``/``abfss://``,
+  the Hugging Face Hub (``hf://``; the node's cache under ``HF_HUB_OFFLINE``). Each lists its files
+  (:class:`RemoteFile`, with a version tag) and streams byte ranges pinned to that version
+  (:class:`SourceChanged` when it moved on).
 - :class:`Downloader`: fetches the files a :class:`~node_init.DownloadMode` wants into
   the node's cache: verified, version-pinned, resumable, one downloader per node and
   model, retried with backoff, bounded, progress in :class:`Progress`.

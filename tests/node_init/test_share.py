@@ -429,19 +429,16 @@ async def test_the_hub_keeps_inits_apart_and_drops_each_when_closed_or_abandoned
     nobody called for its bound (its replica died) is dropped by a later init's call."""
     hub = ExchangeHub()
     await hub.open("one", PIECE, 60.0)
-    await hub.call("two", PIECE, 0.05, "expect", ["a", "b"])
+    await hub.expect(("two", PIECE, 0.05), ["a", "b"])
     assert await hub.inits() == ["one", "two"]
-    await hub.call("one", PIECE, 60.0, "expect", ["a"])
-    assert await hub.call("one", PIECE, 60.0, "join", "a", [UNIT], 1.0) == {}  # alone in "one": nothing shared
+    await hub.expect(("one", PIECE, 60.0), ["a"])
+    assert await hub.join(("one", PIECE, 60.0), "a", [UNIT], 1.0) == {}  # alone in "one": nothing shared
     await hub.close("one")
     with pytest.raises(LookupError, match="one is closed"):
-        await hub.call("one", PIECE, 60.0, "finished", "a")
+        await hub.finished(("one", PIECE, 60.0), "a")
     await anyio.sleep(0.1)
     await hub.open("three", PIECE, 60.0)
     assert await hub.inits() == ["three"]
-    for method in ("_wait", "no_such_call"):
-        with pytest.raises(AttributeError, match="no call"):
-            await hub.call("three", PIECE, 60.0, method)
 
 
 def test_an_init_exchange_travels_to_node_tasks_whole() -> None:
@@ -449,9 +446,22 @@ def test_an_init_exchange_travels_to_node_tasks_whole() -> None:
 
     sent = pickle.loads(pickle.dumps(InitExchange("hub", "init-1", PIECE, 30.0)))
     assert (sent.hub, sent.init, sent.piece, sent.bound_s) == ("hub", "init-1", PIECE, 30.0)
-    assert "init-1" in repr(sent)
-    with pytest.raises(AttributeError):
-        sent._private  # noqa: B018
+    assert sent.key == ("init-1", PIECE, 30.0) and "init-1" in repr(sent)
+
+
+def test_every_exchange_call_is_a_method_of_the_hub_and_of_an_init_s_handle() -> None:
+    """What a node calls on its InitExchange, the hub has, with the init's key first (no dispatch by name)."""
+    import inspect
+
+    # room is the exchange's own wait inside offer (one call per piece, room included), not a call of its own.
+    calls = {n for n, f in inspect.getmembers(Exchange, inspect.iscoroutinefunction) if not n.startswith("_")} - {
+        "room"}
+    assert calls <= {n for n, _ in inspect.getmembers(ExchangeHub, inspect.iscoroutinefunction)}
+    assert calls <= {n for n, _ in inspect.getmembers(InitExchange, inspect.isfunction)}
+    for name in calls:
+        ours = list(inspect.signature(getattr(Exchange, name)).parameters)[1:]
+        assert list(inspect.signature(getattr(ExchangeHub, name)).parameters)[1:] == ["key", *ours], name
+        assert list(inspect.signature(getattr(InitExchange, name)).parameters)[1:] == ours, name
 
 
 @pytest.mark.ray
