@@ -129,6 +129,8 @@ class HubServer:
             self._loop.call_soon_threadsafe(self._loop.stop)
             if self._thread is not None:
                 self._thread.join(10)
+            if not self._loop.is_running():
+                self._loop.close()
             self._loop = self._runner = None
 
     def _commit(self, repo: str, rev: str) -> str | None:

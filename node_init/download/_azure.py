@@ -28,8 +28,9 @@ import structlog
 
 from .._config import AzureConfig, reveal
 from ._checksums import OriginChecksum
+from ._http import HttpClient
 from ._retry import Transient, retry_after, with_retries
-from ._sources import STREAM_CHUNK, RemoteFile, SourceChanged, check_key
+from ._sources import RemoteFile, SourceChanged, check_key
 
 _log = structlog.get_logger("node_init.download")
 #: The Blob service version every request asks for (Azurite 3.35 serves it).
@@ -142,17 +143,11 @@ class AzureSource:
 
     def __init__(self, uri: str, cfg: AzureConfig, *, request_timeout_s: float, read_timeout_s: float | None = None,
                  retries: int = 3) -> None:
-        import urllib3
-
         _, self.container, self.account, self.prefix = azure_parts(uri)
         self.uri, self.retries = uri, retries
         self.endpoint = (cfg.endpoint_url or f"https://{self.account}.blob.core.windows.net").rstrip("/")
         self._kind, self._secret, self.identity = azure_credentials(cfg, self.account)
-        timeout = urllib3.Timeout(connect=min(10.0, request_timeout_s), read=request_timeout_s)
-        self._pool = urllib3.PoolManager(maxsize=32, timeout=timeout, retries=False)
-        self._read_timeout = urllib3.Timeout(connect=min(10.0, request_timeout_s),
-                                             read=read_timeout_s or request_timeout_s)
-        self._errors = urllib3.exceptions.HTTPError
+        self._http = HttpClient(request_timeout_s=request_timeout_s, read_timeout_s=read_timeout_s)
 
     def __repr__(self) -> str:
         return f"AzureSource({self.uri!r}, identity={self.identity!r})"
@@ -202,7 +197,7 @@ class AzureSource:
                 query = {"restype": "container", "comp": "list", "prefix": base, "maxresults": "5000",
                          **({"marker": marker} if marker else {})}
                 url = self._url(f"/{quote(self.container)}", query)
-                response = self._request("GET", url, headers=self._headers("GET", url, {}), preload_content=True)
+                response = self._http.request("GET", url, headers=self._headers("GET", url, {}), preload_content=True)
                 self._check(response, "listing")
                 root = ET.fromstring(response.data)
                 for blob in root.iter("Blob"):
@@ -234,21 +229,9 @@ class AzureSource:
             return
         url = self._url(f"/{quote(self.container)}/{quote(self._path(file.key), safe='/')}", {})
         extra = {"x-ms-range": f"bytes={start}-{end - 1}", **({"If-Match": file.etag} if file.etag else {})}
-        response = self._request("GET", url, headers=self._headers("GET", url, extra), preload_content=False,
-                                 timeout=self._read_timeout)
-        try:
-            if response.status == 412:
-                raise SourceChanged(file.key, f"ETag {file.etag} is no longer current")
-            self._check(response, file.key)
-            yield from response.stream(STREAM_CHUNK)
-        except self._errors as exc:  # a reset or a read timeout mid-body: worth another try, from here on
-            raise Transient(f"{file.key}: {type(exc).__name__}: {exc}") from exc
-        finally:
+        response = self._http.open_stream(url, self._headers("GET", url, extra))
+        if response.status == 412:
             response.release_conn()
-
-    def _request(self, method: str, url: str, **kwargs: Any) -> Any:
-        """urllib3's errors become ours where they enter: a connection that fails is transient."""
-        try:
-            return self._pool.request(method, url, **kwargs)
-        except self._errors as exc:
-            raise Transient(f"{type(exc).__name__}: {exc}") from exc
+            raise SourceChanged(file.key, f"ETag {file.etag} is no longer current")
+        self._check(response, file.key)
+        yield from self._http.body(response, file.key)

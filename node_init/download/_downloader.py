@@ -584,17 +584,22 @@ class _FileState:
         release wrote without one is read back once."""
         for lo, hi in self.ranges:
             if lo not in self.sums:
-                with self._lock:
-                    fd = self._open()
-                rsum, pos = range_hasher(), lo
-                while pos < hi:
-                    chunk = os.pread(fd, min(hi - pos, 8 << 20), pos)
-                    if not chunk:
-                        raise OSError(errno.EIO, f"short read of the partial file at {pos}")
-                    rsum.update(chunk)
-                    pos += len(chunk)
+                rsum = range_hasher()
+                self._read_back(lo, hi, rsum.update)
                 self.sums[lo] = rsum.intdigest()
         return ranges_digest(self.part, [self.sums[lo] for lo, _ in self.ranges])
+
+    def _read_back(self, lo: int, hi: int, update: Callable[[bytes], object]) -> None:
+        """Feed bytes ``[lo, hi)`` of the partial file to ``update`` (from the page cache: just written)."""
+        with self._lock:
+            fd = self._open()
+        pos = lo
+        while pos < hi:
+            chunk = os.pread(fd, min(hi - pos, 8 << 20), pos)
+            if not chunk:
+                raise OSError(errno.EIO, f"short read of the partial file at {pos}")
+            update(chunk)
+            pos += len(chunk)
 
     def combined_crc(self) -> str:
         """The file's CRC in the origin's algorithm and form, from its ranges' (a range written by an
@@ -604,16 +609,8 @@ class _FileState:
         parts = []
         for lo, hi in self.ranges:
             if lo not in self.crcs:
-                with self._lock:
-                    fd = self._open()
                 rcrc = RangeCrc(algorithm)
-                pos = lo
-                while pos < hi:
-                    chunk = os.pread(fd, min(hi - pos, 8 << 20), pos)
-                    if not chunk:
-                        raise OSError(errno.EIO, f"short read of the partial file at {pos}")
-                    rcrc.update(chunk)
-                    pos += len(chunk)
+                self._read_back(lo, hi, rcrc.update)
                 self.crcs[lo] = rcrc.value
             parts.append((self.crcs[lo], hi - lo))
         return encode_crc(algorithm, combine(algorithm, parts))
@@ -638,14 +635,7 @@ class _FileState:
                 with self._lock:
                     if self.closed:
                         break
-                    fd = self._open()
-                pos = lo
-                while pos < hi:  # from the page cache: the range was just written
-                    chunk = os.pread(fd, min(hi - pos, 8 << 20), pos)
-                    if not chunk:
-                        raise OSError(errno.EIO, f"short read of the partial file at {pos}")
-                    self._digest.update(chunk)
-                    pos += len(chunk)
+                self._read_back(lo, hi, self._digest.update)  # close() waits for _hash_lock: still open
                 self._hashed = hi
             if complete_only and self._hashed < self.file.size:
                 raise OSError(errno.EIO, f"only {self._hashed} of {self.file.size} bytes could be hashed")

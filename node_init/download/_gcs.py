@@ -20,8 +20,9 @@ import structlog
 
 from .._config import GCSConfig
 from ._checksums import OriginChecksum
+from ._http import HttpClient
 from ._retry import Transient, retry_after, with_retries
-from ._sources import STREAM_CHUNK, RemoteFile, SourceChanged, check_key
+from ._sources import RemoteFile, SourceChanged, check_key
 
 _log = structlog.get_logger("node_init.download")
 GOOGLE_ENDPOINT = "https://storage.googleapis.com"
@@ -107,8 +108,6 @@ class GCSSource:
 
     def __init__(self, uri: str, cfg: GCSConfig, *, request_timeout_s: float, read_timeout_s: float | None = None,
                  retries: int = 3) -> None:
-        import urllib3
-
         bucket, anonymous = gcs_bucket(uri)
         if not bucket:
             raise ValueError(f"model source {uri!r} has no bucket")
@@ -116,11 +115,7 @@ class GCSSource:
         self.prefix = urlparse(uri).path.strip("/")
         self.endpoint = gcs_endpoint(cfg)
         self._token, self.identity = gcs_credentials(cfg, anonymous)
-        timeout = urllib3.Timeout(connect=min(10.0, request_timeout_s), read=request_timeout_s)
-        self._pool = urllib3.PoolManager(maxsize=32, timeout=timeout, retries=False)
-        self._read_timeout = urllib3.Timeout(connect=min(10.0, request_timeout_s),
-                                             read=read_timeout_s or request_timeout_s)
-        self._errors = urllib3.exceptions.HTTPError
+        self._http = HttpClient(request_timeout_s=request_timeout_s, read_timeout_s=read_timeout_s)
 
     def __repr__(self) -> str:
         return f"GCSSource({self.uri!r}, identity={self.identity!r})"
@@ -157,7 +152,7 @@ class GCSSource:
                           "fields": "items(name,size,generation,crc32c,md5Hash),nextPageToken"}
                 if token:
                     fields["pageToken"] = token
-                response = self._request("GET", f"{self.endpoint}/storage/v1/b/{quote(self.bucket)}/o",
+                response = self._http.request("GET", f"{self.endpoint}/storage/v1/b/{quote(self.bucket)}/o",
                                          fields=fields, headers=self._headers(), preload_content=True)
                 self._check(response, "listing")
                 page = response.json()
@@ -188,21 +183,9 @@ class GCSSource:
         url = f"{self.endpoint}/download/storage/v1/b/{quote(self.bucket)}/o/{quote(self._path(file.key), safe='')}"
         fields = {"alt": "media", **({"generation": file.etag} if file.etag else {})}
         headers = {**self._headers(), "Range": f"bytes={start}-{end - 1}"}
-        response = self._request("GET", url, fields=fields, headers=headers, preload_content=False,
-                                 timeout=self._read_timeout)
-        try:
-            if response.status == 404 and file.etag:
-                raise SourceChanged(file.key, f"generation {file.etag} is gone")
-            self._check(response, file.key)
-            yield from response.stream(STREAM_CHUNK)
-        except self._errors as exc:  # a reset or a read timeout mid-body: worth another try, from here on
-            raise Transient(f"{file.key}: {type(exc).__name__}: {exc}") from exc
-        finally:
+        response = self._http.open_stream(url, headers, fields)
+        if response.status == 404 and file.etag:
             response.release_conn()
-
-    def _request(self, method: str, url: str, **kwargs: Any) -> Any:
-        """urllib3's errors become ours where they enter: a connection that fails is transient."""
-        try:
-            return self._pool.request(method, url, **kwargs)
-        except self._errors as exc:
-            raise Transient(f"{type(exc).__name__}: {exc}") from exc
+            raise SourceChanged(file.key, f"generation {file.etag} is gone")
+        self._check(response, file.key)
+        yield from self._http.body(response, file.key)

@@ -24,8 +24,9 @@ import structlog
 
 from .._config import HFConfig, reveal
 from ._checksums import OriginChecksum
+from ._http import HttpClient
 from ._retry import Transient, retry_after, with_retries
-from ._sources import STREAM_CHUNK, RemoteFile, check_key
+from ._sources import RemoteFile, check_key
 
 _log = structlog.get_logger("node_init.download")
 HUB_ENDPOINT = "https://huggingface.co"
@@ -107,16 +108,10 @@ class HubClient:
 
     def __init__(self, cfg: HFConfig, *, request_timeout_s: float, read_timeout_s: float | None = None,
                  retries: int = 3) -> None:
-        import urllib3
-
         self.endpoint = hub_endpoint(cfg)
         self.retries = retries
         self._token, self.token_from = hub_token(cfg)
-        timeout = urllib3.Timeout(connect=min(10.0, request_timeout_s), read=request_timeout_s)
-        self._pool = urllib3.PoolManager(maxsize=32, timeout=timeout, retries=False)
-        self._read_timeout = urllib3.Timeout(connect=min(10.0, request_timeout_s),
-                                             read=read_timeout_s or request_timeout_s)
-        self._errors = urllib3.exceptions.HTTPError
+        self._http = HttpClient(request_timeout_s=request_timeout_s, read_timeout_s=read_timeout_s)
 
     def _headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self._token}"} if self._token else {}
@@ -141,11 +136,7 @@ class HubClient:
     def api(self, path: str, repo: str, what: str) -> Any:
         """``GET {endpoint}{path}`` as JSON, retried on 429 and 5xx."""
         def call() -> Any:
-            try:
-                response = self._pool.request("GET", self.endpoint + path, headers=self._headers(),
-                                              preload_content=True)
-            except self._errors as exc:
-                raise Transient(f"{type(exc).__name__}: {exc}") from exc
+            response = self._http.request("GET", self.endpoint + path, headers=self._headers(), preload_content=True)
             self.check(response, what, repo)
             return json.loads(response.data)
 
@@ -168,22 +159,14 @@ class HubClient:
 
     def stream(self, repo: str, commit: str, path: str, start: int, end: int) -> Iterator[bytes]:
         url = f"{self.endpoint}/{repo}/resolve/{commit}/{quote(path, safe='/')}"
-        try:
-            response = self._pool.request("GET", url, headers={**self._headers(), "Range": f"bytes={start}-{end - 1}",
-                                                               "Accept-Encoding": "identity"},
-                                          preload_content=False, timeout=self._read_timeout, redirect=True)
-        except self._errors as exc:
-            raise Transient(f"{path}: {type(exc).__name__}: {exc}") from exc
-        try:
-            self.check(response, path, repo)
-            got = response.headers.get("X-Repo-Commit")
-            if got and got != commit:  # a commit URL never moves; a proxy that says otherwise is not trusted
-                raise ValueError(f"{path}: the Hub served commit {got}, not {commit}")
-            yield from response.stream(STREAM_CHUNK)
-        except self._errors as exc:
-            raise Transient(f"{path}: {type(exc).__name__}: {exc}") from exc
-        finally:
+        response = self._http.open_stream(url, {**self._headers(), "Range": f"bytes={start}-{end - 1}",
+                                                "Accept-Encoding": "identity"})
+        self.check(response, path, repo)
+        got = response.headers.get("X-Repo-Commit")
+        if got and got != commit:  # a commit URL never moves; a server that says otherwise is not trusted
             response.release_conn()
+            raise ValueError(f"{path}: the Hub served commit {got}, not {commit}")
+        yield from self._http.body(response, path)
 
 
 def vllm_files(paths: list[str]) -> list[str]:
