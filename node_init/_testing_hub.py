@@ -156,17 +156,27 @@ class HubServer:
                                              headers={"Retry-After": f"{retry_after:g}"})
         return None
 
-    async def _info(self, request: Any) -> Any:
+    def _revision(self, request: Any, kind: str) -> Any:
+        """The commit the request's repo and revision name, or the error response (recorded either way)."""
         from aiohttp import web
 
         repo, rev = request.match_info["repo"], request.match_info.get("rev", "main")
-        self.requests.append(("info", request.path))
+        self.requests.append((kind, request.path))
         if (denied := self._denied(request, repo)) is not None:
             return denied
         commit = self._commit(repo, rev)
         if commit is None:
             return web.json_response({"error": f"Invalid rev id: {rev}"}, status=404,
                                      headers={"X-Error-Code": "RevisionNotFound"})
+        return commit
+
+    async def _info(self, request: Any) -> Any:
+        from aiohttp import web
+
+        repo = request.match_info["repo"]
+        commit = self._revision(request, "info")
+        if not isinstance(commit, str):
+            return commit
         files = self._commits[repo][commit]
         return web.json_response({"id": repo, "modelId": repo, "sha": commit, "private": False,
                                   "gated": "auto" if repo in self._gated else False,
@@ -175,15 +185,10 @@ class HubServer:
     async def _tree(self, request: Any) -> Any:
         from aiohttp import web
 
-        repo, rev = request.match_info["repo"], request.match_info["rev"]
-        under = request.match_info.get("path", "").strip("/")
-        self.requests.append(("tree", request.path))
-        if (denied := self._denied(request, repo)) is not None:
-            return denied
-        commit = self._commit(repo, rev)
-        if commit is None:
-            return web.json_response({"error": f"Invalid rev id: {rev}"}, status=404,
-                                     headers={"X-Error-Code": "RevisionNotFound"})
+        repo, under = request.match_info["repo"], request.match_info.get("path", "").strip("/")
+        commit = self._revision(request, "tree")
+        if not isinstance(commit, str):
+            return commit
         recursive = request.query.get("recursive", "false").lower() in ("true", "1")
         entries: list[dict[str, Any]] = []
         dirs: set[str] = set()
