@@ -21,7 +21,12 @@ equal across ways (the weights are the real ones). vLLM logs with millisecond ti
 (``VLLM_LOGGING_CONFIG_PATH``), and its own log lines split every boot into steps: import, config and
 model inspection, EngineCore up, worker up, weights, KV cache and warm-up; the picture draws them.
 
-Run: ``python benchmarks/cold_start.py [--quick] [--models tiny smollm2] [--nodes fresh warm]
+With ``--hub``, the model is a Hugging Face Hub id on a local Hub (``node_init.testing.HubServer``,
+capped at ``--rates``' first value, shared by every connection), two ways: ``hub-ray`` (Ray's flow for a
+Hub id: nothing downloads it first; vLLM fetches it inside the engine's boot, through ``huggingface_hub``
+at ``HF_ENDPOINT``) and ``hub-on`` (ours, the bare id, ``overlap: on``); writes ``results/cold_start_hub``.
+
+Run: ``python benchmarks/cold_start.py [--quick] [--hub] [--models tiny smollm2] [--nodes fresh warm]
 [--rates 50 100 0] [--name N] [--merge] [--compare NAME]`` (rate 0 = uncapped). Writes
 ``results/N.{json,md,png}`` (default ``cold_start``); ``--merge`` keeps the rows of ``results/N.json``
 this run does not redo (each row has its date); ``--compare NAME`` prints each way's total against the
@@ -94,6 +99,8 @@ def worker(way: str, uri: str, endpoint: str) -> None:
     time.sleep(SETTLE_S)
     if way == "ray":
         out = asyncio.run(_ray_way(uri))
+    elif way == "hub-ray":  # vLLM resolves the id and downloads it while it boots (HF_ENDPOINT points it)
+        out = asyncio.run(_plain_boot(uri, dict(ENGINE), time.time()))
     elif way == "runai":
         out = asyncio.run(_plain_boot(uri, {**ENGINE, "load_format": "runai_streamer"}, time.time()))
     else:
@@ -144,10 +151,11 @@ async def _our_way(way: str, uri: str, endpoint: str) -> dict[str, Any]:
     from node_init import initialize_node, parse_config
     from node_init.engine import build_async_llm, start_import
 
+    store = {"hf": {"endpoint_url": endpoint}} if way == "hub-on" else {"s3": {"endpoint_url": endpoint}}
     config = parse_config({
         "model_id": "bench", "model_source": uri, "placement": None,
-        "download": {"s3": {"endpoint_url": endpoint}, "timeout_s": 600},
-        "engine": {"kind": "vllm", "overlap": way, "kwargs": ENGINE},
+        "download": {**store, "timeout_s": 600},
+        "engine": {"kind": "vllm", "overlap": way.removeprefix("hub-"), "kwargs": ENGINE},
     })
     marks: dict[str, float] = {}
 
@@ -191,7 +199,7 @@ def steps(run: dict[str, Any], log: str) -> dict[str, tuple[float, float]]:
             stamped.append((when, line[m.end():]))
     boot = run["boot_start"]
     # The import runs from the init's start (ours) or the boot's (plain boots) to its end.
-    start = t0 if run.get("way") in ("off", "on", "auto") else boot
+    start = t0 if run.get("way") in ("off", "on", "auto", "hub-on") else boot
     out["import"] = (start - t0, run["import_end"] - t0)
     prev = max(boot, run["import_end"])
     for name, text in STEPS:
@@ -226,7 +234,8 @@ def one_run(way: str, uri: str, endpoint: str, warm_home: Path | None, logging_p
         env = {**os.environ, **node_env(root), "PYTHONPATH": str(REPO), "VLLM_CPU_KVCACHE_SPACE": "1",
                "AWS_ENDPOINT_URL": endpoint, "RUNAI_STREAMER_S3_ENDPOINT": endpoint,
                "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-               "AWS_DEFAULT_REGION": "us-east-1", "VLLM_LOGGING_CONFIG_PATH": str(logging_path)}
+               "AWS_DEFAULT_REGION": "us-east-1", "VLLM_LOGGING_CONFIG_PATH": str(logging_path),
+               "HF_ENDPOINT": endpoint, "HF_HUB_DISABLE_XET": "1"}
         proc = subprocess.run([sys.executable, __file__, "--worker", way, uri, endpoint],
                               capture_output=True, text=True, timeout=900, env=env)
         lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
@@ -308,6 +317,58 @@ def main(args: argparse.Namespace) -> None:
     print(table)
     write_outputs(args.name, {**kept, "rows": rows}, table)
     plot(rows, args.name)
+
+
+def hub_main(args: argparse.Namespace) -> None:
+    """A Hub id: Ray's flow (vLLM downloads it inside the boot) against ours with overlap."""
+    sys.path.insert(0, str(REPO))
+    import _models
+
+    from node_init.testing import HubServer
+
+    work = Path(tempfile.mkdtemp(prefix="cold-start-hub-"))
+    logging_path = work / "vllm-logging.json"
+    logging_path.write_text(json.dumps(LOGGING))
+    warm_home = None
+    if "warm" in args.nodes:
+        warm_home = work / "warm"
+        build_warm_home(warm_home, _models.tiny())
+    rate = args.rates[0] or None
+    rows: list[dict[str, Any]] = []
+    ways = ("hub-ray", "hub-on")
+    try:
+        for model_name in args.models:
+            path = getattr(_models, model_name)()
+            size = sum(p.stat().st_size for p in path.iterdir() if p.is_file())
+            for node in args.nodes:
+                samples: dict[str, list[dict[str, Any]]] = {w: [] for w in ways}
+                for i in range(args.repeats):
+                    for way in ways if i % 2 == 0 else tuple(reversed(ways)):
+                        hub = HubServer(rate_mb_s=rate).start()  # a fresh Hub: nothing of a run is left for the next
+                        try:
+                            hub.push_dir(f"bench/{model_name}", path)
+                            run = one_run(way, f"bench/{model_name}", hub.endpoint,
+                                          warm_home if node == "warm" else None, logging_path)
+                        finally:
+                            hub.stop()
+                        samples[way].append(run)
+                        print(f"{model_name} {node} {rate or 'uncapped'} MB/s {way}: {run['total']:.2f}s", flush=True)
+                tokens = {w: samples[w][0]["tokens"] for w in ways}
+                assert len({json.dumps(t) for t in tokens.values()}) == 1, f"greedy tokens differ: {tokens}"
+                rows.append({"model": model_name, "mb": size / 1e6, "node": node, "rate": rate,
+                             "repeats": args.repeats, "date": datetime.date.today().isoformat(),
+                             **{w: summarize(samples[w]) for w in ways}})
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    table = markdown_table(
+        ["model", "node", "link MB/s", "Ray's flow s (vLLM downloads the id)", "ours s (overlap: on)",
+         "Ray's / ours", "repeats"],
+        [[r["model"], r["node"], f"{r['rate']:g}" if r["rate"] else "uncapped", f"{r['hub-ray']['total']:.2f}",
+          f"{r['hub-on']['total']:.2f}", f"{r['hub-ray']['total'] / r['hub-on']['total']:.2f}x", str(r["repeats"])]
+         for r in rows])
+    print()
+    print(table)
+    write_outputs("cold_start_hub", {"rows": rows}, table)
 
 
 def _ratio(row: dict[str, Any], a: str, b: str) -> str:
@@ -399,8 +460,12 @@ if __name__ == "__main__":
     ap.add_argument("--name", default="cold_start", help="results/NAME.{json,md,png}")
     ap.add_argument("--merge", action="store_true", help="keep the rows of results/NAME.json not redone")
     ap.add_argument("--compare", metavar="NAME", help="print each way against results/NAME.json")
+    ap.add_argument("--hub", action="store_true", help="a Hub id: Ray's flow against ours (results/cold_start_hub)")
     a = ap.parse_args()
     a.ways = tuple(a.ways)
     if a.quick:
         a.repeats = 1
-    main(a)
+    if a.hub:
+        hub_main(a)
+    else:
+        main(a)

@@ -40,6 +40,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import hashlib
+import itertools
 import json
 import os
 import resource
@@ -129,13 +130,13 @@ def worker(kind: str, uri: str, endpoint: str, dest: str) -> None:
     else:
         import msgspec
 
-        from node_init import AzureConfig, DownloadConfig, GCSConfig
+        from node_init import AzureConfig, DownloadConfig, GCSConfig, HFConfig
         from node_init.download import Downloader, list_source
         from node_init.testing import AZURITE_KEY
 
         store = ({"gcs": GCSConfig(endpoint_url=endpoint, anonymous=True)} if uri.startswith("gs://") else
                  {"azure": AzureConfig(endpoint_url=endpoint, account_key=AZURITE_KEY)} if uri.startswith("azure://")
-                 else {})
+                 else {"hf": HFConfig(endpoint_url=endpoint)} if uri.startswith("hf://") else {})
 
         def run() -> None:
             source, files = list_source(uri, DownloadConfig(**store))  # type: ignore[arg-type]
@@ -304,41 +305,40 @@ def stores(repeats: int = 3, cap_mb_s: float = 50.0) -> None:
 
     rows = []
     for name in ("1 x 256 MB", "4 x 150 MB"):
-        for scheme, other in (("gs", "ray-gcs"), ("azure", "azure-sdk")):
-            # A fresh emulator per case: fake-gcs-server was seen to stop answering listings after a few
-            # GB of capped reads through the proxy (its lock held by a connection it still writes to).
+        local = Path(tempfile.mkdtemp(prefix="dl-src-"))
+        write_model_files(local, CASES[name])
+        prefix = "st-" + name.replace(" ", "")
+        expected = files_digest(local)
+        total = sum(p.stat().st_size for p in local.iterdir())
+        for (scheme, other), cap in itertools.product((("gs", "ray-gcs"), ("azure", "azure-sdk")), (cap_mb_s, None)):
+            # A fresh emulator per row: fake-gcs-server was seen to stop answering listings after a few
+            # GB of reads through the proxy (pyarrow's among them), its lock held by a connection.
             server = GCSServer().start() if scheme == "gs" else AzuriteServer().start()
             try:
-                local = Path(tempfile.mkdtemp(prefix="dl-src-"))
-                write_model_files(local, CASES[name])
-                prefix = "st-" + name.replace(" ", "")
-                expected = files_digest(local)
-                total = sum(p.stat().st_size for p in local.iterdir())
                 server.upload_dir(local, "bench", prefix)
-                shutil.rmtree(local)
                 uri = (f"gs://bench/{prefix}" if scheme == "gs" else
                        f"azure://bench@devstoreaccount1.blob.core.windows.net/{prefix}")
                 root, suffix = (server.endpoint, "") if scheme == "gs" else (server.root, "/devstoreaccount1")
-                for cap in (cap_mb_s, None):
-                    proxy = FaultProxy(root, rate_mb_s=cap).start() if cap else None
-                    endpoint = (proxy.endpoint if proxy else root) + suffix
-                    try:
-                        one_run("ours", uri, endpoint, expected)  # warm the server alike for both
-                        res = interleaved(("ours", other), repeats,
-                                          lambda k, uri=uri, endpoint=endpoint, expected=expected:
-                                          one_run(k, uri, endpoint, expected))
-                    finally:
-                        if proxy:
-                            proxy.stop()
-                    row = {"case": name, "store": scheme, "other": other, "cap": cap, "bytes": total, **res}
-                    for kind in ("ours", other):
-                        row[kind]["mb_s"] = total / 1e6 / row[kind]["seconds"]
-                    row["ratio"] = row["ours"]["mb_s"] / row[other]["mb_s"]
-                    rows.append(row)
-                    print(f"{name} {scheme} cap={cap}: ours {row['ours']['mb_s']:.0f} MB/s, {other} "
-                          f"{row[other]['mb_s']:.0f} MB/s ({row['ratio']:.2f}x)", flush=True)
+                proxy = FaultProxy(root, rate_mb_s=cap).start() if cap else None
+                endpoint = (proxy.endpoint if proxy else root) + suffix
+                try:
+                    one_run("ours", uri, endpoint, expected)  # warm the server alike for both
+                    res = interleaved(("ours", other), repeats,
+                                      lambda k, uri=uri, endpoint=endpoint, expected=expected:
+                                      one_run(k, uri, endpoint, expected))
+                finally:
+                    if proxy:
+                        proxy.stop()
+                row = {"case": name, "store": scheme, "other": other, "cap": cap, "bytes": total, **res}
+                for kind in ("ours", other):
+                    row[kind]["mb_s"] = total / 1e6 / row[kind]["seconds"]
+                row["ratio"] = row["ours"]["mb_s"] / row[other]["mb_s"]
+                rows.append(row)
+                print(f"{name} {scheme} cap={cap}: ours {row['ours']['mb_s']:.0f} MB/s, {other} "
+                      f"{row[other]['mb_s']:.0f} MB/s ({row['ratio']:.2f}x)", flush=True)
             finally:
                 server.stop()
+        shutil.rmtree(local)
     table = markdown_table(
         ["objects", "store", "link", "ours MB/s", "other", "other MB/s", "ours/other speed",
          "client CPU s (ours / other)"],
@@ -358,7 +358,7 @@ def hub(repeats: int = 3, cap_mb_s: float = 50.0) -> None:
 
     rows = []
     cases = {"1 x 256 MB": ({"model.safetensors": 256 * MB}, "*.safetensors"),
-             "500 x 10 KB": ({f"part-{i:04d}.json": 10_000 for i in range(500)}, "*.json")}
+             "500 x 10 KB": ({f"part-{i:04d}.json": 10_000 for i in range(500)}, "part-*.json")}
     for cap in (cap_mb_s, None):
         server = HubServer(rate_mb_s=cap).start()
         try:

@@ -48,6 +48,7 @@ class HubServer:
         self.rate_mb_s = rate_mb_s
         self.endpoint = ""
         self._commits: dict[str, dict[str, dict[str, bytes]]] = {}  # repo -> commit -> files
+        self._digests: dict[tuple[int, int], tuple[str, str]] = {}  # a file's bytes -> (git sha1, sha256)
         self._refs: dict[str, dict[str, str]] = {}  # repo -> branch or tag -> commit
         self._gated: set[str] = set()
         self._lock = threading.Lock()
@@ -62,11 +63,22 @@ class HubServer:
 
     # --- content ------------------------------------------------------------------------------------------
 
+    def _ids(self, data: bytes) -> tuple[str, str]:
+        """``(git blob sha1, sha256)`` of ``data``, computed once per content (a range read must not
+        hash a whole shard again)."""
+        key = (id(data), len(data))  # the server keeps every pushed file alive: ids are not reused
+        ids = self._digests.get(key)
+        if ids is None:
+            ids = self._digests[key] = (git_blob_sha1(data), hashlib.sha256(data).hexdigest())
+        return ids
+
     def push(self, repo: str, files: dict[str, bytes], *, branch: str = "main", gated: bool = False) -> str:
         """Commit ``files`` (the whole tree) to ``branch`` of ``repo``; the new commit's id."""
+        for data in files.values():
+            self._ids(data)
         with self._lock:
             commit = hashlib.sha1(json.dumps([repo, branch, len(self._commits.get(repo, {})),
-                                              sorted((k, git_blob_sha1(v)) for k, v in files.items())]).encode(),
+                                              sorted((k, self._ids(v)[0]) for k, v in files.items())]).encode(),
                                   usedforsecurity=False).hexdigest()
             self._commits.setdefault(repo, {})[commit] = dict(files)
             self._refs.setdefault(repo, {})[branch] = commit
@@ -199,9 +211,10 @@ class HubServer:
             if "/" in rest and not recursive:
                 dirs.add((under + "/" if under else "") + rest.split("/", 1)[0])
                 continue
-            entry: dict[str, Any] = {"type": "file", "oid": git_blob_sha1(data), "size": len(data), "path": path}
+            git, sha256 = self._ids(data)
+            entry: dict[str, Any] = {"type": "file", "oid": git, "size": len(data), "path": path}
             if path.endswith(LFS_SUFFIXES):
-                entry["lfs"] = {"oid": hashlib.sha256(data).hexdigest(), "size": len(data), "pointerSize": 134}
+                entry["lfs"] = {"oid": sha256, "size": len(data), "pointerSize": 134}
             entries.append(entry)
         if recursive:
             for path in self._commits[repo][commit]:
@@ -223,7 +236,7 @@ class HubServer:
             return web.json_response({"error": "Entry not found"}, status=404,
                                      headers={"X-Error-Code": "EntryNotFound"})
         lfs = path.endswith(LFS_SUFFIXES)
-        etag = f'"{hashlib.sha256(data).hexdigest() if lfs else git_blob_sha1(data)}"'
+        etag = f'"{self._ids(data)[1] if lfs else self._ids(data)[0]}"'
         headers = {"X-Repo-Commit": str(commit), "ETag": etag, "Accept-Ranges": "bytes",
                    "Content-Type": "application/octet-stream"}
         if lfs:

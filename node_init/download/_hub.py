@@ -123,8 +123,10 @@ class HubClient:
             return
         code = response.headers.get("X-Error-Code", "")
         response.release_conn()
-        if status in (401, 403) or (code in ("GatedRepo", "RepoNotFound") and status != 404) or \
-                (status == 404 and code == "RepoNotFound" and not self._token):
+        refused = status in (401, 403) or code == "GatedRepo"
+        # Without a token the Hub answers a private repo as a missing one: it may be either.
+        hidden = status == 404 and code == "RepoNotFound" and not self._token
+        if refused or hidden:
             raise PermissionError(f"{what}: {repo} is gated, private or missing (status {status} {code}); token: "
                                   f"{self.token_from}".replace("  ", " "))
         if status == 404:
