@@ -107,7 +107,7 @@ def worker(kind: str, uri: str, endpoint: str, dest: str) -> None:
     elif kind == "azure-sdk":
         from azure.storage.blob import ContainerClient
 
-        from node_init.download._azure import azure_parts
+        from node_init.download import azure_parts
         from node_init.testing import AZURITE_ACCOUNT, AZURITE_KEY
 
         def run() -> None:

@@ -60,6 +60,7 @@ from ._events import NodeReport as NodeReport
 from ._events import registered as registered
 from ._init import InitResult as InitResult
 from ._init import initialize_node as initialize_node
+from ._init import pin_model_source as pin_model_source
 from ._loader import load_handler_set as load_handler_set
 from ._loader import load_object as load_object
 from ._logging import configure_logging as configure_logging
@@ -105,6 +106,7 @@ __all__ = [
     "configure_logging",
     "get_or_create_callback",
     "initialize_node",
+    "pin_model_source",
     "load_config",
     "load_handler_set",
     "load_object",

@@ -372,7 +372,7 @@ async def _with_downloads(run: _Run, log: Any) -> str:
         await anyio.to_thread.run_sync(ray.init)  # connecting takes seconds: off the loop
     # A Hub id is told from a path, and its revision pinned to a commit, once, here: every node reads one
     # commit, and the commit's tree, fetched here, reaches the nodes through Ray's KV.
-    run.config = await anyio.to_thread.run_sync(_pinned, run.config)
+    run.config = await anyio.to_thread.run_sync(pin_model_source, run.config)
     config, ctx = run.config, run.ctx
     # The init's exchange for a shared download: a hub that has to start takes about a second (a
     # worker process), so it starts before placement and runs while placement does.
@@ -408,8 +408,13 @@ async def _with_downloads(run: _Run, log: Any) -> str:
     return mine.path or local_model_path(config)
 
 
-def _pinned(config: NodeInitConfig, *, share_tree: bool = True) -> NodeInitConfig:
-    """``config`` with a bare Hub id made ``hf://`` and an ``hf://`` revision resolved to its commit."""
+def pin_model_source(config: NodeInitConfig, *, share_tree: bool = True) -> NodeInitConfig:
+    """``config`` as the replica hands it to the nodes: a bare Hub id made ``hf://``, and an ``hf://``
+    revision resolved to its commit (with Ray running, the commit's tree shared through its KV).
+
+    Raises:
+        DownloadError: the Hub could not resolve it (for a bare id: naming both readings).
+    """
     from ._errors import DownloadError
     from .download import source_errors
     from .download._hub import hub_or_path, offline, pin_hub_source

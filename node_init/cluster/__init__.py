@@ -45,6 +45,8 @@ from ._share import open_exchange as open_exchange
 from ._share import share_enabled as share_enabled
 from ._share import sharing as sharing
 from ._share import units_of as units_of
+from ._view import SourceView as SourceView
+from ._view import piece_sum as piece_sum
 
 __all__ = [
     "EXCHANGE_NAME",
@@ -58,6 +60,7 @@ __all__ = [
     "NodeObserver",
     "NodeStatus",
     "SharedSource",
+    "SourceView",
     "assign",
     "close_exchange",
     "forget_holdings",
@@ -66,6 +69,7 @@ __all__ = [
     "node_download",
     "node_task",
     "open_exchange",
+    "piece_sum",
     "placement_nodes",
     "provisional",
     "remove_placement_group",

@@ -21,6 +21,8 @@ Example:
     >>> Downloader(source, cache_root(cfg) / model_dir_name("tiny"), cfg).run(wanted).path  # doctest: +SKIP
 """
 
+from ._azure import AzureSource as AzureSource
+from ._azure import azure_parts as azure_parts
 from ._cache import BlobEntry as BlobEntry
 from ._cache import ModelCache as ModelCache
 from ._cache import SnapshotHold as SnapshotHold
@@ -36,6 +38,11 @@ from ._checksums import crc as crc
 from ._downloader import Downloader as Downloader
 from ._downloader import DownloadResult as DownloadResult
 from ._downloader import Progress as Progress
+from ._gcs import GCSSource as GCSSource
+from ._hub import HubSource as HubSource
+from ._hub import hub_or_path as hub_or_path
+from ._hub import pin_hub_source as pin_hub_source
+from ._hub import vllm_files as vllm_files
 from ._registry import SOURCES as SOURCES
 from ._registry import SourceKind as SourceKind
 from ._registry import check_source as check_source
@@ -43,6 +50,8 @@ from ._registry import is_remote_source as is_remote_source
 from ._registry import register_source as register_source
 from ._registry import shares as shares
 from ._registry import source_kind as source_kind
+from ._s3_head import HeadFailed as HeadFailed
+from ._s3_head import s3_head as s3_head
 from ._sources import HFCacheSource as HFCacheSource
 from ._sources import LocalSource as LocalSource
 from ._sources import RemoteFile as RemoteFile
@@ -59,6 +68,10 @@ from ._sources import source_errors as source_errors
 
 __all__ = [
     "SOURCES",
+    "AzureSource",
+    "GCSSource",
+    "HeadFailed",
+    "HubSource",
     "OriginChecksum",
     "BlobEntry",
     "DownloadResult",
@@ -80,17 +93,22 @@ __all__ = [
     "combine_crcs",
     "crc",
     "file_digest",
+    "azure_parts",
     "hold_snapshot",
+    "hub_or_path",
     "is_remote_source",
     "list_source",
     "local_path",
     "model_dir_name",
     "open_source",
+    "pin_hub_source",
     "read_rate",
     "register_source",
     "s3_credentials",
+    "s3_head",
     "select",
     "shares",
     "source_errors",
     "source_kind",
+    "vllm_files",
 ]

@@ -183,8 +183,7 @@ def _flipped(data: bytes) -> bytes:
 
 @corrupt_offers_on_node2.on(BeforeDownload)
 def corrupt_what_node2_offers(event: BeforeDownload, ctx: CallbackCtx) -> None:
-    from node_init.cluster._share import SharedSource
-    from node_init.cluster._view import piece_sum
+    from node_init.cluster import SharedSource, piece_sum
 
     if os.environ.get("NODE_NAME") != "node2" or getattr(SharedSource, "_corrupting", False):
         return

@@ -263,6 +263,7 @@ def test_an_hf_cache_is_a_source_loaded_in_place(tmp_path: Path, monkeypatch: py
     snapshot = fake_hf_cache(tmp_path / "hf", "org/tiny")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     monkeypatch.setenv("NODE_INIT_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # hf:// reads the Hub; offline, this node's cache, as before
     source = open_source("hf://org/tiny", DownloadConfig())
     assert isinstance(source, HFCacheSource) and source.in_place == snapshot
     assert [(f.key, f.size) for f in source.list_files()] == [("config.json", 2), ("model.safetensors", 1000)]

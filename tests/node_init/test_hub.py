@@ -13,8 +13,7 @@ from typing import Any
 import pytest
 
 from node_init import ConfigError, DownloadConfig, DownloadError, HFConfig, parse_config
-from node_init.download import Downloader, list_source
-from node_init.download._hub import hub_or_path, pin_hub_source, vllm_files
+from node_init.download import Downloader, hub_or_path, list_source, pin_hub_source, vllm_files
 from node_init.testing import HubServer, write_model_files
 
 MB = 1 << 20
@@ -233,7 +232,7 @@ async def test_three_nodes_read_one_commit_while_main_moves(ray_cluster: Any, tm
 
 def test_a_bare_id_that_is_neither_a_path_nor_on_the_hub_names_both(hub: dict[str, Any], tmp_path: Path,
                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    from node_init._init import _pinned
+    from node_init import pin_model_source
     from tests._configs import node_config
 
     monkeypatch.chdir(tmp_path)
@@ -241,9 +240,9 @@ def test_a_bare_id_that_is_neither_a_path_nor_on_the_hub_names_both(hub: dict[st
     monkeypatch.setenv("HF_HOME", str(tmp_path))
     config = node_config("org/nowhere", download={"hf": {"endpoint_url": hub["server"].endpoint}, "retries": 0})
     with pytest.raises(DownloadError) as info:
-        _pinned(config)
+        pin_model_source(config)
     text = str(info.value)
     assert "no path on the replica" in text and str(tmp_path) in text and "org/nowhere" in text
     assert "HF_TOKEN" in text  # where the token was looked for: a private repo looks missing without one
-    pinned = _pinned(node_config("org/tiny", download={"hf": {"endpoint_url": hub["server"].endpoint}}))
+    pinned = pin_model_source(node_config("org/tiny", download={"hf": {"endpoint_url": hub["server"].endpoint}}))
     assert pinned.model_source == f"hf://org/tiny@{hub['commit']}"

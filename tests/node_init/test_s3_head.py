@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from node_init.download._s3_head import HeadFailed, s3_head
+from node_init.download import HeadFailed, s3_head
 
 
 class _Capture(http.server.BaseHTTPRequestHandler):

@@ -63,7 +63,7 @@ def test_one_declaration_is_all_a_new_kind_needs(throwaway: Path) -> None:
     ("s3://Bucket_Upper/m", "not a valid S3 bucket"),
     ("s3:///m", "names no bucket"),
     ("s3://bucket/a/../b", "'..'"),
-    ("hf://a/b/c", "hf://org/name"),
+    ("hf://a/b/c", "not a Hugging Face Hub repo id"),
     ("file://relative/m", "absolute path"),
 ])
 def test_a_bad_source_is_refused_at_parse_time_naming_the_field(uri: str, words: str) -> None:
