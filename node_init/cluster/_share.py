@@ -395,11 +395,12 @@ class SharedSource(SourceView):
             return None
         sender = str(box[2]) if len(box) > 2 else "?"
         lo = unit[2] + index * self._piece
-        if len(box) < 2 or piece_sum(data) != box[1]:  # not the bytes its owner read from the origin
+        checksum = piece_sum(data)
+        if len(box) < 2 or checksum != box[1]:  # not the bytes its owner read from the origin
             self.blame(sender, file, lo, "a piece differs from its owner's checksum")
             self._tell(self.exchange.release, self.node_id, unit)
             return None
-        self.received(file, lo, data, sender)
+        self.received(file, lo, data, sender, checksum)
         return data
 
     def finish(self, timeout: float) -> None:

@@ -54,10 +54,13 @@ class SourceView:
         (never a view that may hand back the same bytes), checking what other nodes had sent of it."""
         return _Recheck(self)
 
-    def received(self, file: RemoteFile, lo: int, data: bytes | memoryview, node: str) -> None:
-        """``node`` sent ``data`` as bytes ``[lo, lo + len(data))`` of ``file`` (and they were used)."""
+    def received(self, file: RemoteFile, lo: int, data: bytes | memoryview, node: str,
+                 checksum: int | None = None) -> None:
+        """``node`` sent ``data`` as bytes ``[lo, lo + len(data))`` of ``file`` (and they were used);
+        ``checksum``: its :func:`piece_sum`, if the caller has it already."""
+        value = piece_sum(data) if checksum is None else checksum
         with self._view_lock:
-            self._received.setdefault((file.key, file.etag), {})[(lo, lo + len(data))] = (node, piece_sum(data))
+            self._received.setdefault((file.key, file.etag), {})[(lo, lo + len(data))] = (node, value)
 
     def blame(self, node: str, file: RemoteFile, offset: int, why: str) -> None:
         """``node`` sent wrong bytes of ``file`` at ``offset``: say so, and count it."""
