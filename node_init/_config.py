@@ -345,6 +345,28 @@ def _validate(c: NodeInitConfig) -> None:
         msgspec.json.encode(c.engine.kwargs)
     except (TypeError, msgspec.EncodeError) as exc:
         raise ConfigError(f"must be JSON-encodable: {exc}", field="engine.kwargs") from None
+    _validate_tokenizer(c.engine.kwargs)
+
+
+def _validate_tokenizer(kwargs: dict[str, Any]) -> None:
+    """``tokenizer`` / ``tokenizer_revision``: node init fetches a Hub tokenizer itself (``_tokenizer``)."""
+    from .download._hub import check_revision
+
+    name, revision = kwargs.get("tokenizer"), kwargs.get("tokenizer_revision")
+    if name is not None and not (isinstance(name, str) and name.strip()):
+        raise ConfigError(f"must be a Hub id or a path, got {name!r}", field="engine.kwargs.tokenizer")
+    if isinstance(name, str) and name.startswith("hf://"):
+        _validate_source(name, field="engine.kwargs.tokenizer")
+    if revision is None:
+        return
+    try:
+        if not isinstance(revision, str):
+            raise ValueError(f"must be a branch, tag or commit, got {revision!r}")
+        check_revision(revision)
+        if isinstance(name, str) and "@" in name.removeprefix("hf://"):
+            raise ValueError(f"{name!r} names a revision already")
+    except ValueError as exc:
+        raise ConfigError(str(exc), field="engine.kwargs.tokenizer_revision") from None
 
 
 def _validate_placement(p: PlacementConfig) -> None:

@@ -110,6 +110,7 @@ class _Run:
         # Monotonic instants (boot_start, boot_end, download_start, download_end): the overlap timing.
         self.marks: dict[str, float] = {}
         self.overlap = False  # the engine booted on dummy weights and took the real ones in place
+        self.tokenizer: str | None = None  # the local copy of a tokenizer the engine args name on the Hub
 
     @property
     def phase(self) -> Phase:
@@ -269,7 +270,23 @@ def _download_skipped(config: NodeInitConfig, vetoed: bool) -> str:
 
 
 def _engine_kwargs(run: _Run) -> dict[str, Any]:
-    return {**run.config.engine.kwargs, **run.ctx.extra_init_kwargs}
+    kwargs = {**run.config.engine.kwargs, **run.ctx.extra_init_kwargs}
+    if run.tokenizer is not None and kwargs.get("tokenizer") == run.config.engine.kwargs.get("tokenizer"):
+        # The Hub tokenizer fetched here (a handler's own choice of tokenizer stays theirs).
+        kwargs.update(tokenizer=run.tokenizer, tokenizer_revision=None)
+    return kwargs
+
+
+async def _hub_tokenizer(run: _Run) -> None:
+    """Fetch a tokenizer the engine arguments name in another Hub repo (see ``_tokenizer``)."""
+    from .download import fetch_tokenizer, hub_tokenizer_uri
+
+    uri = hub_tokenizer_uri(run.config.engine.kwargs)
+    if uri is None or run.config.engine.kind == "none":  # no engine here to point at it
+        return
+    t = time.monotonic()
+    run.tokenizer = await anyio.to_thread.run_sync(fetch_tokenizer, uri, run.config.download)
+    run.timed("hub_tokenizer", t)
 
 
 async def _before_engine_init(run: _Run, model_path: str) -> bool:
@@ -439,6 +456,7 @@ async def _engine_when_ready(run: _Run, replica: _Replica, log: Any) -> None:
     """Boot once the replica's node has decided: on dummy weights now (overlap), or on its files."""
     bound = run.bounds.node_s
     with anyio.fail_after(bound):
+        await _hub_tokenizer(run)  # small: it lands while the weights download
         await replica.decided.wait()
     assert replica.decision is not None
     path = replica.decision.path or local_model_path(run.config)

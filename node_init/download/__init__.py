@@ -5,7 +5,8 @@
   ``file://`` URI, ``s3://`` on any S3-compatible endpoint, ``gs://``, ``azure://``/``abfss://``,
   the Hugging Face Hub (``hf://``; the node's cache under ``HF_HUB_OFFLINE``). Each lists its files
   (:class:`RemoteFile`, with a version tag) and streams byte ranges pinned to that version
-  (:class:`SourceChanged` when it moved on).
+  (:class:`SourceChanged` when it moved on). A tokenizer the engine arguments name in another Hub
+  repo: :func:`hub_tokenizer_uri`, :func:`fetch_tokenizer`.
 - :class:`Downloader`: fetches the files a :class:`~node_init.DownloadMode` wants into
   the node's cache: verified, version-pinned, resumable, one downloader per node and
   model, retried with backoff, bounded, progress in :class:`Progress`.
@@ -65,6 +66,8 @@ from ._sources import local_path as local_path
 from ._sources import open_source as open_source
 from ._sources import s3_credentials as s3_credentials
 from ._sources import source_errors as source_errors
+from ._tokenizer import fetch_tokenizer as fetch_tokenizer
+from ._tokenizer import hub_tokenizer_uri as hub_tokenizer_uri
 
 __all__ = [
     "SOURCES",
@@ -92,10 +95,12 @@ __all__ = [
     "check_source",
     "combine_crcs",
     "crc",
+    "fetch_tokenizer",
     "file_digest",
     "azure_parts",
     "hold_snapshot",
     "hub_or_path",
+    "hub_tokenizer_uri",
     "is_remote_source",
     "list_source",
     "local_path",

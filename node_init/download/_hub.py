@@ -60,7 +60,13 @@ def check_hub_uri(uri: str) -> None:
     if not is_hub_id(repo):
         raise ValueError(f"{repo!r} is not a Hugging Face Hub repo id (org/name: letters, digits, '-', '_', '.'; "
                          "at most 96 characters a part; no '--' or '..')")
-    if at and not _REVISION.match(revision):
+    if at:
+        check_revision(revision)
+
+
+def check_revision(revision: str) -> None:
+    """Raise ``ValueError`` unless ``revision`` can name a branch, tag or commit."""
+    if not _REVISION.match(revision):
         raise ValueError(f"{revision!r} is not a revision (a branch, tag or commit: no spaces, '..', '~^:?*[\\', "
                          "'@{', leading or trailing '/')")
 

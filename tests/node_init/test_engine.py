@@ -176,24 +176,31 @@ async def test_every_remote_store_boots_the_engine_overlapped_on_three_sharing_n
 
 
 async def test_a_hub_model_boots_from_the_snapshot_with_the_hub_gone(ray_cluster: Any, tmp_path: Path) -> None:
-    """A bare Hub id: the node downloads it (verified), then the Hub server stops before the engine boots:
-    the engine loads the local snapshot, exactly the Hub's files, and never asks the Hub again."""
+    """A bare Hub id, its tokenizer from another repo at a branch (``tokenizer``, ``tokenizer_revision``):
+    both are downloaded (verified), then the Hub server stops before the engine boots: the engine loads
+    the local snapshot and the local tokenizer, exactly the Hub's files, and never asks the Hub again."""
     from node_init.testing import HubServer
 
     local = build_tiny_llama(tmp_path / "tiny", tie_word_embeddings=False)
     hub = HubServer().start()
     hub.push_dir("org/tiny-hub", local)
+    tokenizer = {p.name: p.read_bytes() for p in local.iterdir() if not p.name.endswith(".safetensors")}
+    tok_commit = hub.push("org/tiny-tok", tokenizer, branch="v1")
+    hub.push("org/tiny-tok", {"config.json": b"{}"})  # main: no tokenizer at all
     bus = EventBus()
 
     def hub_down(event: BeforeEngineInit, ctx: CallbackCtx) -> None:
         hub.stop()
         seen.append(len(hub.requests))
+        kwargs.update(event.engine_kwargs)
 
     seen: list[int] = []
+    kwargs: dict[str, Any] = {}
     bus.subscribe(BeforeEngineInit, hub_down)
     cfg = node_config("org/tiny-hub", prefix="tiny", placement=None,
                       download={"timeout_s": 60, "retries": 0, "hf": {"endpoint_url": hub.endpoint}},
-                      engine={"kind": "vllm", "overlap": "off", "kwargs": ENGINE_KWARGS})
+                      engine={"kind": "vllm", "overlap": "off",
+                              "kwargs": {**ENGINE_KWARGS, "tokenizer": "org/tiny-tok", "tokenizer_revision": "v1"}})
     try:
         result = await initialize_node(cfg, bus=bus)
     finally:
@@ -204,6 +211,12 @@ async def test_a_hub_model_boots_from_the_snapshot_with_the_hub_gone(ray_cluster
         (report,) = result.reports
         assert report.verified["model.safetensors"] == "sha256" and report.verified["config.json"] == "git-sha1"
         assert all((Path(result.model_path) / p.name).read_bytes() == p.read_bytes() for p in local.iterdir())
+        # The tokenizer: v1's commit, its files only (no weights), and the engine's tokenizer is that copy.
+        tok_dir = Path(kwargs["tokenizer"])
+        assert kwargs["tokenizer_revision"] is None and tok_dir.is_dir() and tok_commit in str(hub.requests)
+        assert {p.name: p.read_bytes() for p in tok_dir.iterdir()} == tokenizer
+        engine_tokenizer = result.engine.llm.get_tokenizer()
+        assert Path(engine_tokenizer.name_or_path).resolve() == tok_dir.resolve()
         assert len(await result.engine.generate_ids(PROMPTS[0], max_tokens=4)) == 4
     finally:
         await result.close()

@@ -246,3 +246,59 @@ def test_a_bare_id_that_is_neither_a_path_nor_on_the_hub_names_both(hub: dict[st
     assert "HF_TOKEN" in text  # where the token was looked for: a private repo looks missing without one
     pinned = pin_model_source(node_config("org/tiny", download={"hf": {"endpoint_url": hub["server"].endpoint}}))
     assert pinned.model_source == f"hf://org/tiny@{hub['commit']}"
+
+
+def test_a_tokenizer_from_another_repo_is_fetched_at_its_revision_and_checked(
+        hub: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``tokenizer`` / ``tokenizer_revision`` naming another Hub repo: every file but the weights, at the
+    revision's commit, each byte checked (a flipped one is caught and read again); a path stays vLLM's."""
+    from node_init.download import fetch_tokenizer, hub_tokenizer_uri
+
+    server = hub["server"]
+    files = {"tokenizer.json": b'{"v": 1}', "tokenizer_config.json": b"{}", "special_tokens_map.json": b"{}",
+             "vocab.json": b"{}", "merges.txt": b"#", "model.safetensors": os.urandom(2000)}
+    tag = server.push("org/tok", files, branch="v1")
+    server.push("org/tok", {"tokenizer.json": b'{"v": 2}'})  # main moved on: v1 is what is asked for
+    uri = hub_tokenizer_uri({"tokenizer": "org/tok", "tokenizer_revision": "v1"})
+    assert uri == "hf://org/tok@v1"
+    server.flip("tokenizer.json")
+    monkeypatch.setenv("NODE_INIT_CACHE_DIR", str(tmp_path))
+    path = Path(fetch_tokenizer(uri, cfg(hub)))
+    wanted = {k: v for k, v in files.items() if "safetensors" not in k}
+    assert {p.name: p.read_bytes() for p in path.iterdir()} == wanted
+    reads = [p for _, p in server.requests].count(f"/org/tok/resolve/{tag}/tokenizer.json")
+    assert reads == 2  # the flipped read, then the good one
+    assert path.is_relative_to(tmp_path / ".tokenizers")  # beside the models, no model id can name it
+    (tmp_path / "org").mkdir()
+    (tmp_path / "org" / "tok").mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert hub_tokenizer_uri({"tokenizer": "org/tok"}) is None  # a path here: vLLM's to read
+    assert hub_tokenizer_uri({}) is None
+    monkeypatch.chdir(hub["local"])
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert hub_tokenizer_uri({"tokenizer": "org/tok"}) is None  # offline: vLLM reads its cache
+
+
+def test_a_tokenizer_missing_from_the_hub_is_a_typed_error_naming_it(hub: dict[str, Any], tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    from node_init.download import fetch_tokenizer
+
+    monkeypatch.setenv("NODE_INIT_CACHE_DIR", str(tmp_path))
+    with pytest.raises(DownloadError) as info:
+        fetch_tokenizer("hf://org/no-such-tokenizer@v1", cfg(hub, retries=0))
+    assert "org/no-such-tokenizer" in str(info.value) and info.value.source == "hf://org/no-such-tokenizer@v1"
+    assert not any((tmp_path / ".tokenizers").rglob("*.json"))  # nothing half-written
+
+
+@pytest.mark.parametrize(("kwargs", "field", "words"), [
+    ({"tokenizer": "org/tok", "tokenizer_revision": "a..b"}, "engine.kwargs.tokenizer_revision", "not a revision"),
+    ({"tokenizer": "org/tok", "tokenizer_revision": 3}, "engine.kwargs.tokenizer_revision", "branch, tag or commit"),
+    ({"tokenizer": "hf://org/tok@v1", "tokenizer_revision": "v2"}, "engine.kwargs.tokenizer_revision",
+     "names a revision already"),
+    ({"tokenizer": "hf://not an id"}, "engine.kwargs.tokenizer", "not a Hugging Face Hub repo id"),
+    ({"tokenizer": ""}, "engine.kwargs.tokenizer", "Hub id or a path"),
+])
+def test_bad_tokenizer_arguments_are_refused_at_parse_time(kwargs: dict[str, Any], field: str, words: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config({"model_id": "m", "model_source": "org/m", "engine": {"kwargs": kwargs}})
+    assert info.value.field == field and words in str(info.value)
