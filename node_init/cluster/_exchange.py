@@ -14,7 +14,6 @@ import asyncio
 import collections
 import contextlib
 import sys
-import time
 import uuid
 from typing import Any
 
@@ -101,6 +100,7 @@ class Exchange:
         self._gone: set[str] = set()
         self._offered_by: dict[Piece, str] = {}
         self._taken_over: dict[Unit, float] = {}  # range -> when a consumer took it over (loop time)
+        self._heard: dict[str, float] = {}  # owner -> when it last offered (or waited for room to)
         self._cv = asyncio.Condition()
 
     async def _wait(self, predicate: Any, timeout: float) -> bool:
@@ -160,10 +160,12 @@ class Exchange:
         ``limit`` bytes for its peers for longer than ``timeout`` (it offers no more of the range,
         whose consumers read the rest from the source). One call per piece, room included.
         """
+        self._heard[node] = asyncio.get_running_loop().time()  # busy offering, or waiting for room: alive
         if limit is not None and not await self.room(node, nbytes, limit, timeout):
             await self.skip(unit, index)
             return "full"
         async with self._cv:
+            self._heard[node] = asyncio.get_running_loop().time()
             if self._owners is None or self._owners.get(unit) != node:
                 self._drop_consumer(node, unit)
                 self._cv.notify_all()
@@ -212,10 +214,12 @@ class Exchange:
         ``index`` says ``node`` has written piece ``index - 1`` (see :meth:`taken`).
 
         ``"own"`` when ``node`` owns the range (the assignment differs from its provisional view),
-        or its owner is gone, or offered nothing for a whole ``timeout`` without finishing, and
-        ``node`` is the first to ask: ``node`` then fetches it from the source and offers it, so a
-        dead or hung node's share is fetched once more, not once per survivor. The old owner's
-        later offers of it are refused.
+        or its owner is gone, or offered nothing at all (of any range) for a whole ``timeout``
+        without finishing, and ``node`` is the first to ask: ``node`` then fetches it from the source
+        and offers it, so a dead or hung node's share is fetched once more, not once per survivor.
+        The old owner's later offers of it are refused. Silence is the owner's, not the range's: an
+        owner busy offering its other ranges is not hung, and the wait then ends at the budget with
+        ``None`` (``node`` reads the rest alone; the range stays its owner's).
 
         Args:
             node: The asking node.
@@ -230,33 +234,35 @@ class Exchange:
         loop = asyncio.get_running_loop()
         start = loop.time()
         budget = 2 * timeout if budget is None else budget
-        cap, deadline = start + budget, start + min(timeout, budget)
+        cap = start + budget
         if index > 0:  # a consumer asks for a piece once it has written the one before (one call, not two)
             await self.taken(node, unit, index - 1)
-        if not await self._wait(lambda: self._owners is not None, max(0.0, deadline - loop.time())):
+        if not await self._wait(lambda: self._owners is not None, max(0.0, min(cap, start + timeout) - loop.time())):
             return None  # asked before every node joined, and they did not in time
         owner = (self._owners or {}).get(unit)
         if owner is None or owner == node:
             return None if owner is None else "own"
+
+        def silent_until() -> float:
+            """When the range's owner counts as hung if it stays silent: a whole ``timeout`` after this
+            wait began, its last offer, or its taking the range over, whichever is last."""
+            holder = (self._owners or {}).get(unit, "")
+            return max(start, self._heard.get(holder, start), self._taken_over.get(unit, start)) + timeout
+
         while True:
-            over = self._taken_over.get(unit)
-            limit = deadline if over is None else min(cap, max(deadline, over + timeout))
             ready = await self._wait(lambda: piece in self._offers or self._unavailable(piece),
-                                     max(0.0, limit - loop.time()))
+                                     max(0.0, min(cap, silent_until()) - loop.time()))
             async with self._cv:
                 if piece in self._offers:
                     return self._offers[piece]
                 now = loop.time()
-                over = self._taken_over.get(unit)
-                fresh = over is not None and now < over + timeout  # its new owner's first wait runs
-                if not ready and fresh and now < cap:
-                    continue
                 owners = self._owners or {}
                 # Its owner is gone, or silent for a whole wait though not finished (a node Ray has
                 # not declared dead yet, or hung): the first node to ask reads the range and offers
-                # it, so it crosses the origin link once more, not once per waiting node. A new
-                # owner still within its first wait is not silent yet: at the budget, read alone.
-                silent = not ready and not fresh and budget >= timeout and owners.get(unit) not in self._finished
+                # it, so it crosses the origin link once more, not once per waiting node.
+                silent = not ready and now >= silent_until() and owners.get(unit) not in self._finished
+                if not ready and not silent and now < cap:
+                    continue  # its owner was heard from meanwhile (or just took it over): wait on
                 if (silent or (ready and owners.get(unit) in self._gone)) and unit not in self._skipped:
                     owners[unit] = node
                     self._taken_over[unit] = now
@@ -381,7 +387,7 @@ class ExchangeHub:
         self._closed: collections.deque[str] = collections.deque(maxlen=4096)
 
     def _get(self, init: str, piece: int, bound_s: float) -> Exchange:
-        now = time.monotonic()
+        now = asyncio.get_running_loop().time()  # the loop's clock: the exchanges' waits use it too
         for old in [i for i, at in self._expires.items() if at < now and i != init]:
             self._drop(old)
         if init in self._closed:

@@ -1,0 +1,355 @@
+"""The exchange's bookkeeping in process (the hub actor's methods; Ray only carries the calls), on virtual
+time: the loop is looptime's, whose clock jumps to the next timer when nothing else can run, so every
+wait is asserted exactly (to the microsecond) however loaded the machine."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import anyio
+import looptime
+import pytest
+
+from node_init.cluster import Exchange, ExchangeHub, InitExchange
+
+
+@pytest.fixture
+def anyio_backend() -> tuple[str, dict[str, Any]]:
+    return "asyncio", {"loop_factory": looptime.new_event_loop}
+
+
+async def timed(wait: Any) -> tuple[Any, float]:
+    """What ``wait`` returned, and after how many (virtual) seconds."""
+    began = anyio.current_time()
+    got = await wait
+    return got, round(anyio.current_time() - began, 6)
+
+
+PIECE = 256 * 1024
+UNIT = ("w.bin", "e", 0, 3 * PIECE + 10)  # four pieces, the last one short
+
+
+async def planned(nodes: tuple[str, ...] = ("a", "b", "c")) -> tuple[Exchange, str]:
+    """An exchange where every node needs UNIT; returns it and UNIT's owner."""
+    ex = Exchange(PIECE)
+    await ex.expect(list(nodes))
+    owners: dict[str, dict[Any, str]] = {}
+
+    async def join(node: str) -> None:
+        owners[node] = await ex.join(node, [UNIT], 5.0)
+
+    async with anyio.create_task_group() as tg:  # the owner is chosen once every node has joined
+        for node in nodes:
+            tg.start_soon(join, node)
+    assert len({o[UNIT] for o in owners.values()}) == 1
+    return ex, owners[nodes[0]][UNIT]
+
+
+@pytest.mark.anyio
+async def test_a_piece_is_taken_before_its_range_has_finished_downloading() -> None:
+    ex, owner = await planned()
+    consumer = next(n for n in "abc" if n != owner)
+    await ex.offer(owner, UNIT, 0, ["piece-0"], PIECE)  # the owner has read the first piece only
+    assert await ex.take(consumer, UNIT, 0, 1.0) == ["piece-0"]
+    await ex.finished(owner)  # and will offer no more: the consumer reads the rest from the source
+    assert await timed(ex.take(consumer, UNIT, 1, 5.0)) == (None, 0.0)  # at once, not at the wait's end
+
+
+@pytest.mark.anyio
+async def test_a_silent_owner_s_range_is_taken_over_by_one_node_not_read_by_each() -> None:
+    """An owner that offers nothing for a whole wait and has not finished (hung, or dead before Ray
+    says so): the first node whose wait ends reads the range and offers it; the other waits for
+    that, not for the source; the old owner's later offers are refused."""
+    ex, owner = await planned()
+    first, second = [n for n in "abc" if n != owner]
+    await ex.offer(owner, UNIT, 0, ["piece-0"], PIECE)
+    for node in (first, second):
+        assert await ex.take(node, UNIT, 0, 1.0) == ["piece-0"]
+    got: dict[str, Any] = {}
+
+    async def take(node: str, wait: float) -> None:
+        got[node] = await timed(ex.take(node, UNIT, 1, wait))
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(take, first, 0.2)
+        tg.start_soon(take, second, 0.3)  # its wait ends after the takeover: it waits on
+        await anyio.sleep(0.4)
+        assert got == {first: ("own", 0.2)}
+        assert await ex.offer(first, UNIT, 1, ["again-1"], PIECE) == "ok"
+    assert got == {first: ("own", 0.2), second: (["again-1"], 0.4)}
+    assert await ex.offer(owner, UNIT, 1, ["late-1"], PIECE) == "refused"
+
+
+@pytest.mark.anyio
+async def test_an_owner_offering_its_other_ranges_is_not_hung() -> None:
+    """Silence is the owner's, not the range's: an owner that keeps offering pieces of another range
+    is busy, not hung. A wait on its late range ends at the budget (two waits), and the node reads
+    the rest alone; the range stays its owner's, whose later offer is taken by the others. An owner
+    silent on everything is taken over after one wait."""
+    other = ("v.bin", "e", 0, 8 * PIECE)
+    ex = Exchange(PIECE)
+    await ex.expect(["a", "b"])
+    async with anyio.create_task_group() as tg:  # "a" read both ranges before joining: it owns them
+        tg.start_soon(ex.join, "a", [UNIT, other], 5.0, [UNIT, other])
+        tg.start_soon(ex.join, "b", [UNIT, other], 5.0, [])
+
+    async def busy_on_other() -> None:
+        for i in range(8):
+            await anyio.sleep(0.5)
+            assert await ex.offer("a", other, i, [f"o{i}"], PIECE) == "ok"
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(busy_on_other)
+        assert await timed(ex.take("b", UNIT, 0, 1.0)) == (None, 2.0)  # the budget, not a takeover
+    assert await ex.offer("a", UNIT, 0, ["p0"], PIECE) == "ok"  # still a's
+    assert await timed(ex.take("b", UNIT, 1, 1.0)) == ("own", 1.0)  # now silent on everything
+
+
+@pytest.mark.parametrize("budget", [None, 0.45])
+@pytest.mark.anyio
+async def test_a_wait_on_a_range_taken_over_late_stays_within_its_budget(budget: float | None) -> None:
+    """The range is taken over just before the second node's wait ends, and its new owner then
+    offers nothing. The second node's whole wait stays within its budget (two waits by default):
+    it gives the new owner a wait of its own, and then takes the range over in turn (the new
+    owner is silent too); with less budget than that, it reads the range itself at the budget and
+    leaves it with the new owner, who is not silent yet."""
+    ex, owner = await planned()
+    first, second = [n for n in "abc" if n != owner]
+    got: dict[str, Any] = {}
+
+    async def take(node: str, wait: float, budget: float | None = None) -> None:
+        got[node] = await timed(ex.take(node, UNIT, 0, wait, budget))
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(take, second, 0.3, budget)
+        await anyio.sleep(0.05)
+        tg.start_soon(take, first, 0.2)  # its wait ends at 0.25 s, the second's at 0.3 s
+    assert got[first] == ("own", 0.2)
+    if budget is None:  # the new owner's wait: from the takeover at 0.25 s, 0.3 s more
+        assert got[second] == ("own", 0.55)
+        assert await ex.offer(first, UNIT, 0, ["late-0"], PIECE) == "refused"
+    else:
+        assert got[second] == (None, budget)
+        assert await ex.offer(first, UNIT, 0, ["new-0"], PIECE) == "ok"  # it stays with its new owner
+
+
+@pytest.mark.anyio
+async def test_a_wait_shorter_than_the_silence_bound_never_takes_a_range_over() -> None:
+    """A node left with less than a whole wait (a retry after a lost piece) gives up at its budget
+    and reads the range itself: too short a wait to call its owner hung."""
+    ex, owner = await planned()
+    consumer = next(n for n in "abc" if n != owner)
+    assert await timed(ex.take(consumer, UNIT, 0, 1.0, 0.1)) == (None, 0.1)
+    assert await ex.offer(owner, UNIT, 0, ["piece-0"], PIECE) == "ok"  # it still owns the range
+
+
+@pytest.mark.anyio
+async def test_a_lost_piece_s_range_is_taken_over_by_the_first_node_to_lose_it() -> None:
+    """Taken offers whose objects cannot be read (the owner's node died before Ray said so, or the
+    owner hangs): the first node to say so owns the range, the owner's offers are withdrawn (its
+    memory bound with them), and the other node takes the new owner's pieces."""
+    ex, owner = await planned()
+    first, second = [n for n in "abc" if n != owner]
+    for i in range(2):
+        assert await ex.offer(owner, UNIT, i, [f"old-{i}"], PIECE, limit=2 * PIECE) == "ok"
+    for node in (first, second):
+        assert await ex.take(node, UNIT, 0, 1.0) == ["old-0"]
+    assert await ex.lost(first, UNIT, 0) == "own"
+    assert await ex.lost(second, UNIT, 0) == "retry"
+    assert await ex.room(owner, 2 * PIECE, 2 * PIECE, 0.05)  # its withdrawn offers no longer count
+    assert await ex.offer(first, UNIT, 0, ["new-0"], PIECE) == "ok"
+    with anyio.fail_after(5):
+        assert await ex.take(second, UNIT, 0, 1.0) == ["new-0"]
+    assert await ex.offer(owner, UNIT, 2, ["old-2"], PIECE) == "refused"
+
+
+@pytest.mark.anyio
+async def test_a_lost_piece_that_was_offered_again_is_taken_again_not_taken_over() -> None:
+    """A node could not read the old owner's offer, but the range's new owner (who took it over
+    when the old one went silent) has offered that piece again since: the node takes the new
+    offer; the new owner keeps the range, and the old owner's held bytes are released."""
+    ex, owner = await planned()
+    first, second = [n for n in "abc" if n != owner]
+    assert await ex.offer(owner, UNIT, 0, ["old-0"], PIECE, limit=PIECE) == "ok"
+    assert await ex.take(first, UNIT, 0, 1.0) == ["old-0"]  # and its read of the object hangs
+    with anyio.fail_after(5):
+        assert await ex.take(second, UNIT, 1, 0.1) == "own"  # the owner went silent
+    assert await ex.offer(second, UNIT, 0, ["new-0"], PIECE) == "ok"  # it reads from the start
+    assert await ex.room(owner, PIECE, PIECE, 0.05)  # the replaced offer no longer counts
+    assert await ex.lost(first, UNIT, 0, ["old-0"]) == "retry"
+    assert await ex.take(first, UNIT, 0, 1.0) == ["new-0"]
+    assert await ex.lost(first, UNIT, 0, ["new-0"]) == "own"  # the new owner's own piece lost: taken over
+
+
+@pytest.mark.anyio
+async def test_offered_bytes_are_released_once_every_consumer_took_them() -> None:
+    ex, owner = await planned()
+    consumers = [n for n in "abc" if n != owner]
+    sizes = [PIECE, PIECE, PIECE, 10]
+    for i, size in enumerate(sizes):
+        await ex.offer(owner, UNIT, i, [f"p{i}"], size)
+    assert not await ex.room(owner, 1, sum(sizes), 0.05)  # the memory bound is reached
+    for node in consumers:
+        for i in range(len(sizes)):
+            assert await ex.take(node, UNIT, i, 1.0) == [f"p{i}"]
+            await ex.taken(node, UNIT, i)
+    assert await ex.room(owner, sum(sizes), sum(sizes), 0.05)
+    assert await ex.drained(owner, 0.05)
+
+
+@pytest.mark.anyio
+async def test_asking_for_the_next_piece_releases_the_one_before() -> None:
+    """One call per piece each way: a take says the piece before it was written, an offer waits for room."""
+    ex, owner = await planned(("a", "b"))
+    consumer = "b" if owner == "a" else "a"
+    assert await ex.offer_all(owner, [(UNIT, 0, ["p0"], PIECE), (UNIT, 1, ["p1"], PIECE)], 2 * PIECE, 0.05) \
+        == ["ok", "ok"]
+    assert await ex.offer(owner, UNIT, 2, ["p2"], PIECE, 2 * PIECE, 0.05) == "full"  # the bound holds...
+    assert await ex.take(consumer, UNIT, 0, 1.0) == ["p0"]
+    assert await ex.take(consumer, UNIT, 1, 1.0) == ["p1"]  # ...until piece 0 is written
+    assert await ex.room(owner, PIECE, 2 * PIECE, 0.05)
+    # The "full" answer skipped the rest of the range: from the source, at once.
+    assert await timed(ex.take(consumer, UNIT, 2, 5.0)) == (None, 0.0)
+    assert await ex.drained(owner, 0.05)  # and what was offered is no longer held for it
+
+
+@pytest.mark.anyio
+async def test_a_consumer_that_reads_from_the_source_releases_what_waits_for_it() -> None:
+    ex, owner = await planned()
+    first, second = [n for n in "abc" if n != owner]
+    await ex.offer(owner, UNIT, 0, ["p0"], PIECE)
+    await ex.offer(owner, UNIT, 1, ["p1"], PIECE)
+    await ex.taken(first, UNIT, 0)
+    await ex.taken(first, UNIT, 1)
+    await ex.release(second, UNIT)  # a lost piece: the rest of its range comes from the source
+    assert await ex.drained(owner, 0.05)
+
+
+@pytest.mark.anyio
+async def test_a_dead_owners_range_is_taken_over_once_and_the_others_wait_for_the_new_owner() -> None:
+    ex, owner = await planned()
+    first, second = sorted(n for n in "abc" if n != owner)
+    await ex.offer(owner, UNIT, 0, ["old-0"], PIECE)
+    await ex.offer(owner, UNIT, 1, ["old-1"], PIECE)
+    for node, had in ((first, 1), (second, 2)):  # `first` has piece 0, `second` pieces 0 and 1
+        for i in range(had):
+            assert await ex.take(node, UNIT, i, 1.0) == [f"old-{i}"]
+            await ex.taken(node, UNIT, i)
+    await ex.gone(owner)  # its objects died with it
+    wants = {first: 1, second: 2}
+    got: dict[str, object] = {}
+
+    async def take(node: str) -> None:
+        got[node] = await ex.take(node, UNIT, wants[node], 5.0)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(take, first)
+        tg.start_soon(take, second)
+        await anyio.sleep(0.2)
+        # One survivor owns the range now; the other waits for it instead of going to the source.
+        assert sorted(map(str, got.values())) == ["own"], got
+        new_owner = next(iter(got))
+        other = second if new_owner == first else first
+        for i in range(4):  # the new owner reads the range again from the start, offering every piece
+            await ex.offer(new_owner, UNIT, i, [f"new-{i}"], PIECE if i < 3 else 10)
+    assert got[other] == [f"new-{wants[other]}"]
+    # The pieces `other` already had were not held for it: once it takes the rest, nothing is held.
+    for i in range(wants[other], 4):
+        await ex.taken(other, UNIT, i)
+    assert await ex.drained(new_owner, 0.05)
+
+
+@pytest.mark.anyio
+async def test_pieces_after_a_skip_are_not_waited_for() -> None:
+    ex, owner = await planned()
+    consumer = next(n for n in "abc" if n != owner)
+    await ex.offer(owner, UNIT, 0, ["p0"], PIECE)
+    await ex.skip(UNIT, 1)  # over the memory bound: the owner offers nothing more of the range
+    assert await ex.take(consumer, UNIT, 0, 1.0) == ["p0"]
+    assert await timed(ex.take(consumer, UNIT, 1, 5.0)) == (None, 0.0)  # at once, not at the wait's bound
+
+
+@pytest.mark.anyio
+async def test_a_node_that_guessed_wrong_is_told_before_it_waits_or_offers() -> None:
+    """Nodes read by their provisional owners before everyone joined; the exchange corrects them:
+    a take waits for the assignment, a range nobody claimed goes to a node that needs it (which then
+    reads it itself), of two claimants one owns the range and the other's offer is refused."""
+    other, u2, u3 = ("x.bin", "e", 0, PIECE), ("y.bin", "e", 0, PIECE), ("z.bin", "e", 0, PIECE)
+    ex = Exchange(PIECE)
+    await ex.expect(["a", "b", "c"])
+    answers: dict[str, object] = {}
+    joined: dict[str, dict[Any, str]] = {}
+
+    async def take_early(node: str, unit: Any) -> None:
+        answers[unit[0]] = await ex.take(node, unit, 0, 5.0)
+
+    async def join(node: str, units: list[Any], claimed: list[Any]) -> None:
+        joined[node] = await ex.join(node, units, 5.0, claimed)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(take_early, "b", UNIT)  # b guessed c owns UNIT and u2 (it thought c needed them)
+        tg.start_soon(take_early, "b", u2)
+        await anyio.sleep(0.1)
+        assert answers == {}  # both wait for the assignment
+        tg.start_soon(join, "a", [UNIT, u2, u3], [UNIT, u3])
+        tg.start_soon(join, "b", [UNIT, u2, u3], [u3])
+        tg.start_soon(join, "c", [other], [other])  # c needs only `other`, which nobody else needs
+        with anyio.fail_after(2):
+            while u2[0] not in answers:
+                await anyio.sleep(0.01)
+        assert joined["a"][UNIT] == "a"  # the only claimant owns it
+        assert answers[u2[0]] == "own"  # unclaimed: the less loaded node that needs it reads it itself
+        loser = "a" if joined["a"][u3] == "b" else "b"
+        assert await ex.offer(loser, u3, 0, ["wrong"], PIECE) == "refused"  # two claimants: one owns it
+        assert await ex.offer("c", other, 0, ["lone"], PIECE) == "refused"  # one node needs it: not shared
+        assert await ex.offer("a", UNIT, 0, ["p0"], PIECE) == "ok"
+    assert answers[UNIT[0]] == ["p0"]  # b's early take got the owner's piece
+    assert await timed(ex.take("c", other, 0, 5.0)) == (None, 0.0)  # not shared: from the source, at once
+
+
+
+@pytest.mark.anyio
+async def test_the_hub_keeps_inits_apart_and_drops_each_when_closed_or_abandoned() -> None:
+    """One hub serves every init: a node's call may make an init's state before the replica's
+    open lands; a closed init's late call is refused (the node reads from the source); an init
+    nobody called for its bound (its replica died) is dropped by a later init's call."""
+    hub = ExchangeHub()
+    await hub.open("one", PIECE, 60.0)
+    await hub.expect(("two", PIECE, 0.05), ["a", "b"])
+    assert await hub.inits() == ["one", "two"]
+    await hub.expect(("one", PIECE, 60.0), ["a"])
+    assert await hub.join(("one", PIECE, 60.0), "a", [UNIT], 1.0) == {}  # alone in "one": nothing shared
+    await hub.close("one")
+    with pytest.raises(LookupError, match="one is closed"):
+        await hub.finished(("one", PIECE, 60.0), "a")
+    await anyio.sleep(0.1)
+    await hub.open("three", PIECE, 60.0)
+    assert await hub.inits() == ["three"]
+
+
+def test_an_init_exchange_travels_to_node_tasks_whole() -> None:
+    import pickle
+
+    sent = pickle.loads(pickle.dumps(InitExchange("hub", "init-1", PIECE, 30.0)))
+    assert (sent.hub, sent.init, sent.piece, sent.bound_s) == ("hub", "init-1", PIECE, 30.0)
+    assert sent.key == ("init-1", PIECE, 30.0) and "init-1" in repr(sent)
+
+
+def test_every_exchange_call_is_a_method_of_the_hub_and_of_an_init_s_handle() -> None:
+    """What a node calls on its InitExchange, the hub has, with the init's key first (no dispatch by name)."""
+    import inspect
+
+    # room is the exchange's own wait inside offer (one call per piece, room included), not a call of its own.
+    calls = {n for n, f in inspect.getmembers(Exchange, inspect.iscoroutinefunction) if not n.startswith("_")} - {
+        "room"}
+    assert calls <= {n for n, _ in inspect.getmembers(ExchangeHub, inspect.iscoroutinefunction)}
+    assert calls <= {n for n, _ in inspect.getmembers(InitExchange, inspect.isfunction)}
+    def params(cls: type, name: str) -> list[str]:  # Ray's tracing adds _ray_trace_ctx to an actor's methods
+        return [p for p in list(inspect.signature(getattr(cls, name)).parameters)[1:] if not p.startswith("_ray")]
+
+    for name in calls:
+        ours = params(Exchange, name)
+        assert params(ExchangeHub, name) == ["key", *ours], name
+        assert params(InitExchange, name) == ours, name
+
+
