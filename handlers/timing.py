@@ -16,7 +16,12 @@ figures are in the structured log line ``node init timings``.
   from the origin's checksum)
 - ``node_init_bad_node_ranges{model, node, sender}`` (counter: pieces or ranges another node sent
   that differed from their owner's checksum or the origin's, read from the origin instead)
+- ``node_init_peer_bytes{model, node}`` (counter: bytes a node took from other nodes, ``download.share``)
+- ``node_init_exchange_takeovers{model, node}`` (counter: ranges a node read in another node's place)
 - ``node_init_failures{model, phase}`` (counter)
+
+The exchange's own metrics (hub call latency, bytes held for peers) are recorded by
+``node_init.cluster`` where they happen, with or without this handler.
 """
 
 from __future__ import annotations
@@ -80,9 +85,17 @@ def record_timings(event: AfterInit, ctx: Any) -> None:
                       "Files read again after their bytes differed from the origin's checksum", ("model", "node"))
     bad = _metric("counter", "node_init_bad_node_ranges",
                   "Pieces or ranges a node sent that differed from the origin's bytes", ("model", "node", "sender"))
+    peer = _metric("counter", "node_init_peer_bytes", "Bytes a node took from other nodes of its init",
+                   ("model", "node"))
+    takeovers = _metric("counter", "node_init_exchange_takeovers", "Ranges a node read in another node's place",
+                        ("model", "node"))
     for report in event.reports:
         tags = {"model": event.model_id, "node": report.node_id}
         node_s.observe(report.seconds, tags=tags)
+        if report.peer_bytes:
+            peer.inc(float(report.peer_bytes), tags=tags)
+        if report.takeovers:
+            takeovers.inc(float(report.takeovers), tags=tags)
         if report.rereads:
             rereads.inc(float(len(report.rereads)), tags=tags)
         for sender, count in report.bad_nodes.items():

@@ -52,6 +52,7 @@ class Bounds:
         placement_s: ``placement.ready_timeout_s``: a placement group's wait to be ready (60 s for a
             handler's group when the config makes none).
         boot_s: ``engine.boot_timeout_s``: the engine's boot.
+        hub_idle_s: ``download.share_hub_idle_s``: the exchange hub's life with no init open.
     """
 
     #: The smallest ``download.stall_timeout_s`` a config may set.
@@ -63,6 +64,7 @@ class Bounds:
     lock_s: float = 900.0
     placement_s: float = 60.0
     boot_s: float = 600.0
+    hub_idle_s: float = 600.0
 
     @classmethod
     def of(cls, config: NodeInitConfig) -> Bounds:
@@ -74,7 +76,8 @@ class Bounds:
     @classmethod
     def of_download(cls, cfg: DownloadConfig, *, init_s: float = 3600.0) -> Bounds:
         """The bounds of a download (``init_s``: the init around it, if known)."""
-        return cls(init_s=init_s, stall_s=cfg.stall_timeout_s, download_s=cfg.timeout_s, lock_s=cfg.lock_timeout_s)
+        return cls(init_s=init_s, stall_s=cfg.stall_timeout_s, download_s=cfg.timeout_s, lock_s=cfg.lock_timeout_s,
+                   hub_idle_s=cfg.share_hub_idle_s)
 
     @property
     def silence_s(self) -> float:

@@ -148,6 +148,8 @@ class DownloadConfig(_Strict, kw_only=True, forbid_unknown_fields=True, frozen=T
             ``off``: every node fetches everything from the source.
         share_memory_mb: Bound on the bytes a node holds in Ray's object store for its peers
             (a range over it is not offered: peers fetch it from the source).
+        share_hub_idle_s: The cluster's exchange hub (one actor, a worker process) exits after this
+            long with no init open; the next shared init starts it again (about a second).
         require_checksum: Fail the download, naming the files, when the origin states no checksum for
             some of them (by default such a file is checked by its size alone, and reported as ``size``).
         s3: S3 endpoint and credential settings.
@@ -169,6 +171,7 @@ class DownloadConfig(_Strict, kw_only=True, forbid_unknown_fields=True, frozen=T
     verify: Literal["stat", "full"] = "stat"
     share: Literal["auto", "on", "off"] = "auto"
     share_memory_mb: int = 512
+    share_hub_idle_s: float = 600.0
     require_checksum: bool = False
     s3: S3Config = S3Config()
     gcs: GCSConfig = GCSConfig()
@@ -291,6 +294,8 @@ def _validate(c: NodeInitConfig) -> None:
         raise ConfigError(f"must be >= {MIN_STALL_S:g} s, got {c.download.stall_timeout_s} (a third of it bounds a "
                           "peer's silence; shorter, a healthy peer's Ray call reads as a hung one)",
                           field="download.stall_timeout_s")
+    if not c.download.share_hub_idle_s > 0:
+        raise ConfigError(f"must be > 0, got {c.download.share_hub_idle_s}", field="download.share_hub_idle_s")
     if c.download.retries < 0:
         raise ConfigError(f"must be >= 0, got {c.download.retries}", field="download.retries")
     for name, count in (("download.concurrency", c.download.concurrency),

@@ -90,6 +90,8 @@ class NodeReport(msgspec.Struct, frozen=True, kw_only=True):
         bad_nodes: Nodes (peers of this init, or holders from earlier ones) that sent this node bytes
             differing from their owner's checksum or the origin's, with how many pieces or ranges;
             those bytes were read from the origin instead.
+        takeovers: Ranges this node was handed by the exchange to read in another node's place (the
+            owner was dead or silent, or its guess of the owner was corrected), and offered to its peers.
     """
 
     node_id: str
@@ -106,6 +108,7 @@ class NodeReport(msgspec.Struct, frozen=True, kw_only=True):
     verified: dict[str, str] = {}
     rereads: tuple[str, ...] = ()
     bad_nodes: dict[str, int] = {}
+    takeovers: int = 0
 
 
 @registered(Phase.BEFORE_INIT, vetoable=True, hook="on_before_init")

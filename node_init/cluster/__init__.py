@@ -19,11 +19,14 @@ Ray is imported lazily, inside the functions that need it.
 
 from ._exchange import EXCHANGE_NAME as EXCHANGE_NAME
 from ._exchange import EXCHANGE_NAMESPACE as EXCHANGE_NAMESPACE
+from ._exchange import EXCHANGE_PREFIX as EXCHANGE_PREFIX
 from ._exchange import Exchange as Exchange
 from ._exchange import ExchangeHub as ExchangeHub
 from ._exchange import InitExchange as InitExchange
 from ._exchange import assign as assign
 from ._exchange import close_exchange as close_exchange
+from ._exchange import piece_size as piece_size
+from ._exchange import pieces_of as pieces_of
 from ._exchange import provisional as provisional
 from ._exchange import start_exchange as start_exchange
 from ._holders import forget_holdings as forget_holdings
@@ -51,6 +54,7 @@ from ._view import piece_sum as piece_sum
 __all__ = [
     "EXCHANGE_NAME",
     "EXCHANGE_NAMESPACE",
+    "EXCHANGE_PREFIX",
     "STOP_NAMESPACE",
     "Decision",
     "Exchange",
@@ -69,7 +73,9 @@ __all__ = [
     "node_download",
     "node_task",
     "open_exchange",
+    "piece_size",
     "piece_sum",
+    "pieces_of",
     "placement_nodes",
     "provisional",
     "remove_placement_group",

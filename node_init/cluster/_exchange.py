@@ -15,16 +15,24 @@ import collections
 import contextlib
 import sys
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 #: A range: (key, version tag, start, end).
 Unit = tuple[str, str, int, int]
 #: Ranges smaller than this come from the source on every node (the object store's overhead wins).
 MIN_SHARED_BYTES = 256 * 1024
-#: The hub actor's name and namespace (``ray list actors`` shows it). The number is the protocol's
-#: version: a library that changes the calls names a new hub rather than talk to an old one.
-EXCHANGE_NAME = "node-init-exchange-4"
+#: The exchange's protocol version: a library that changes the calls names a new hub rather than talk
+#: to an old one (which a new hub removes once it is idle).
+PROTOCOL = 5
+#: The hub actor's name and namespace (``ray list actors`` shows it): the prefix and the protocol.
+EXCHANGE_PREFIX = "node-init-exchange-"
+EXCHANGE_NAME = f"{EXCHANGE_PREFIX}{PROTOCOL}"
 EXCHANGE_NAMESPACE = "node_init"
+#: How long a new hub waits for an older hub to answer whether it is idle.
+OLD_HUB_CALL_S = 30.0
+#: Seconds between the hub's looks at its inits (expiry, idleness).
+WATCH_EVERY_S = 1.0
 #: A piece of a range: (range, index).
 Piece = tuple[Unit, int]
 #: An init on the hub: (its id, the piece size, how long it may go without a call).
@@ -82,10 +90,13 @@ class Exchange:
     Args:
         piece: The piece size in bytes (:func:`piece_size` of the downloader's range).
         nodes: The init's nodes, if known yet (else :meth:`expect` names them).
+        on_held: Told each change of the bytes a node holds for its peers (node, change).
     """
 
-    def __init__(self, piece: int, nodes: list[str] | None = None) -> None:
+    def __init__(self, piece: int, nodes: list[str] | None = None,
+                 on_held: Callable[[str, int], None] | None = None) -> None:
         self._piece = piece
+        self._on_held = on_held
         self._expected: set[str] | None = set(nodes) if nodes is not None else None
         self._needs: dict[str, set[Unit]] = {}
         self._claims: dict[str, set[Unit]] = {}
@@ -174,11 +185,11 @@ class Exchange:
             if pending:
                 replaced = self._offered_by.get((unit, index))
                 if replaced is not None and (unit, index) in self._pending and replaced in self._held:
-                    self._held[replaced] -= nbytes  # an old owner's offer of it, never to be taken
+                    self._hold(replaced, -nbytes)  # an old owner's offer of it, never to be taken
                 self._offers[(unit, index)] = box
                 self._offered_by[(unit, index)] = node
                 self._pending[(unit, index)] = pending
-                self._held[node] = self._held.get(node, 0) + nbytes
+                self._hold(node, nbytes)
             self._cv.notify_all()
             return "ok"
 
@@ -285,7 +296,7 @@ class Exchange:
             self._offers.pop(piece, None)
             offerer = self._offered_by.pop(piece, None)  # the owner then: a range may have changed hands
             if offerer is not None and offerer in self._held:
-                self._held[offerer] -= piece_bytes(piece[0], piece[1], self._piece)
+                self._hold(offerer, -piece_bytes(piece[0], piece[1], self._piece))
 
     def _drop_consumer(self, node: str, unit: Unit) -> None:
         """``node`` takes nothing more of ``unit``: release the pieces offered and waiting for it."""
@@ -371,6 +382,15 @@ class Exchange:
         """Wait until nothing ``node`` offered is still wanted by a peer."""
         return await self._wait(lambda: self._held.get(node, 0) <= 0, timeout)
 
+    def _hold(self, node: str, delta: int) -> None:
+        self._held[node] = self._held.get(node, 0) + delta
+        if self._on_held is not None:
+            self._on_held(node, delta)
+
+    def held(self) -> dict[str, int]:
+        """Bytes each node holds in its object store for peers that have not taken them yet."""
+        return {node: n for node, n in self._held.items() if n > 0}
+
 
 class ExchangeHub:
     """The cluster's one long-lived actor that holds the :class:`Exchange` of every init under way.
@@ -379,28 +399,115 @@ class ExchangeHub:
     overtook it) and dropped by :meth:`close`, or once nothing called it for its ``bound_s``
     (a replica that died mid-init). Calls for a closed init raise ``LookupError``: a late node
     then reads from the source, as it does when the hub itself is unreachable.
+
+    The hub ends: with no init open and no call for ``idle_s`` (the latest :meth:`open` says how
+    long, from ``download.share_hub_idle_s``), it exits, and the next shared init starts a new one.
+    Started, it removes the hubs of older protocol versions that are idle (never one with an init
+    open: a rolling upgrade's older replicas may still use it).
     """
 
     def __init__(self) -> None:
         self._inits: dict[str, Exchange] = {}
         self._expires: dict[str, float] = {}
         self._closed: collections.deque[str] = collections.deque(maxlen=4096)
+        self._idle_s = 600.0
+        self._last_call = 0.0
+        self._watcher: asyncio.Task[None] | None = None
+        self.removed: list[str] = []  # older hubs this one removed
+        self._gauge: Any = None
+        self._held: dict[str, int] = {}  # node -> bytes held for peers, over every init
 
     def _get(self, init: str, piece: int, bound_s: float) -> Exchange:
         now = asyncio.get_running_loop().time()  # the loop's clock: the exchanges' waits use it too
-        for old in [i for i, at in self._expires.items() if at < now and i != init]:
-            self._drop(old)
+        self._last_call = now
+        if self._watcher is None:
+            self._watcher = asyncio.get_running_loop().create_task(self._watch())
+        self._expire(now, keep=init)
         if init in self._closed:
             raise LookupError(f"exchange {init} is closed: its init ended")
         exchange = self._inits.get(init)
         if exchange is None:
-            exchange = self._inits[init] = Exchange(piece)
+            exchange = self._inits[init] = Exchange(piece, on_held=self._held_changed)
         self._expires[init] = now + bound_s
         return exchange
 
-    async def open(self, init: str, piece: int, bound_s: float) -> None:
-        """Make ``init``'s exchange; it is dropped after ``bound_s`` seconds without a call."""
+    def _expire(self, now: float, keep: str = "") -> None:
+        for old in [i for i, at in self._expires.items() if at < now and i != keep]:
+            self._drop(old)
+
+    async def open(self, init: str, piece: int, bound_s: float, idle_s: float = 600.0) -> None:
+        """Make ``init``'s exchange; it is dropped after ``bound_s`` seconds without a call. The hub
+        exits after ``idle_s`` with no init open."""
+        self._idle_s = idle_s
         self._get(init, piece, bound_s)
+
+    async def _watch(self) -> None:
+        """Remove idle older hubs once; then exit once idle for ``idle_s`` (checked a few times per bound)."""
+        loop = asyncio.get_running_loop()
+        with contextlib.suppress(Exception):  # best effort: an older hub left running costs one idle process
+            self.removed = await self._remove_older()
+        while True:
+            await asyncio.sleep(min(self._idle_s / 4, WATCH_EVERY_S))
+            now = loop.time()
+            self._expire(now)
+            if self._inits:
+                self._last_call = now  # idle is measured from the last open init, not the last call
+            elif now - self._last_call >= self._idle_s:
+                self._exit()
+                return
+
+    def _held_changed(self, node: str, delta: int) -> None:
+        """``node_init_exchange_held_bytes{node}``: what ``node`` holds for its peers, over every init."""
+        self._held[node] = self._held.get(node, 0) + delta
+        with contextlib.suppress(Exception):  # a metric must never stop the hub
+            if self._gauge is None:
+                import ray
+
+                if not ray.is_initialized():
+                    return
+                from ray.util import metrics
+
+                self._gauge = metrics.Gauge("node_init_exchange_held_bytes", tag_keys=("node",),
+                                            description="Bytes a node holds in its object store for peers")
+            self._gauge.set(float(max(0, self._held[node])), tags={"node": node})
+
+    def _exit(self) -> None:
+        """End this actor for good (a detached actor restarts after a crash, not after this)."""
+        import ray
+
+        ray.kill(ray.get_runtime_context().current_actor, no_restart=True)
+
+    async def exit_if_idle(self) -> bool:
+        """Exit if no init is open (a newer hub asks); whether it will."""
+        if self._inits:
+            return False
+        asyncio.get_running_loop().call_soon(self._exit)  # after this answer is sent
+        return True
+
+    async def _remove_older(self) -> list[str]:
+        """End every idle hub of an older protocol version in this cluster; their names."""
+        import ray
+        from ray.util import list_named_actors
+
+        removed: list[str] = []
+        if not ray.is_initialized():  # a hub outside Ray (tests): no other hubs, and no Ray to start
+            return removed
+        for entry in await asyncio.to_thread(list_named_actors, True):
+            name, version = entry["name"], entry["name"].removeprefix(EXCHANGE_PREFIX)
+            if entry["namespace"] != EXCHANGE_NAMESPACE or not version.isdigit() or int(version) >= PROTOCOL:
+                continue
+            old = ray.get_actor(name, namespace=EXCHANGE_NAMESPACE)
+            try:
+                ask: Any = old.exit_if_idle
+            except AttributeError:  # before version 5 a hub cannot end itself: ask, then end it here
+                if await asyncio.wait_for(old.inits.remote(), OLD_HUB_CALL_S):
+                    continue
+                ray.kill(old, no_restart=True)
+            else:
+                if not await asyncio.wait_for(ask.remote(), OLD_HUB_CALL_S):
+                    continue
+            removed.append(name)
+        return removed
 
     # One method per Exchange call, so a type checker sees each (no dispatch by name). ``key`` is the
     # init's (id, piece size, idle bound): the first call of an init makes its state.
@@ -447,10 +554,13 @@ class ExchangeHub:
 
     async def close(self, init: str) -> None:
         """Drop ``init``'s exchange (its references with it, so Ray frees the pieces)."""
+        self._last_call = asyncio.get_running_loop().time()
         self._drop(init)
 
     def _drop(self, init: str) -> None:
-        self._inits.pop(init, None)
+        exchange = self._inits.pop(init, None)
+        for node, n in (exchange.held() if exchange is not None else {}).items():
+            self._held_changed(node, -n)  # its references go with it: Ray frees the pieces
         self._expires.pop(init, None)
         if init not in self._closed:
             self._closed.append(init)
@@ -458,6 +568,10 @@ class ExchangeHub:
     async def inits(self) -> list[str]:
         """The inits whose exchange is held (for tests and ``ray`` debugging)."""
         return sorted(self._inits)
+
+    async def removed_hubs(self) -> list[str]:
+        """The older hubs this one removed when it started (for tests and ``ray`` debugging)."""
+        return list(self.removed)
 
 
 class InitExchange:
@@ -522,7 +636,7 @@ class InitExchange:
         return f"InitExchange({self.init!r})"
 
 
-def start_exchange(part_size_mb: int, bound_s: float) -> InitExchange:
+def start_exchange(part_size_mb: int, bound_s: float, idle_s: float = 600.0) -> InitExchange:
     """This init's :class:`Exchange`, on the cluster's :class:`ExchangeHub` (started if none runs).
 
     Called before placement, so a hub that has to start does so while placement runs: the init
@@ -532,6 +646,7 @@ def start_exchange(part_size_mb: int, bound_s: float) -> InitExchange:
     Args:
         part_size_mb: The downloader's range size (pieces are a quarter of it).
         bound_s: Drop the init's state after this long without a call (its replica died).
+        idle_s: The hub exits after this long with no init open (``download.share_hub_idle_s``).
     """
     import ray
     import ray.cloudpickle
@@ -542,7 +657,7 @@ def start_exchange(part_size_mb: int, bound_s: float) -> InitExchange:
         num_cpus=0, max_restarts=-1, max_concurrency=10_000, resources={"node:__internal_head__": 0.001},
     ).remote()
     exchange = InitExchange(hub, uuid.uuid4().hex, piece_size(part_size_mb * 1024 * 1024), bound_s)
-    hub.open.remote(exchange.init, exchange.piece, bound_s)
+    hub.open.remote(exchange.init, exchange.piece, bound_s, idle_s)
     return exchange
 
 

@@ -176,7 +176,7 @@ def node_download(
     if (shared is not None and shared.owners) or held is not None:
         log.info("shared download", origin_bytes=result.bytes - peer, peer_bytes=peer,
                  offered=shared.stats.offered if shared else 0, refetched=shared.stats.refetched if shared else 0,
-                 from_holders=held.held_bytes if held else 0)
+                 takeovers=shared.stats.takeovers if shared else 0, from_holders=held.held_bytes if held else 0)
     _record(config, node_id, wanted)
     _extra_files(config, node_id, cancel)  # after the model, as Ray does
     bad: dict[str, int] = {}
@@ -184,7 +184,7 @@ def node_download(
         for node, count in (view.bad_nodes if view is not None else {}).items():
             bad[node] = bad.get(node, 0) + count
     return _finish(msgspec.structs.replace(report, peer_bytes=peer, verified=result.verified, rereads=result.rereads,
-                                           bad_nodes=bad),
+                                           bad_nodes=bad, takeovers=shared.stats.takeovers if shared else 0),
                    start, path=result.path, files=result.fetched, nbytes=result.bytes, cached=result.cached_bytes)
 
 

@@ -40,6 +40,7 @@ from ._exchange import (
     pieces_of,
     start_exchange,
 )
+from ._metrics import timed_call
 from ._view import SourceView, piece_sum
 
 _log = structlog.get_logger("node_init.share")
@@ -81,7 +82,9 @@ def sharing(config: NodeInitConfig, nodes: list[str]) -> bool:
 def open_exchange(config: NodeInitConfig, *, wanted: bool) -> Iterator[InitExchange | None]:
     """The one place an init's exchange lives: opened on the cluster's hub if ``wanted`` (else
     ``None``), closed when the block ends, however it ends."""
-    exchange = start_exchange(config.download.part_size_mb, Bounds.of(config).exchange_idle_s) if wanted else None
+    bounds = Bounds.of(config)
+    exchange = start_exchange(config.download.part_size_mb, bounds.exchange_idle_s, bounds.hub_idle_s) \
+        if wanted else None
     try:
         yield exchange
     finally:
@@ -108,6 +111,7 @@ class ShareStats:
     peer_bytes: int = 0
     offered: int = 0
     refetched: int = 0
+    takeovers: int = 0  # ranges this node took over from a dead or hung owner
 
 
 class SharedSource(SourceView):
@@ -174,7 +178,8 @@ class SharedSource(SourceView):
         import ray
 
         try:
-            owners: dict[Unit, str] = ray.get(joining, timeout=self._join_s)
+            with timed_call("join"):
+                owners: dict[Unit, str] = ray.get(joining, timeout=self._join_s)
         except (ray.exceptions.RayError, TimeoutError) as exc:  # no exchange: every range from the source
             _log.warning("no exchange: fetching every range from the source", node_id=self.node_id,
                          error=type(exc).__name__)
@@ -197,8 +202,9 @@ class SharedSource(SourceView):
         if not mine:
             return
         try:
-            answers = ray.get(self.exchange.offer_all(self.node_id, mine, self._limit, self._wait_s),
-                              timeout=self._bounds.rpc(len(mine) * self._wait_s))
+            with timed_call("offer_all"):
+                answers = ray.get(self.exchange.offer_all(self.node_id, mine, self._limit, self._wait_s),
+                                  timeout=self._bounds.rpc(len(mine) * self._wait_s))
         except (ray.exceptions.RayError, TimeoutError) as exc:  # the exchange is gone: peers use the source
             _log.info("cannot offer to peers", node_id=self.node_id, error=type(exc).__name__)
             self._stopped.update(u for u, _, _, _ in mine)
@@ -235,6 +241,7 @@ class SharedSource(SourceView):
                     self.owners[unit] = self.node_id
                     self._took_over.add(unit)
                 self.stats.refetched += 1
+                self.stats.takeovers += 1
                 yield from self._tee(unit, file, pos, end, takeover=True)
                 return
             if not isinstance(data, bytes):
@@ -321,8 +328,9 @@ class SharedSource(SourceView):
             self._tell(self.exchange.release, self.node_id, unit)
             return False
         try:
-            answer = ray.get(self.exchange.offer(self.node_id, unit, index, box, nbytes, self._limit,
-                                                        self._wait_s), timeout=self._bounds.rpc(self._wait_s))
+            with timed_call("offer"):
+                answer = ray.get(self.exchange.offer(self.node_id, unit, index, box, nbytes, self._limit,
+                                                     self._wait_s), timeout=self._bounds.rpc(self._wait_s))
         except (ray.exceptions.RayError, TimeoutError) as exc:  # the exchange is gone: peers use the source
             _log.info("cannot offer to peers", node_id=self.node_id, file=unit[0], error=type(exc).__name__)
             return False
@@ -360,8 +368,9 @@ class SharedSource(SourceView):
         for _ in range(3):  # a piece whose object was lost: taken over here, or taken again from its new owner
             left = remaining()
             try:
-                box = ray.get(self.exchange.take(self.node_id, unit, index, self._wait_s, left),
-                              timeout=self._bounds.rpc(left))
+                with timed_call("take"):
+                    box = ray.get(self.exchange.take(self.node_id, unit, index, self._wait_s, left),
+                                  timeout=self._bounds.rpc(left))
             except (ray.exceptions.RayError, TimeoutError) as exc:  # the exchange is gone
                 _log.info("peer's range unavailable", node_id=self.node_id, file=unit[0], error=type(exc).__name__)
                 return None
@@ -381,8 +390,9 @@ class SharedSource(SourceView):
                     self._tell(self.exchange.release, self.node_id, unit)
                     return None
                 try:
-                    answer = ray.get(self.exchange.lost(self.node_id, unit, index, box),
-                                     timeout=self._bounds.rpc(0))
+                    with timed_call("lost"):
+                        answer = ray.get(self.exchange.lost(self.node_id, unit, index, box),
+                                         timeout=self._bounds.rpc(0))
                 except (ray.exceptions.RayError, TimeoutError):
                     answer = None
                 if answer == "own":
@@ -412,9 +422,12 @@ class SharedSource(SourceView):
             self._settler.join(self._join_s)
         self._closed = True
         try:
-            ray.get(self.exchange.finished(self.node_id), timeout=self._bounds.rpc(0))
-            if self.stats.offered and timeout > 0 and \
-                    not ray.get(self.exchange.drained(self.node_id, timeout), timeout=self._bounds.rpc(timeout)):
-                _log.warning("peers did not take every offered range in time", node_id=self.node_id)
+            with timed_call("finished"):
+                ray.get(self.exchange.finished(self.node_id), timeout=self._bounds.rpc(0))
+            if self.stats.offered and timeout > 0:
+                with timed_call("drained"):
+                    drained = ray.get(self.exchange.drained(self.node_id, timeout), timeout=self._bounds.rpc(timeout))
+                if not drained:
+                    _log.warning("peers did not take every offered range in time", node_id=self.node_id)
         except (ray.exceptions.RayError, TimeoutError) as exc:  # the init is over (its exchange is gone)
             _log.info("exchange gone before this node finished", node_id=self.node_id, error=type(exc).__name__)

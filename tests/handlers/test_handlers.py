@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +26,7 @@ from node_init import (
 )
 from node_init.testing import S3Server, write_model_files
 from tests._configs import node_config
+from tests._prometheus import label, scrape
 
 pytestmark = pytest.mark.anyio
 
@@ -116,36 +115,16 @@ async def test_event_log_on_every_node(ray_cluster: Any, model_dir: Path, tmp_pa
     assert events[-1].reports == result.reports
 
 
-def scrape(ray_cluster: Any, name: str, bound: float = 30.0) -> list[str]:
-    import ray
-
-    deadline = time.monotonic() + bound
-    lines: list[str] = []
-    while time.monotonic() < deadline:
-        for node in ray.nodes():
-            if node["Alive"] and node.get("MetricsExportPort"):
-                url = f"http://{node['NodeManagerAddress']}:{node['MetricsExportPort']}/metrics"
-                try:
-                    text = urllib.request.urlopen(url, timeout=5).read().decode()
-                except OSError:
-                    continue
-                lines += [line for line in text.splitlines() if name in line and not line.startswith("#")]
-        if lines:
-            return lines
-        time.sleep(1)
-    return lines
-
-
 @pytest.mark.ray
 async def test_timing_metrics_reach_rays_prometheus_endpoint(ray_cluster: Any, model_dir: Path) -> None:
     cfg = config(model_dir, handlers=["handlers.timing:handlers"])
     await initialize_node(cfg)
-    lines = [line for line in scrape(ray_cluster, "node_init_phase_seconds_count") if cfg.model_id in line]
-    phases = {line.split('phase="')[1].split('"')[0] for line in lines if 'phase="' in line}
+    lines = scrape("ray_node_init_phase_seconds_count", having=cfg.model_id)
+    phases = {label(line, "phase") for line in lines if 'phase="' in line}
     assert {"placement", "download", "total"} <= phases, lines
-    node_lines = [line for line in scrape(ray_cluster, "node_init_node_download_bytes") if cfg.model_id in line]
-    nodes = {line.split('node="')[1].split('"')[0] for line in node_lines}
-    assert nodes == {n.node_id for n in ray_cluster.nodes}
+    want = {n.node_id for n in ray_cluster.nodes}
+    node_lines = scrape("ray_node_init_node_download_bytes", having=cfg.model_id, nodes=want)
+    assert {label(line, "node") for line in node_lines} == want
 
 
 @pytest.mark.ray
@@ -160,8 +139,9 @@ async def test_a_warm_second_init_records_cached_bytes_without_a_handler_error(r
     warm = await initialize_node(cfg, bus=bus)  # every node's cache is complete: 0 bytes fetched
     assert all(r.bytes == 0 and r.cached_bytes > 0 for r in warm.reports)
     record_timings(after[0], warm.ctx)  # raised ValueError (a Counter incremented by 0) on a warm start
-    lines = [line for line in scrape(ray_cluster, "node_init_node_cached_bytes") if cfg.model_id in line]
-    assert {line.split('node="')[1].split('"')[0] for line in lines} == {n.node_id for n in ray_cluster.nodes}
+    want = {n.node_id for n in ray_cluster.nodes}
+    lines = scrape("ray_node_init_node_cached_bytes", having=cfg.model_id, nodes=want)
+    assert {label(line, "node") for line in lines} == want
 
 
 @pytest.mark.ray

@@ -353,3 +353,63 @@ def test_every_exchange_call_is_a_method_of_the_hub_and_of_an_init_s_handle() ->
         assert params(InitExchange, name) == ours, name
 
 
+
+
+class _Hub(ExchangeHub):
+    """The hub with its exit recorded instead of ending the process (no Ray here)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.exited_at: float | None = None
+
+    def _exit(self) -> None:
+        self.exited_at = anyio.current_time()
+
+    async def _remove_older(self) -> list[str]:
+        return []
+
+
+@pytest.mark.anyio
+async def test_the_hub_exits_once_idle_for_its_bound_and_never_with_an_init_open() -> None:
+    hub = _Hub()
+    began = anyio.current_time()
+    await hub.open("one", PIECE, 3600.0, idle_s=100.0)
+    await anyio.sleep(250)
+    assert hub.exited_at is None  # an init is open: however long
+    await hub.close("one")
+    closed = anyio.current_time()
+    await anyio.sleep(200)
+    assert hub.exited_at is not None and 100 <= hub.exited_at - closed <= 125, hub.exited_at - began
+    assert await hub.exit_if_idle()  # a newer hub asking an idle one
+
+
+@pytest.mark.anyio
+async def test_an_abandoned_init_expires_and_then_the_hub_exits() -> None:
+    """A replica that died mid-init never closes its exchange: its state goes at its bound, and
+    then the hub is idle."""
+    hub = _Hub()
+    await hub.open("abandoned", PIECE, 50.0, idle_s=100.0)
+    assert not await hub.exit_if_idle()  # an init is open: a newer hub must leave this one be
+    await anyio.sleep(80)  # its bound, and the watch's next look (a quarter of idle_s)
+    assert await hub.inits() == []  # expired by the hub's own watch, not by another init's call
+    await anyio.sleep(100)
+    assert hub.exited_at is not None
+
+
+@pytest.mark.anyio
+async def test_the_held_bytes_the_hub_reports_follow_every_offer_and_take() -> None:
+    """What feeds ``node_init_exchange_held_bytes``: each change is told, and they sum to what the
+    exchange holds back for the memory bound, back to zero once every consumer took every piece."""
+    changes: list[tuple[str, int]] = []
+    ex = Exchange(PIECE, on_held=lambda node, delta: changes.append((node, delta)))
+    await ex.expect(["a", "b", "c"])
+    async with anyio.create_task_group() as tg:
+        for node in "abc":
+            tg.start_soon(ex.join, node, [UNIT], 5.0, [UNIT] if node == "a" else [])
+    for i, size in enumerate([PIECE, PIECE, PIECE, 10]):
+        await ex.offer("a", UNIT, i, [f"p{i}"], size)
+    assert sum(d for n, d in changes if n == "a") == ex.held()["a"] == 3 * PIECE + 10
+    for node in "bc":
+        for i in range(4):
+            await ex.taken(node, UNIT, i)
+    assert sum(d for n, d in changes if n == "a") == 0 and ex.held() == {}

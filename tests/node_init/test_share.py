@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import random
@@ -27,14 +28,17 @@ from node_init import (
 from node_init.cluster import (
     EXCHANGE_NAME,
     EXCHANGE_NAMESPACE,
+    EXCHANGE_PREFIX,
     assign,
     provisional,
     sharing,
+    start_exchange,
     units_of,
 )
 from node_init.download import RemoteFile
 from node_init.testing import FaultProxy, S3Server, iter_files, write_model_files
 from tests._configs import node_config
+from tests._prometheus import label, scrape
 from tests.conftest import RayCluster
 
 MIB = 1 << 20
@@ -160,11 +164,20 @@ async def test_three_nodes_take_the_model_once_from_the_source(ray_cluster: RayC
     proxy = FaultProxy(s3_server.endpoint).start()  # counts what crosses the origin link
     bus = Recorder()
     try:
-        cfg = config(shared_model, proxy.endpoint, share=share)
+        cfg = config(shared_model, proxy.endpoint, ("handlers.timing:handlers",), share=share)
         result = await initialize_node(cfg, bus=bus)
         await result.close()
     finally:
         proxy.stop()
+    if share == "auto":  # the exchange's metrics reach Ray's Prometheus endpoint
+        nodes = {r.node_id for r in result.reports}
+        peer = scrape("ray_node_init_peer_bytes", having=cfg.model_id, nodes=nodes)
+        assert {label(line, "node") for line in peer} == nodes
+        calls = scrape("ray_node_init_exchange_call_seconds_count")
+        assert {"take", "offer", "finished"} <= {label(line, "call") for line in calls}, calls
+        held = scrape("ray_node_init_exchange_held_bytes")
+        assert held and {label(line, "node") for line in held} <= nodes
+        assert all(r.takeovers == 0 for r in result.reports)  # healthy peers: nothing taken over
     sizes = shared_model["sizes"]
     total = sum(sizes.values())
     small = sum(s for s in sizes.values() if s < 256 * 1024)  # fetched by every node: not worth sharing
@@ -543,3 +556,58 @@ async def test_a_peer_that_offers_wrong_bytes_is_named_and_every_node_serves_the
             assert report.rereads  # caught by the file's checksum, then read again from the origin
         if how == "flip":
             assert not report.rereads  # caught piece by piece: no file had to be read again
+
+
+@pytest.mark.ray
+@pytest.mark.anyio
+async def test_the_hub_ends_when_idle_and_a_new_hub_removes_idle_older_ones(ray_cluster: RayCluster) -> None:
+    """Two hubs of an older release: an idle one, removed by the new hub when it starts, and one with
+    an init open, left running (a rolling upgrade's older replicas still use it). The new hub exits
+    once idle for ``download.share_hub_idle_s``; the next shared init starts another."""
+    import ray
+
+    @ray.remote(num_cpus=0)
+    class OldHub:  # what a hub before version 5 answers: its inits; it cannot end itself
+        def __init__(self, inits: list[str]) -> None:
+            self._inits = inits
+
+        async def inits(self) -> list[str]:
+            return self._inits
+
+    def alive(name: str) -> bool:
+        try:
+            ray.get_actor(name, namespace=EXCHANGE_NAMESPACE)
+        except ValueError:
+            return False
+        return True
+
+    async def until(check: Any, within: float) -> float:
+        began = anyio.current_time()
+        with anyio.fail_after(within):
+            while not check():
+                await anyio.sleep(0.1)
+        return anyio.current_time() - began
+
+    if alive(EXCHANGE_NAME):  # this test needs a hub that starts now
+        ray.kill(ray.get_actor(EXCHANGE_NAME, namespace=EXCHANGE_NAMESPACE), no_restart=True)
+        await until(lambda: not alive(EXCHANGE_NAME), 30)
+    idle, busy = f"{EXCHANGE_PREFIX}3", f"{EXCHANGE_PREFIX}4"
+    old = [OldHub.options(name=name, namespace=EXCHANGE_NAMESPACE, lifetime="detached").remote(inits)
+           for name, inits in ((idle, []), (busy, ["an-init"]))]
+    try:
+        await asyncio.gather(*(h.inits.remote() for h in old))
+        exchange = start_exchange(1, 60.0, idle_s=2.0)
+        hub = exchange.hub
+        await until(lambda: not alive(idle), 30)
+        assert alive(busy) and await hub.removed_hubs.remote() == [idle]
+        await anyio.sleep(3)  # longer than idle_s: the open init keeps the hub
+        assert await hub.inits.remote() == [exchange.init]
+        exchange.close()
+        assert 1.5 <= await until(lambda: not alive(EXCHANGE_NAME), 30) <= 15
+        again = start_exchange(1, 60.0)  # the next shared init starts a new hub
+        await until(lambda: ray.get(again.hub.inits.remote(), timeout=30) == [again.init], 30)
+        again.close()
+    finally:
+        for name in (idle, busy):
+            if alive(name):
+                ray.kill(ray.get_actor(name, namespace=EXCHANGE_NAMESPACE), no_restart=True)
