@@ -17,7 +17,7 @@ figures are in the structured log line ``node init timings``.
 - ``node_init_bad_node_ranges{model, node, sender}`` (counter: pieces or ranges another node sent
   that differed from their owner's checksum or the origin's, read from the origin instead)
 - ``node_init_peer_bytes{model, node}`` (counter: bytes a node took from other nodes, ``download.share``)
-- ``node_init_exchange_takeovers{model, node}`` (counter: ranges a node read in another node's place)
+- ``node_init_exchange_takeovers{model, node}`` (counter: ranges a node took over from a dead or silent owner)
 - ``node_init_failures{model, phase}`` (counter)
 
 The exchange's own metrics (hub call latency, bytes held for peers) are recorded by
@@ -87,8 +87,8 @@ def record_timings(event: AfterInit, ctx: Any) -> None:
                   "Pieces or ranges a node sent that differed from the origin's bytes", ("model", "node", "sender"))
     peer = _metric("counter", "node_init_peer_bytes", "Bytes a node took from other nodes of its init",
                    ("model", "node"))
-    takeovers = _metric("counter", "node_init_exchange_takeovers", "Ranges a node read in another node's place",
-                        ("model", "node"))
+    takeovers = _metric("counter", "node_init_exchange_takeovers",
+                        "Ranges a node took over from a dead or silent owner", ("model", "node"))
     for report in event.reports:
         tags = {"model": event.model_id, "node": report.node_id}
         node_s.observe(report.seconds, tags=tags)

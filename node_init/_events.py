@@ -90,8 +90,8 @@ class NodeReport(msgspec.Struct, frozen=True, kw_only=True):
         bad_nodes: Nodes (peers of this init, or holders from earlier ones) that sent this node bytes
             differing from their owner's checksum or the origin's, with how many pieces or ranges;
             those bytes were read from the origin instead.
-        takeovers: Ranges this node was handed by the exchange to read in another node's place (the
-            owner was dead or silent, or its guess of the owner was corrected), and offered to its peers.
+        takeovers: Ranges this node took over from an owner that was dead or silent (read from the
+            origin in its place and offered to the others).
     """
 
     node_id: str

@@ -224,10 +224,11 @@ class Exchange:
         in time (``node`` then reads the rest of the range from the source). Asking for piece
         ``index`` says ``node`` has written piece ``index - 1`` (see :meth:`taken`).
 
-        ``"own"`` when ``node`` owns the range (the assignment differs from its provisional view),
-        or its owner is gone, or offered nothing at all (of any range) for a whole ``timeout``
-        without finishing, and ``node`` is the first to ask: ``node`` then fetches it from the source
-        and offers it, so a dead or hung node's share is fetched once more, not once per survivor.
+        ``"yours"`` when the assignment gave ``node`` the range (it differs from its provisional
+        view). ``"own"`` when the range's owner is gone, or offered nothing at all (of any range) for
+        a whole ``timeout`` without finishing, and ``node`` is the first to ask (a takeover): either
+        way ``node`` then fetches it from the source and offers it, so a dead or hung node's share is
+        fetched once more, not once per survivor.
         The old owner's later offers of it are refused. Silence is the owner's, not the range's: an
         owner busy offering its other ranges is not hung, and the wait then ends at the budget with
         ``None`` (``node`` reads the rest alone; the range stays its owner's).
@@ -252,7 +253,7 @@ class Exchange:
             return None  # asked before every node joined, and they did not in time
         owner = (self._owners or {}).get(unit)
         if owner is None or owner == node:
-            return None if owner is None else "own"
+            return None if owner is None else "yours"
 
         def silent_until() -> float:
             """When the range's owner counts as hung if it stays silent: a whole ``timeout`` after this
@@ -325,13 +326,14 @@ class Exchange:
         source and offers it; the owner's offers of it are withdrawn, so the others wait for the
         new owner's, and the range crosses the origin link once more, not once per node. ``"retry"``
         when another node took it over already, or the piece was offered again since ``box`` (the
-        offer ``node`` could not read) was: take the piece again; ``None``: use the source.
+        offer ``node`` could not read) was: take the piece again; ``"yours"``: ``node`` owns the
+        range already; ``None``: use the source.
         """
         async with self._cv:
             owners = self._owners or {}
             owner, offerer = owners.get(unit), self._offered_by.get((unit, index))
             if owner == node:
-                return "own"
+                return "yours"
             if owner is None or unit in self._skipped:
                 self._drop_consumer(node, unit)
                 self._cv.notify_all()

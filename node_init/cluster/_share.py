@@ -236,12 +236,12 @@ class SharedSource(SourceView):
             lo = unit[2] + index * self._piece
             hi = lo + piece_bytes(unit, index, self._piece)
             data = self._take(file, unit, index) if self._taken_upto.get(unit, 0) <= index else None
-            if data == "own":  # its owner died and this node took the range over: fetch it and offer it
+            if data in ("own", "yours"):  # taken over (its owner died or went silent), or assigned here
                 with self._lock:
                     self.owners[unit] = self.node_id
                     self._took_over.add(unit)
                 self.stats.refetched += 1
-                self.stats.takeovers += 1
+                self.stats.takeovers += int(data == "own")
                 yield from self._tee(unit, file, pos, end, takeover=True)
                 return
             if not isinstance(data, bytes):
@@ -349,7 +349,8 @@ class SharedSource(SourceView):
             _log.info("exchange unreachable", node_id=self.node_id, method=call.__name__, error=type(exc).__name__)
 
     def _take(self, file: RemoteFile, unit: Unit, index: int) -> bytes | str | None:
-        """A piece's bytes from its owner; ``"own"`` if this node took the range over; ``None``: use the source.
+        """A piece's bytes from its owner; ``"own"`` if this node took the range over, ``"yours"`` if the
+        exchange assigned it here; ``None``: use the source.
 
         The wait for the offer is at most two waits (:attr:`_wait_s`, a third of the stall bound)
         however often the range changes hands meanwhile, so a late peer leaves the source a third
@@ -376,8 +377,8 @@ class SharedSource(SourceView):
                 return None
             if box is None:
                 return None
-            if box == "own":
-                return "own"
+            if box in ("own", "yours"):
+                return str(box)
             get_s = min(self._wait_s, remaining())
             try:
                 data = ray.get(box[0], timeout=get_s)
@@ -395,8 +396,8 @@ class SharedSource(SourceView):
                                          timeout=self._bounds.rpc(0))
                 except (ray.exceptions.RayError, TimeoutError):
                     answer = None
-                if answer == "own":
-                    return "own"
+                if answer in ("own", "yours"):
+                    return str(answer)
                 if answer != "retry":
                     self._tell(self.exchange.release, self.node_id, unit)
                     return None

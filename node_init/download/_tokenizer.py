@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from .._config import DownloadConfig
+from .._errors import DownloadError
 from ._cache import cache_root, model_dir_name
 from ._downloader import Downloader
 from ._hub import WEIGHT_PATTERNS, hub_or_path, offline, parse_hub_uri
@@ -40,6 +41,9 @@ def fetch_tokenizer(uri: str, cfg: DownloadConfig) -> str:
     """
     source, listing = list_source(uri, cfg)
     files = [f for f in listing if not f.key.endswith(tuple(suffix for suffix, _ in WEIGHT_PATTERNS))]
+    if not files:
+        raise DownloadError(f"the tokenizer {uri} holds nothing but weights (engine_kwargs.tokenizer names a "
+                            "repo with no tokenizer files)", source=uri)
     repo, _ = parse_hub_uri(uri)
     # A leading dot: no model id can name this directory (model_dir_name refuses one).
     dest = cache_root(cfg) / ".tokenizers" / model_dir_name(repo)

@@ -298,7 +298,7 @@ async def test_a_node_that_guessed_wrong_is_told_before_it_waits_or_offers() -> 
             while u2[0] not in answers:
                 await anyio.sleep(0.01)
         assert joined["a"][UNIT] == "a"  # the only claimant owns it
-        assert answers[u2[0]] == "own"  # unclaimed: the less loaded node that needs it reads it itself
+        assert answers[u2[0]] == "yours"  # unclaimed: the less loaded node that needs it reads it itself
         loser = "a" if joined["a"][u3] == "b" else "b"
         assert await ex.offer(loser, u3, 0, ["wrong"], PIECE) == "refused"  # two claimants: one owns it
         assert await ex.offer("c", other, 0, ["lone"], PIECE) == "refused"  # one node needs it: not shared

@@ -287,7 +287,10 @@ def test_a_tokenizer_missing_from_the_hub_is_a_typed_error_naming_it(hub: dict[s
     with pytest.raises(DownloadError) as info:
         fetch_tokenizer("hf://org/no-such-tokenizer@v1", cfg(hub, retries=0))
     assert "org/no-such-tokenizer" in str(info.value) and info.value.source == "hf://org/no-such-tokenizer@v1"
-    assert not any((tmp_path / ".tokenizers").rglob("*.json"))  # nothing half-written
+    hub["server"].push("org/weights-only", {"model.safetensors": os.urandom(100)})
+    with pytest.raises(DownloadError, match="holds nothing but weights"):
+        fetch_tokenizer("hf://org/weights-only", cfg(hub, retries=0))
+    assert not any((tmp_path / ".tokenizers").rglob("*.*"))  # nothing half-written
 
 
 @pytest.mark.parametrize(("kwargs", "field", "words"), [

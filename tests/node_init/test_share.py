@@ -108,6 +108,13 @@ def test_a_share_setting_outside_its_values_is_refused() -> None:
         node_config("s3://bucket/m", download={"share": "always"})
     with pytest.raises(ConfigError, match="share_memory_mb"):
         node_config("s3://bucket/m", download={"share_memory_mb": 0})
+    for idle in (0, -5):
+        with pytest.raises(ConfigError) as info:
+            node_config("s3://bucket/m", download={"share_hub_idle_s": idle})
+        assert info.value.field == "download.share_hub_idle_s" and "> 0" in str(info.value)
+    from node_init import Bounds
+
+    assert Bounds.of(node_config("s3://bucket/m", download={"share_hub_idle_s": 42})).hub_idle_s == 42
 
 
 # --- three real nodes -------------------------------------------------------------------------------------
@@ -328,6 +335,8 @@ async def test_a_hung_peer_s_share_is_taken_over_once_and_it_finishes_when_it_re
     assert proxy.bytes_sent <= total + 2 * small + node2_share + 512 * 1024, proxy.bytes_sent - total
     # Every node takes the two thirds it does not own from peers, but the taker-over reads node2's share.
     assert sum(r.peer_bytes for r in result.reports) >= 2 * (total - small) - node2_share - 256 * 1024
+    taken = {r.node_id: r.takeovers for r in result.reports if r.takeovers}
+    assert taken and all(n <= 2 for n in taken.values()), taken  # node2's ranges (two), each taken over once
     want = digest(shared_model["local"])
     for node in ray_cluster.nodes:
         assert digest(node.cache / cfg.model_id) == want
