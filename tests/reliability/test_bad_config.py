@@ -94,6 +94,9 @@ _UNREADABLE = r"""
 import os, sys
 from node_init import DownloadConfig, DownloadError
 from node_init.download import list_source
+# Everything a listing imports lazily is imported now, as root: the other user may not be able to reach
+# this environment (a checkout under a mode-0700 directory, as `mktemp -d` makes).
+list_source(os.path.join(sys.argv[1], "readable"), DownloadConfig(), node_id="n")
 os.setgid(65534); os.setuid(65534)  # drop root: as root the directory would be readable
 try:
     list_source(sys.argv[1], DownloadConfig(), node_id="n")
@@ -110,6 +113,8 @@ def test_an_unreadable_directory_is_an_error_not_skipped() -> None:
     try:
         root.chmod(0o755)
         (root / "config.json").write_text("{}")
+        (root / "readable").mkdir()
+        (root / "readable" / "config.json").write_text("{}")
         (root / "shards").mkdir()
         (root / "shards" / "model-00001.safetensors").write_bytes(b"x")
         (root / "shards").chmod(0)
