@@ -256,13 +256,11 @@ def summarize(samples: list[dict[str, Any]]) -> dict[str, Any]:
             "steps": phases, "tokens": samples[0]["tokens"]}
 
 
-def main(args: argparse.Namespace) -> None:
-    sys.path.insert(0, str(REPO))
+def workspace(args: argparse.Namespace, prefix: str) -> tuple[Path, Path, Path | None]:
+    """A work directory, vLLM's logging config in it, and the warm node's home if a warm row is asked for."""
     import _models
 
-    from node_init.testing import FaultProxy, S3Server
-
-    work = Path(tempfile.mkdtemp(prefix="cold-start-"))
+    work = Path(tempfile.mkdtemp(prefix=prefix))
     logging_path = work / "vllm-logging.json"
     logging_path.write_text(json.dumps(LOGGING))
     warm_home = None
@@ -270,6 +268,16 @@ def main(args: argparse.Namespace) -> None:
         warm_home = work / "warm"
         print("building the warm node's caches (vLLM boots the tiny model once)", flush=True)
         build_warm_home(warm_home, _models.tiny())
+    return work, logging_path, warm_home
+
+
+def main(args: argparse.Namespace) -> None:
+    sys.path.insert(0, str(REPO))
+    import _models
+
+    from node_init.testing import FaultProxy, S3Server
+
+    work, logging_path, warm_home = workspace(args, "cold-start-")
     server = S3Server().start()
     rows: list[dict[str, Any]] = []
     try:
@@ -326,13 +334,7 @@ def hub_main(args: argparse.Namespace) -> None:
 
     from node_init.testing import HubServer
 
-    work = Path(tempfile.mkdtemp(prefix="cold-start-hub-"))
-    logging_path = work / "vllm-logging.json"
-    logging_path.write_text(json.dumps(LOGGING))
-    warm_home = None
-    if "warm" in args.nodes:
-        warm_home = work / "warm"
-        build_warm_home(warm_home, _models.tiny())
+    work, logging_path, warm_home = workspace(args, "cold-start-hub-")
     rate = args.rates[0] or None
     rows: list[dict[str, Any]] = []
     ways = ("hub-ray", "hub-on")

@@ -31,7 +31,7 @@ EXCHANGE_NAME = f"{EXCHANGE_PREFIX}{PROTOCOL}"
 EXCHANGE_NAMESPACE = "node_init"
 #: How long a new hub waits for an older hub to answer whether it is idle.
 OLD_HUB_CALL_S = 30.0
-#: Seconds between the hub's looks at its inits (expiry, idleness).
+#: Seconds between the hub's looks at its inits (expiry, idleness, the held-bytes gauge).
 WATCH_EVERY_S = 1.0
 #: A piece of a range: (range, index).
 Piece = tuple[Unit, int]
@@ -418,6 +418,7 @@ class ExchangeHub:
         self.removed: list[str] = []  # older hubs this one removed
         self._gauge: Any = None
         self._held: dict[str, int] = {}  # node -> bytes held for peers, over every init
+        self._held_dirty: set[str] = set()  # nodes whose holding changed since the gauge was last set
 
     def _get(self, init: str, piece: int, bound_s: float) -> Exchange:
         now = asyncio.get_running_loop().time()  # the loop's clock: the exchanges' waits use it too
@@ -452,6 +453,8 @@ class ExchangeHub:
             await asyncio.sleep(min(self._idle_s / 4, WATCH_EVERY_S))
             now = loop.time()
             self._expire(now)
+            with contextlib.suppress(Exception):  # a metric must never stop the hub
+                self._report_held()
             if self._inits:
                 self._last_call = now  # idle is measured from the last open init, not the last call
             elif now - self._last_call >= self._idle_s:
@@ -459,19 +462,25 @@ class ExchangeHub:
                 return
 
     def _held_changed(self, node: str, delta: int) -> None:
-        """``node_init_exchange_held_bytes{node}``: what ``node`` holds for its peers, over every init."""
+        """What ``node`` holds for its peers, over every init (told by each exchange, on each change)."""
         self._held[node] = self._held.get(node, 0) + delta
-        with contextlib.suppress(Exception):  # a metric must never stop the hub
-            if self._gauge is None:
-                import ray
+        self._held_dirty.add(node)
 
-                if not ray.is_initialized():
-                    return
-                from ray.util import metrics
+    def _report_held(self) -> None:
+        """Set ``node_init_exchange_held_bytes{node}`` for the nodes whose holding changed since the last
+        look: from the watch, once a second, not on each piece (the hub's calls are its hot path)."""
+        import ray
 
-                self._gauge = metrics.Gauge("node_init_exchange_held_bytes", tag_keys=("node",),
-                                            description="Bytes a node holds in its object store for peers")
-            self._gauge.set(float(max(0, self._held[node])), tags={"node": node})
+        if not self._held_dirty or not ray.is_initialized():
+            return
+        if self._gauge is None:
+            from ray.util import metrics
+
+            self._gauge = metrics.Gauge("node_init_exchange_held_bytes", tag_keys=("node",),
+                                        description="Bytes a node holds in its object store for peers")
+        dirty, self._held_dirty = self._held_dirty, set()
+        for node in dirty:
+            self._gauge.set(float(max(0, self._held.get(node, 0))), tags={"node": node})
 
     def _exit(self) -> None:
         """End this actor for good (a detached actor restarts after a crash, not after this)."""

@@ -3,8 +3,8 @@ prefixed ``ray_``), recorded where they happen:
 
 - ``node_init_exchange_call_seconds{call}`` (histogram): each hub call's round trip as a node sees it
   (``take`` and ``drained`` include the wait for a peer; ``offer`` the wait for room);
-- ``node_init_exchange_held_bytes{node}`` (gauge, set by the hub as it changes):
-  bytes a node holds in its object store for peers that have not taken them yet.
+- ``node_init_exchange_held_bytes{node}`` (gauge, set by the hub once a second for the nodes whose
+  holding changed): bytes a node holds in its object store for peers that have not taken them yet.
 
 Peer bytes and takeovers per node are in each :class:`~node_init.NodeReport` (``peer_bytes``,
 ``takeovers``); ``handlers.timing`` exports them. Outside Ray nothing is recorded.
