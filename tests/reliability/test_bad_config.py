@@ -97,6 +97,10 @@ from node_init.download import list_source
 # Everything a listing imports lazily is imported now, as root: the other user may not be able to reach
 # this environment (a checkout under a mode-0700 directory, as `mktemp -d` makes).
 list_source(os.path.join(sys.argv[1], "readable"), DownloadConfig(), node_id="n")
+try:  # and what its error path imports
+    list_source(os.path.join(sys.argv[1], "missing"), DownloadConfig(), node_id="n")
+except DownloadError:
+    pass
 os.setgid(65534); os.setuid(65534)  # drop root: as root the directory would be readable
 try:
     list_source(sys.argv[1], DownloadConfig(), node_id="n")
