@@ -128,6 +128,9 @@ class Fault(msgspec.Struct, kw_only=True):
             or a broken middlebox, which only a checksum notices), ``headers`` (answer with
             ``headers`` set over the store's own, the body unchanged: e.g. an encryption header).
         match: Substring of the request path (``""`` matches all).
+            A body fault (all but ``status`` and ``headers``) goes only to an answer whose stated
+            length passes ``after_bytes`` (a file's short last range cannot hold a flip at byte
+            999): it waits for the next matching request that can.
         query: Substring the query string must hold (``"list-type"`` picks a LIST).
         method: HTTP method to match.
         count: How many requests it applies to.
@@ -185,12 +188,17 @@ class FaultProxy:
             self.faults.clear()
             self.injected.clear()
 
-    def _take(self, method: str, path: str, query: str = "") -> Fault | None:
+    def _take(self, request: Any, *, status: bool, length: int | None = None) -> Fault | None:
+        # A status fault is taken before the upstream is asked; any other once its answer's length
+        # is known, and only by a body that can hold it (a short last range cannot be cut at byte
+        # 300,000): the fault then goes to a request it can happen to, whichever comes first.
         with self._lock:
             for fault in self.faults:
-                if fault.count > 0 and fault.method == method and fault.match in path and fault.query in query:
+                if (fault.count > 0 and (fault.kind == "status") == status and fault.method == request.method
+                        and fault.match in request.path and fault.query in request.query_string
+                        and (fault.kind in ("status", "headers") or length is None or length > fault.after_bytes)):
                     fault.count -= 1
-                    self.injected.append(f"{fault.kind}:{path}")
+                    self.injected.append(f"{fault.kind}:{request.path}")
                     return fault
         return None
 
@@ -256,18 +264,18 @@ class FaultProxy:
         self.requests += 1
         auth = request.headers.get("Authorization", "")
         self.signers.append(auth.split("Credential=", 1)[1].split("/", 1)[0] if "Credential=" in auth else "")
-        fault = self._take(request.method, request.path, request.query_string)
-        if fault is not None and fault.kind == "status":
+        fault = self._take(request, status=True)
+        if fault is not None:
             code = {503: "SlowDown", 403: "AccessDenied", 404: "NoSuchKey"}.get(fault.status, "InternalError")
             body = f"<Error><Code>{code}</Code><Message>injected</Message></Error>"
             return web.Response(status=fault.status, text=body, content_type="application/xml")
         try:
-            return await self._forward(request, fault)
+            return await self._forward(request)
         except ConnectionError:
             # The client hung up mid-body (a reset, a stalled read given up): nothing to answer.
             return web.Response(status=499)
 
-    async def _forward(self, request: Any, fault: Fault | None) -> Any:
+    async def _forward(self, request: Any) -> Any:
         from aiohttp import web
 
         body = await request.read()
@@ -276,6 +284,7 @@ class FaultProxy:
         async with self._session.request(request.method, self.upstream + request.path_qs,
                                          headers=headers, data=body or None) as up:
             answer = {k: v for k, v in up.headers.items() if k.lower() not in _HOP}
+            fault = self._take(request, status=False, length=up.content_length)
             if fault is not None and fault.kind == "headers":
                 answer.update(fault.headers)
             out = web.StreamResponse(status=up.status, headers=answer)
