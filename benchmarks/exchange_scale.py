@@ -1,22 +1,31 @@
 """What one shared init costs the exchange hub, at 8, 64 and 512 nodes, with a 140 GB model.
 
-The real :class:`~node_init.cluster.Exchange` (the hub's logic for one init) is driven in process by
-simulated nodes: references only, no bytes. Each node joins with every range of the model and its
-provisional claim, offers its share piece by piece (the default piece: a quarter of the 16 MiB range),
-and takes every other range's pieces in order, eight ranges at a time (``download.concurrency``), as
-``SharedSource`` does; then it says it finished. The loop is looptime's virtual clock, so no wait's
-bound strikes because the simulation itself is slow. Counted: hub calls per init (a take says the
-piece before it was written, so that costs no call of its own) and the hub logic's CPU-seconds.
+The exchange runs as it does on a cluster, in process and on looptime's virtual clock: the real
+:class:`~node_init.cluster.ExchangeHub` assigns the ranges (one ``join`` per node), and each node's
+agent (a real :class:`~node_init.cluster.Exchange` in agent mode, as each node's
+:class:`~node_init.cluster.ExchangeAgent` runs it) hands out the ranges its node owns. Simulated
+nodes move references only, no bytes: each joins with every range of the model and its provisional
+claim, offers its share piece by piece to its own agent (the default piece: a quarter of the 16 MiB
+range), and takes every other range from its owner's agent, eight ranges at a time
+(``download.concurrency``), as ``SharedSource`` does: a take answers with every offer of the range
+already made, and one note after the last piece releases them.
 
-A hub call also costs the hub's process Ray's own work (receive, deserialize, run, serialize the
-answer, whose object reference is borrowed). That is measured here on a real Ray actor shaped like
-the hub (async, ``max_concurrency`` 10,000): the actor's CPU per call of a ``take`` that answers with a
-piece's reference, so calls convert to seconds honestly. Estimated hub CPU per init = logic CPU +
-calls x that cost.
+Counted: hub calls and the hub's logic CPU-seconds per init (the join phase alone, which is all the
+hub does in a healthy init, with each call's arguments pickled and unpickled as Ray would, the
+nodes' ranges read once per distinct set, and the answer published once); agent calls, the most any
+one agent serves, and the agents' logic CPU. At 512 nodes the agent phase is simulated for one
+agent (its node's ranges, taken by all 511 peers): the assignment balances bytes, so every agent
+serves about as much, and the full phase would be 4 million takes on this one process.
 
-Run: ``python benchmarks/exchange_scale.py [--nodes 8 64] [--model-gb 140]``; writes
-``results/exchange_scale.{json,md}``. Today's design cannot reach 512 nodes in a sensible time here
-(about 18 million takes), which is why the rows stop at 64 unless asked.
+A call also costs the receiving process Ray's own work (receive, deserialize, run, serialize the
+answer). That is measured on a real Ray actor shaped like the hub and the agents (async,
+``max_concurrency`` 10,000): its CPU per call of a ``take`` that answers with a piece's reference.
+Estimated CPU = logic CPU + calls x that cost.
+
+Run: ``python benchmarks/exchange_scale.py [--nodes 8 64 512] [--model-gb 140]``; writes
+``results/exchange_scale_agents.{json,md}``. The design before this one (every piece offered to
+and taken from the hub) was measured by this script as of commit fc9eb5a: its rows are in
+``results/exchange_scale_today.{json,md}``.
 """
 
 from __future__ import annotations
@@ -24,6 +33,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import pickle
 import resource
 import sys
 import time
@@ -34,7 +44,10 @@ from _common import markdown_table, write_outputs
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from node_init.cluster import Exchange, piece_size, pieces_of, provisional
+from node_init.cluster import Exchange, ExchangeHub, needs_digest, piece_size, pieces_of, provisional
+
+Unit = tuple[str, str, int, int]  # a range: (key, version tag, start, end)
+
 
 MIB = 1 << 20
 PART = 16 * MIB  # download.part_size_mb's default
@@ -52,9 +65,10 @@ def units_for(model_bytes: int) -> list[tuple[str, str, int, int]]:
 
 
 class Counted:
-    """The exchange, each method call counted as the hub call a node would make."""
+    """An exchange, each method call counted as the Ray call a node would make, its arguments
+    pickled and unpickled on the way (Ray serializes them; a reference travels as a small object)."""
 
-    def __init__(self, exchange: Exchange) -> None:
+    def __init__(self, exchange: Any) -> None:
         self.exchange = exchange
         self.calls: collections.Counter[str] = collections.Counter()
 
@@ -63,54 +77,107 @@ class Counted:
 
         async def call(*args: Any, **kwargs: Any) -> Any:
             self.calls[name] += 1
-            return await method(*args, **kwargs)
+            args, kwargs = pickle.loads(pickle.dumps((args, kwargs)))
+            answer = await method(*args, **kwargs)
+            pickle.dumps(answer)
+            return answer
 
         return call
 
 
-async def one_init(nodes: int, model_bytes: int) -> dict[str, Any]:
+class _Ref:
+    """Stands for the object reference of a node's ranges: small on the wire, read once by the hub."""
+
+    def __init__(self, units: list[Unit]) -> None:
+        self.units = units
+
+    def __reduce__(self) -> tuple[Any, tuple[()]]:
+        return _Ref.empty, ()
+
+    @staticmethod
+    def empty() -> _Ref:
+        return _Ref([])
+
+    def __await__(self) -> Any:
+        yield from asyncio.sleep(0).__await__()
+        return pickle.loads(pickle.dumps(UNITS[0]))  # the hub reads the object once per digest
+
+
+UNITS: list[list[Unit]] = []
+
+
+async def one_init(nodes: int, model_bytes: int, *, agents_simulated: int | None = None) -> dict[str, Any]:
     names = [f"node{i:04d}" for i in range(nodes)]
     units = units_for(model_bytes)
+    UNITS[:] = [units]
     piece = piece_size(PART)
+    key = ("init", piece, 3600.0)
     guess = provisional(units, names)
-    hub = Counted(Exchange(piece))
-    await hub.expect(names)
+    digest = needs_digest(units)
+    hub = Counted(ExchangeHub())
 
-    async def node(name: str) -> None:
-        owners = await hub.join(name, units, 60.0, [u for u, o in guess.items() if o == name])
-        mine = [u for u in units if owners.get(u) == name]
-        theirs = collections.deque(u for u in units if owners.get(u) not in (None, name))
+    # The hub's part: every node joins (what the hub does in a healthy init, all of it).
+    cpu0 = time.process_time()
+    await hub.expect(key, names)
+    answers: dict[str, Any] = {}
 
-        async def offer_all() -> None:
-            for unit in mine:
-                for i in range(pieces_of(unit, piece)):
-                    await hub.offer(name, unit, i, [f"ref-{unit[0]}-{unit[2]}-{i}", 0, name], piece)
-                    await asyncio.sleep(0)  # the next piece arrives from the source later
+    async def join(name: str) -> None:
+        [answers[name]] = await hub.join(key, name, digest, [_Ref(units)], 60.0,
+                                         [u for u, o in guess.items() if o == name], [name])
+
+    async with asyncio.TaskGroup() as tg:
+        for name in names:
+            tg.create_task(join(name))
+    hub_cpu = time.process_time() - cpu0
+    assignment = answers[names[0]]
+    published = pickle.dumps(assignment)  # the one object every node and agent reads
+
+    # The agents' part: each node's agent hands out what its node owns.
+    served = names if agents_simulated is None else names[:agents_simulated]
+    agents = {name: Counted(Exchange(piece, agent=True)) for name in served}
+    cpu0 = time.process_time()
+    for name, agent in agents.items():
+        await agent.exchange.adopt(pickle.loads(published), name)
+    owners = assignment.owners
+
+    async def owner(name: str) -> None:
+        for unit in [u for u in units if owners.get(u) == name]:
+            for i in range(pieces_of(unit, piece)):
+                await agents[name].offer(name, unit, i, [f"ref-{unit[0]}-{unit[2]}-{i}", 0, name], piece)
+                await asyncio.sleep(0)  # the next piece arrives from the source later
+        await agents[name].finished(name)
+
+    async def consumer(name: str) -> None:
+        theirs = collections.deque(u for u in units if owners.get(u) in agents and owners[u] != name)
 
         async def take_worker() -> None:
             while theirs:
                 unit = theirs.popleft()
-                count = pieces_of(unit, piece)
-                for i in range(count):
-                    box = await hub.take(name, unit, i, SILENCE_S)
-                    assert isinstance(box, list), (name, unit, i, box)
-                await hub.taken(name, unit, count - 1)  # the last piece: no next take says it
+                home, count, i = agents[owners[unit]], pieces_of(unit, piece), 0
+                while i < count:
+                    run = await home.take_run(name, unit, i, SILENCE_S)
+                    assert isinstance(run, list), (name, unit, i, run)
+                    i += len(run)
+                await home.taken(name, unit, count - 1)  # the last piece: no next take says it
 
         async with asyncio.TaskGroup() as tg:
-            tg.create_task(offer_all())
             for _ in range(CONCURRENCY):
                 tg.create_task(take_worker())
-        await hub.finished(name)
 
-    cpu0, t0 = time.process_time(), time.perf_counter()
     async with asyncio.TaskGroup() as tg:
+        for name in served:
+            tg.create_task(owner(name))
         for name in names:
-            tg.create_task(node(name))
-    cpu, wall = time.process_time() - cpu0, time.perf_counter() - t0
-    pieces = sum(pieces_of(u, piece) for u in units)
-    calls = sum(hub.calls.values())
-    return {"nodes": nodes, "ranges": len(units), "pieces": pieces, "calls": calls, "by_call": dict(hub.calls),
-            "calls_per_range_plus_node": calls / (len(units) + nodes), "logic_cpu_s": cpu, "sim_wall_s": wall}
+            tg.create_task(consumer(name))
+    agent_cpu = time.process_time() - cpu0
+    per_agent = {name: sum(agent.calls.values()) for name, agent in agents.items()}
+    hub_calls = sum(hub.calls.values())
+    return {"nodes": nodes, "ranges": len(units), "pieces": sum(pieces_of(u, piece) for u in units),
+            "hub_calls": hub_calls, "hub_by_call": dict(hub.calls),
+            "hub_calls_per_range_plus_node": hub_calls / (len(units) + nodes), "hub_logic_cpu_s": hub_cpu,
+            "agents_simulated": len(served), "agent_calls_max": max(per_agent.values()),
+            "agent_calls_mean": sum(per_agent.values()) / len(per_agent),
+            "agent_logic_cpu_s_each": agent_cpu / len(served)}
 
 
 def ray_call_cost(calls: int = 3000) -> dict[str, float]:
@@ -155,34 +222,39 @@ def main() -> None:
     import looptime
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--nodes", type=int, nargs="+", default=[8, 64])
+    ap.add_argument("--nodes", type=int, nargs="+", default=[8, 64, 512])
     ap.add_argument("--model-gb", type=float, default=140.0)
-    ap.add_argument("--design", default="today", help="a label for the rows (the protocol measured)")
+    ap.add_argument("--full-agents-up-to", type=int, default=64,
+                    help="simulate every agent up to this many nodes; above it, one (see the module's doc)")
     args = ap.parse_args()
-    cost = ray_call_cost()
-    print(f"one hub call on a real Ray actor: {cost['hub_cpu_per_call_s'] * 1e6:.0f} us of the hub's CPU, "
+    cost = ray_call_cost()  # imports Ray too, which the hub's code asks about (not counted as its work)
+    per_call = cost["hub_cpu_per_call_s"]
+    print(f"one call on a real Ray actor: {per_call * 1e6:.0f} us of its CPU, "
           f"{cost['round_trip_s'] * 1e3:.2f} ms round trip", flush=True)
     rows = []
     for n in args.nodes:
         loop = looptime.new_event_loop()
         try:
-            row = loop.run_until_complete(one_init(n, int(args.model_gb * 1e9)))
+            row = loop.run_until_complete(one_init(
+                n, int(args.model_gb * 1e9), agents_simulated=None if n <= args.full_agents_up_to else 1))
         finally:
             loop.close()
-        row["hub_cpu_s"] = row["logic_cpu_s"] + row["calls"] * cost["hub_cpu_per_call_s"]
-        row["design"] = args.design
+        row["hub_cpu_s"] = row["hub_logic_cpu_s"] + row["hub_calls"] * per_call
+        row["agent_cpu_s"] = row["agent_logic_cpu_s_each"] + row["agent_calls_max"] * per_call
         rows.append(row)
-        print(f"{n} nodes: {row['calls']:,} hub calls ({row['calls_per_range_plus_node']:.1f} x (ranges + nodes)), "
-              f"logic {row['logic_cpu_s']:.1f} CPU-s, hub {row['hub_cpu_s']:.1f} CPU-s", flush=True)
+        ratio = row["hub_calls_per_range_plus_node"]
+        print(f"{n} nodes: {row['hub_calls']:,} hub calls ({ratio:.2f} x (ranges + nodes)), "
+              f"hub {row['hub_cpu_s']:.2f} CPU-s; an agent serves at most {row['agent_calls_max']:,} calls, "
+              f"{row['agent_cpu_s']:.1f} CPU-s", flush=True)
     table = markdown_table(
-        ["design", "nodes", "ranges", "pieces", "hub calls", "calls / (ranges + nodes)", "logic CPU s",
-         "est. hub CPU s"],
-        [[r["design"], r["nodes"], f"{r['ranges']:,}", f"{r['pieces']:,}", f"{r['calls']:,}",
-          f"{r['calls_per_range_plus_node']:.1f}", f"{r['logic_cpu_s']:.1f}", f"{r['hub_cpu_s']:.1f}"] for r in rows])
+        ["nodes", "ranges", "pieces", "hub calls", "hub calls / (ranges + nodes)", "est. hub CPU s",
+         "calls to one agent (max)", "est. CPU s per agent"],
+        [[r["nodes"], f"{r['ranges']:,}", f"{r['pieces']:,}", f"{r['hub_calls']:,}",
+          f"{r['hub_calls_per_range_plus_node']:.2f}", f"{r['hub_cpu_s']:.2f}", f"{r['agent_calls_max']:,}",
+          f"{r['agent_cpu_s']:.1f}"] for r in rows])
     print()
     print(table)
-    path = write_outputs(f"exchange_scale_{args.design}", {"model_gb": args.model_gb, "ray_call": cost, "rows": rows},
-                         table)
+    path = write_outputs("exchange_scale_agents", {"model_gb": args.model_gb, "ray_call": cost, "rows": rows}, table)
     print(f"\nwrote {path}")
 
 

@@ -7,9 +7,10 @@
   (:func:`node_download`), streams back its :class:`Decision`, progress, and finally a
   :class:`~node_init.NodeReport`; the replica's :class:`NodeObserver` receives them.
 - With ``download.share`` in force (:func:`sharing`), the nodes fetch the model once between
-  them: the init's :class:`Exchange` (held, like every init's, by the cluster's one
-  :class:`ExchangeHub` actor) :func:`assign` s each range several nodes need to one of them (a
-  node starts on its :func:`provisional` share meanwhile), and a :class:`SharedSource` reads a
+  them: the init's :class:`Exchange` on the cluster's one :class:`ExchangeHub` actor
+  :func:`assign` s each range several nodes need to one of them (a node starts on its
+  :func:`provisional` share meanwhile) and answers every node with one :class:`Assignment`; each
+  node's :class:`ExchangeAgent` hands out the ranges it owns, and a :class:`SharedSource` reads a
   node's share from the source and the rest from its peers through Ray's object store.
   Across inits, nodes record what they hold in Ray's internal KV, and a node that joins later
   reads from a holder before the origin (``_holders``).
@@ -17,17 +18,24 @@
 Ray is imported lazily, inside the functions that need it.
 """
 
+from ._exchange import AGENT_PREFIX as AGENT_PREFIX
 from ._exchange import EXCHANGE_NAME as EXCHANGE_NAME
 from ._exchange import EXCHANGE_NAMESPACE as EXCHANGE_NAMESPACE
 from ._exchange import EXCHANGE_PREFIX as EXCHANGE_PREFIX
+from ._exchange import Agent as Agent
+from ._exchange import Assignment as Assignment
 from ._exchange import Exchange as Exchange
+from ._exchange import ExchangeAgent as ExchangeAgent
 from ._exchange import ExchangeHub as ExchangeHub
 from ._exchange import InitExchange as InitExchange
 from ._exchange import assign as assign
+from ._exchange import assign_groups as assign_groups
 from ._exchange import close_exchange as close_exchange
+from ._exchange import needs_digest as needs_digest
 from ._exchange import piece_size as piece_size
 from ._exchange import pieces_of as pieces_of
 from ._exchange import provisional as provisional
+from ._exchange import start_agent as start_agent
 from ._exchange import start_exchange as start_exchange
 from ._holders import forget_holdings as forget_holdings
 from ._node import Decision as Decision
@@ -52,12 +60,16 @@ from ._view import SourceView as SourceView
 from ._view import piece_sum as piece_sum
 
 __all__ = [
+    "AGENT_PREFIX",
     "EXCHANGE_NAME",
     "EXCHANGE_NAMESPACE",
     "EXCHANGE_PREFIX",
     "STOP_NAMESPACE",
+    "Agent",
+    "Assignment",
     "Decision",
     "Exchange",
+    "ExchangeAgent",
     "ExchangeHub",
     "InitExchange",
     "NodeLog",
@@ -66,10 +78,12 @@ __all__ = [
     "SharedSource",
     "SourceView",
     "assign",
+    "assign_groups",
     "close_exchange",
     "forget_holdings",
     "local_model_path",
     "may_span_nodes",
+    "needs_digest",
     "node_download",
     "node_task",
     "open_exchange",
@@ -83,6 +97,7 @@ __all__ = [
     "run_on_nodes",
     "share_enabled",
     "sharing",
+    "start_agent",
     "start_exchange",
     "units_of",
 ]

@@ -13,6 +13,9 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import dataclasses
+import hashlib
+import heapq
 import sys
 import uuid
 from collections.abc import Callable
@@ -24,9 +27,11 @@ Unit = tuple[str, str, int, int]
 MIN_SHARED_BYTES = 256 * 1024
 #: The exchange's protocol version: a library that changes the calls names a new hub rather than talk
 #: to an old one (which a new hub removes once it is idle).
-PROTOCOL = 5
+PROTOCOL = 6
 #: The hub actor's name and namespace (``ray list actors`` shows it): the prefix and the protocol.
 EXCHANGE_PREFIX = "node-init-exchange-"
+#: Each node's agent: this prefix, the protocol, ``-`` and the node's id.
+AGENT_PREFIX = "node-init-agent-"
 EXCHANGE_NAME = f"{EXCHANGE_PREFIX}{PROTOCOL}"
 EXCHANGE_NAMESPACE = "node_init"
 #: How long a new hub waits for an older hub to answer whether it is idle.
@@ -54,53 +59,126 @@ def piece_bytes(unit: Unit, index: int, piece: int) -> int:
     return min(piece, unit[3] - unit[2] - index * piece)
 
 
+#: Nodes that need the same ranges: (those ranges, the nodes).
+Group = tuple["set[Unit] | frozenset[Unit]", list[str]]
+
+
 def assign(needs: dict[str, set[Unit]], claims: dict[str, set[Unit]] | None = None) -> dict[Unit, str]:
     """An owner for every range two or more nodes need: a needing node that claimed it (it started
     reading it already, see :func:`provisional`), else the needing node with the fewest bytes so far."""
-    claims = claims or {}
-    wanted: dict[Unit, list[str]] = {}
+    groups: dict[frozenset[Unit], list[str]] = {}
     for node, units in sorted(needs.items()):
+        groups.setdefault(frozenset(units), []).append(node)
+    return assign_groups(list(groups.items()), claims)
+
+
+def assign_groups(groups: list[Group], claims: dict[str, set[Unit]] | None = None) -> dict[Unit, str]:
+    """:func:`assign` for nodes given in groups that need the same ranges (usually one: every node
+    needs the whole model), in time that grows with ranges times groups, not ranges times nodes:
+    each group's nodes wait in a heap by (bytes so far, name)."""
+    claims = claims or {}
+    group_of = {node: g for g, (_, nodes) in enumerate(groups) for node in nodes}
+    wanted: dict[Unit, list[int]] = {}
+    for g, (units, nodes) in enumerate(groups):
+        if nodes:
+            for unit in units:
+                wanted.setdefault(unit, []).append(g)
+    shared = sorted((u for u, gs in wanted.items() if sum(len(groups[g][1]) for g in gs) > 1),
+                    key=lambda u: (u[2] - u[3], u))
+    claimers: dict[Unit, list[str]] = {}
+    for node, units in claims.items():
         for unit in units:
-            wanted.setdefault(unit, []).append(node)
-    load = dict.fromkeys(needs, 0)
+            if node in group_of and group_of[node] in wanted.get(unit, ()):
+                claimers.setdefault(unit, []).append(node)
+    load = dict.fromkeys(group_of, 0)
     owners: dict[Unit, str] = {}
-    shared = sorted((u for u, n in wanted.items() if len(n) > 1), key=lambda u: (u[2] - u[3], u))
-    claimed = {u: [n for n in wanted[u] if u in claims.get(n, ())] for u in shared}
-    for unit in sorted(shared, key=lambda u: not claimed[u]):  # claims first, so the balance counts them
-        owner = min(claimed[unit] or wanted[unit], key=lambda n: (load[n], n))
+    rest: list[Unit] = []
+    for unit in shared:  # claims first, so the balance counts them
+        if unit in claimers:
+            owner = min(claimers[unit], key=lambda n: (load[n], n))
+            owners[unit] = owner
+            load[owner] += unit[3] - unit[2]
+        else:
+            rest.append(unit)
+    heaps = [sorted((load[n], n) for n in nodes) for _, nodes in groups]  # a sorted list is a heap
+    for unit in rest:
+        g = min(wanted[unit], key=lambda i: heaps[i][0])
+        bytes_so_far, owner = heaps[g][0]
         owners[unit] = owner
-        load[owner] += unit[3] - unit[2]
+        heapq.heapreplace(heaps[g], (bytes_so_far + unit[3] - unit[2], owner))
     return owners
 
 
 def provisional(units: list[Unit], nodes: list[str]) -> dict[Unit, str]:
     """The owners :func:`assign` picks if every node of ``nodes`` needs ``units``: what a node reads
     for its peers while the exchange still waits for the others (the common case, so it claims them)."""
-    return assign({n: set(units) for n in nodes}) if len(nodes) > 1 else {}
+    return assign_groups([(set(units), sorted(nodes))]) if len(nodes) > 1 else {}
+
+
+def needs_digest(units: list[Unit]) -> str:
+    """What a node's needs are known by on the hub: nodes that need the same ranges send them once."""
+    return hashlib.blake2b(repr(units).encode(), digest_size=16).hexdigest()
+
+
+@dataclasses.dataclass(frozen=True)
+class Assignment:
+    """The exchange's answer to every node of an init, made once (the hub puts it in the object
+    store once; every node reads that one object).
+
+    Attributes:
+        owners: The owner of every shared range.
+        agents: Each node's :class:`ExchangeAgent` (where the ranges it owns are handed out).
+        needs: Who needs what, in groups of nodes that need the same ranges (nodes that joined late
+            or are gone are in none: they take nothing from peers).
+    """
+
+    owners: dict[Unit, str]
+    agents: dict[str, Any]
+    needs: list[Group]
+
+    def member(self, node: str) -> bool:
+        """Whether ``node`` takes part (it joined in time)."""
+        return any(node in nodes for _, nodes in self.needs)
 
 
 class Exchange:
-    """The Ray actor that assigns shares and hands offers from owners to the nodes that take them.
+    """One init's exchange: who owns which range, and the hand-off of offered pieces.
+
+    It plays two parts. On the cluster's :class:`ExchangeHub` it assigns the ranges (:meth:`join`)
+    and nothing else: one call per node. On each node's :class:`ExchangeAgent` it hands the ranges
+    that node owns to the peers that take them (:meth:`adopt`, then :meth:`offer`, :meth:`take`
+    and their notes), so the hub's work grows with the nodes, and each agent's with its own ranges.
+    The same class serves both, and a single one serves both parts in process (tests).
 
     An owner offers each range in pieces (:func:`piece_size`) as they arrive from the source, so its
-    peers pull a range while it still downloads. A consumer takes a range's pieces in order. The
-    actor holds only object references (the bytes stay where they were put) and bookkeeping; every
-    wait has a bound and returns ``None``/``False`` at it, after which the caller uses the source.
+    peers pull a range while it still downloads. A consumer takes a range's pieces in order. It holds
+    only object references (the bytes stay where they were put) and bookkeeping; every wait has a
+    bound and returns ``None``/``False`` at it, after which the caller uses the source.
 
     Args:
         piece: The piece size in bytes (:func:`piece_size` of the downloader's range).
         nodes: The init's nodes, if known yet (else :meth:`expect` names them).
         on_held: Told each change of the bytes a node holds for its peers (node, change).
+        publish: Makes the one answer every :meth:`join` returns (the hub puts it in Ray's object
+            store, so it is serialized once, not once per node).
+        agent: It serves an :class:`ExchangeAgent` (a take for a range not adopted yet waits for it).
     """
 
     def __init__(self, piece: int, nodes: list[str] | None = None,
-                 on_held: Callable[[str, int], None] | None = None) -> None:
+                 on_held: Callable[[str, int], None] | None = None,
+                 publish: Callable[[Assignment], Any] | None = None, agent: bool = False) -> None:
         self._piece = piece
+        self._agent = agent  # an agent learns its ranges by adopt() and home(): a take waits for them
         self._on_held = on_held
+        self._publish = publish or (lambda a: a)
         self._expected: set[str] | None = set(nodes) if nodes is not None else None
-        self._needs: dict[str, set[Unit]] = {}
+        self._groups: dict[str, tuple[set[Unit], list[str]]] = {}  # needs digest -> (ranges, nodes)
+        self._joined: set[str] = set()
+        self._agents: dict[str, Any] = {}
         self._claims: dict[str, set[Unit]] = {}
         self._owners: dict[Unit, str] | None = None
+        self._answer: Any = None
+        self._needs: list[Group] = []  # who needs what, once assigned (or adopted)
         self._consumers: dict[Unit, set[str]] = {}  # nodes still taking the range's pieces
         self._next: dict[Unit, dict[str, int]] = {}  # consumer -> the next piece it takes
         self._offers: dict[Piece, list[Any]] = {}
@@ -112,6 +190,7 @@ class Exchange:
         self._offered_by: dict[Piece, str] = {}
         self._taken_over: dict[Unit, float] = {}  # range -> when a consumer took it over (loop time)
         self._heard: dict[str, float] = {}  # owner -> when it last offered (or waited for room to)
+        self._homes: dict[Unit, str] = {}  # on the hub: where a range is handed out, once its home died
         self._cv = asyncio.Condition()
 
     async def _wait(self, predicate: Any, timeout: float) -> bool:
@@ -131,31 +210,84 @@ class Exchange:
                 self._cv.notify_all()
 
     def _assign_if_ready(self) -> None:
-        if self._owners is None and self._expected is not None and self._expected <= set(self._needs) | self._gone:
-            self._owners = assign({n: u for n, u in self._needs.items() if n not in self._gone}, self._claims)
-            for unit, owner in self._owners.items():
-                self._consumers[unit] = {n for n, u in self._needs.items() if unit in u and n != owner}
-                self._next[unit] = dict.fromkeys(self._consumers[unit], 0)
+        if self._owners is None and self._expected is not None and self._expected <= self._joined | self._gone:
+            needs: list[Group] = [(units, [n for n in nodes if n not in self._gone])
+                                  for units, nodes in self._groups.values()]
+            self._needs = [(units, nodes) for units, nodes in needs if nodes]
+            self._owners = assign_groups(self._needs, self._claims)
+            self._answer = self._publish(Assignment(self._owners, dict(self._agents), self._needs))
 
-    async def join(self, node: str, units: list[Unit], timeout: float,
-                   claimed: list[Unit] | None = None) -> dict[Unit, str]:
-        """Record what ``node`` needs (and the ranges it already reads for its peers: ``claimed``);
-        once all have joined, the owners of the ranges it needs."""
+    def knows(self, digest: str) -> bool:
+        """Whether a node already sent the ranges known by ``digest`` (see :func:`needs_digest`)."""
+        return digest in self._groups
+
+    async def join(self, node: str, units: list[Unit] | None, timeout: float, claimed: list[Unit] | None = None,
+                   *, agent: Any = None, digest: str | None = None) -> Any:
+        """Record what ``node`` needs (``units``, known by ``digest``: ``None`` if the hub has them
+        under it already), the ranges it already reads for its peers (``claimed``) and its
+        :class:`ExchangeAgent`; once all have joined, the :class:`Assignment` (published)."""
         async with self._cv:
             if self._owners is None:
-                self._needs[node] = set(units)
+                key = digest if digest is not None else f"node:{node}"
+                if key not in self._groups:
+                    self._groups[key] = (set(units or ()), [])
+                self._groups[key][1].append(node)
+                self._joined.add(node)
                 self._claims[node] = set(claimed or ())
+                if agent is not None:
+                    self._agents[node] = agent
                 self._assign_if_ready()
                 self._cv.notify_all()
         if not await self._wait(lambda: self._owners is not None, timeout):
             async with self._cv:  # a node that never joined: share among those that did
-                self._gone |= (self._expected or set(self._needs)) - set(self._needs)
-                self._expected = self._expected or set(self._needs)
+                self._gone |= (self._expected or self._joined) - self._joined
+                self._expected = self._expected or set(self._joined)
                 self._assign_if_ready()
                 self._cv.notify_all()
-        assert self._owners is not None
-        mine = self._needs.get(node, set())
-        return {u: o for u, o in self._owners.items() if u in mine}
+        return self._answer
+
+    async def adopt(self, assignment: Assignment, home: str) -> None:
+        """On ``home``'s agent: hand out the ranges ``home`` owns, to the nodes that need them."""
+        async with self._cv:
+            self._needs = assignment.needs
+            self._owners = {u: o for u, o in assignment.owners.items() if o == home} | (self._owners or {})
+            self._heard[home] = asyncio.get_running_loop().time()  # its silence counts from here
+            self._cv.notify_all()
+
+    async def rehome(self, node: str, unit: Unit, home: str) -> str | None:
+        """On the hub: ``unit``'s agent, on ``home``, is unreachable (its node died). ``"own"`` to the
+        first node to say so (it reads the range and hands it out from its own agent, see
+        :meth:`home`), the node whose agent hands it out now to the others, ``None`` if unshared."""
+        async with self._cv:
+            owner = (self._owners or {}).get(unit)
+            if owner is None:
+                return None
+            now = self._homes.get(unit, owner)
+            if now != home:
+                return now
+            self._homes[unit] = node
+            return "own"
+
+    async def home(self, unit: Unit, node: str) -> None:
+        """On ``node``'s agent: ``node`` took ``unit`` over from a node that died, and hands it out here."""
+        async with self._cv:
+            self._owners = {**(self._owners or {}), unit: node}
+            self._taken_over[unit] = asyncio.get_running_loop().time()
+            self._cv.notify_all()
+
+    def _ensure(self, unit: Unit) -> set[str]:
+        """The consumers still taking ``unit`` (worked out on first use: most ranges of a large model
+        are never asked about on a given agent, and the hub asks about none)."""
+        consumers = self._consumers.get(unit)
+        if consumers is None:
+            owner = (self._owners or {}).get(unit)
+            if owner is None:
+                return set()  # not handed out here
+            out = self._finished | self._gone
+            consumers = self._consumers[unit] = {n for units, nodes in self._needs if unit in units
+                                                 for n in nodes if n != owner and n not in out}
+            self._next[unit] = dict.fromkeys(consumers, 0)
+        return consumers
 
     async def room(self, node: str, nbytes: int, limit: int, timeout: float) -> bool:
         """Wait until ``node`` may hold ``nbytes`` more for its peers within ``limit``."""
@@ -181,7 +313,7 @@ class Exchange:
                 self._drop_consumer(node, unit)
                 self._cv.notify_all()
                 return "refused"
-            pending = {n for n in self._consumers.get(unit, ()) if self._next[unit].get(n, 0) <= index}
+            pending = {n for n in self._ensure(unit) if self._next[unit].get(n, 0) <= index}
             if pending:
                 replaced = self._offered_by.get((unit, index))
                 if replaced is not None and (unit, index) in self._pending and replaced in self._held:
@@ -249,7 +381,8 @@ class Exchange:
         cap = start + budget
         if index > 0:  # a consumer asks for a piece once it has written the one before (one call, not two)
             await self.taken(node, unit, index - 1)
-        if not await self._wait(lambda: self._owners is not None, max(0.0, min(cap, start + timeout) - loop.time())):
+        if not await self._wait(lambda: self._owners is not None and (not self._agent or unit in self._owners),
+                                max(0.0, min(cap, start + timeout) - loop.time())):
             return None  # asked before every node joined, and they did not in time
         owner = (self._owners or {}).get(unit)
         if owner is None or owner == node:
@@ -287,6 +420,18 @@ class Exchange:
                     return None
                 # Another survivor took the range over since this one woke: wait for its offer.
 
+    async def take_run(self, node: str, unit: Unit, index: int, timeout: float,
+                       budget: float | None = None) -> list[list[Any]] | str | None:
+        """:meth:`take`, answered with piece ``index``'s offer and every offer of the range after it
+        that is already made (a consumer behind its owner asks once for all of them)."""
+        first = await self.take(node, unit, index, timeout, budget)
+        if not isinstance(first, list):
+            return first
+        run = [first]
+        while (unit, index + len(run)) in self._offers:
+            run.append(self._offers[(unit, index + len(run))])
+        return run
+
     def _taken(self, node: str, piece: Piece) -> None:
         pending = self._pending.get(piece)
         if pending is None:
@@ -301,19 +446,24 @@ class Exchange:
 
     def _drop_consumer(self, node: str, unit: Unit) -> None:
         """``node`` takes nothing more of ``unit``: release the pieces offered and waiting for it."""
-        consumers = self._consumers.get(unit)
-        if consumers is None or node not in consumers:
+        consumers = self._ensure(unit)
+        if node not in consumers:
             return
         consumers.discard(node)
         for index in range(pieces_of(unit, self._piece)):
             self._taken(node, (unit, index))
 
     async def taken(self, node: str, unit: Unit, index: int) -> None:
-        """``node`` wrote piece ``index`` of ``unit``: once every consumer has, its object is released."""
+        """``node`` wrote piece ``index`` of ``unit`` (and every piece of it before, which a
+        :meth:`take_run` may have handed it in one answer): once every consumer has, an object is released."""
         async with self._cv:
-            if unit in self._next:
+            first = index
+            if (self._owners or {}).get(unit) is not None:
+                self._ensure(unit)
+                first = min(self._next[unit].get(node, index), index)
                 self._next[unit][node] = index + 1
-            self._taken(node, (unit, index))
+            for i in range(first, index + 1):
+                self._taken(node, (unit, i))
             if index + 1 >= pieces_of(unit, self._piece):
                 self._consumers.get(unit, set()).discard(node)
             self._cv.notify_all()
@@ -380,8 +530,10 @@ class Exchange:
                 self._drop_consumer(node, unit)
             self._cv.notify_all()
 
-    async def drained(self, node: str, timeout: float) -> bool:
-        """Wait until nothing ``node`` offered is still wanted by a peer."""
+    async def drained(self, node: str | None, timeout: float) -> bool:
+        """Wait until nothing ``node`` offered (any node: ``None``) is still wanted by a peer."""
+        if node is None:
+            return await self._wait(lambda: all(n <= 0 for n in self._held.values()), timeout)
         return await self._wait(lambda: self._held.get(node, 0) <= 0, timeout)
 
     def _hold(self, node: str, delta: int) -> None:
@@ -394,31 +546,29 @@ class Exchange:
         return {node: n for node, n in self._held.items() if n > 0}
 
 
-class ExchangeHub:
-    """The cluster's one long-lived actor that holds the :class:`Exchange` of every init under way.
+class _Keeper:
+    """A long-lived actor that holds one :class:`Exchange` per init under way (the hub, an agent).
 
-    An init's state is made by its first call (the replica's :meth:`open`, or a node's call that
-    overtook it) and dropped by :meth:`close`, or once nothing called it for its ``bound_s``
-    (a replica that died mid-init). Calls for a closed init raise ``LookupError``: a late node
-    then reads from the source, as it does when the hub itself is unreachable.
-
-    The hub ends: with no init open and no call for ``idle_s`` (the latest :meth:`open` says how
-    long, from ``download.share_hub_idle_s``), it exits, and the next shared init starts a new one.
-    Started, it removes the hubs of older protocol versions that are idle (never one with an init
-    open: a rolling upgrade's older replicas may still use it).
+    An init's state is made by its first call and dropped by :meth:`close`, or once nothing called
+    it for its ``bound_s`` (a replica that died mid-init). Calls for a closed init raise
+    ``LookupError``: a late node then reads from the source, as it does when the actor is
+    unreachable. With no init open for ``idle_s`` it exits, and the next init that needs it starts
+    a new one.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, idle_s: float = 600.0) -> None:
         self._inits: dict[str, Exchange] = {}
         self._expires: dict[str, float] = {}
         self._closed: collections.deque[str] = collections.deque(maxlen=4096)
-        self._idle_s = 600.0
+        self._idle_s = idle_s
         self._last_call = 0.0
         self._watcher: asyncio.Task[None] | None = None
-        self.removed: list[str] = []  # older hubs this one removed
-        self._gauge: Any = None
-        self._held: dict[str, int] = {}  # node -> bytes held for peers, over every init
-        self._held_dirty: set[str] = set()  # nodes whose holding changed since the gauge was last set
+
+    def _make(self, piece: int) -> Exchange:
+        raise NotImplementedError
+
+    async def _started(self) -> None:
+        """Once, when the first call arrives."""
 
     def _get(self, init: str, piece: int, bound_s: float) -> Exchange:
         now = asyncio.get_running_loop().time()  # the loop's clock: the exchanges' waits use it too
@@ -430,7 +580,7 @@ class ExchangeHub:
             raise LookupError(f"exchange {init} is closed: its init ended")
         exchange = self._inits.get(init)
         if exchange is None:
-            exchange = self._inits[init] = Exchange(piece, on_held=self._held_changed)
+            exchange = self._inits[init] = self._make(piece)
         self._expires[init] = now + bound_s
         return exchange
 
@@ -438,49 +588,20 @@ class ExchangeHub:
         for old in [i for i, at in self._expires.items() if at < now and i != keep]:
             self._drop(old)
 
-    async def open(self, init: str, piece: int, bound_s: float, idle_s: float = 600.0) -> None:
-        """Make ``init``'s exchange; it is dropped after ``bound_s`` seconds without a call. The hub
-        exits after ``idle_s`` with no init open."""
-        self._idle_s = idle_s
-        self._get(init, piece, bound_s)
-
     async def _watch(self) -> None:
-        """Remove idle older hubs once; then exit once idle for ``idle_s`` (checked a few times per bound)."""
+        """Exit once idle for ``idle_s`` (checked a few times per bound)."""
         loop = asyncio.get_running_loop()
-        with contextlib.suppress(Exception):  # best effort: an older hub left running costs one idle process
-            self.removed = await self._remove_older()
+        with contextlib.suppress(Exception):  # best effort: what it does first is never worth the actor
+            await self._started()
         while True:
             await asyncio.sleep(min(self._idle_s / 4, WATCH_EVERY_S))
             now = loop.time()
             self._expire(now)
-            with contextlib.suppress(Exception):  # a metric must never stop the hub
-                self._report_held()
             if self._inits:
                 self._last_call = now  # idle is measured from the last open init, not the last call
             elif now - self._last_call >= self._idle_s:
                 self._exit()
                 return
-
-    def _held_changed(self, node: str, delta: int) -> None:
-        """What ``node`` holds for its peers, over every init (told by each exchange, on each change)."""
-        self._held[node] = self._held.get(node, 0) + delta
-        self._held_dirty.add(node)
-
-    def _report_held(self) -> None:
-        """Set ``node_init_exchange_held_bytes{node}`` for the nodes whose holding changed since the last
-        look: from the watch, once a second, not on each piece (the hub's calls are its hot path)."""
-        import ray
-
-        if not self._held_dirty or not ray.is_initialized():
-            return
-        if self._gauge is None:
-            from ray.util import metrics
-
-            self._gauge = metrics.Gauge("node_init_exchange_held_bytes", tag_keys=("node",),
-                                        description="Bytes a node holds in its object store for peers")
-        dirty, self._held_dirty = self._held_dirty, set()
-        for node in dirty:
-            self._gauge.set(float(max(0, self._held.get(node, 0))), tags={"node": node})
 
     def _exit(self) -> None:
         """End this actor for good (a detached actor restarts after a crash, not after this)."""
@@ -494,6 +615,57 @@ class ExchangeHub:
             return False
         asyncio.get_running_loop().call_soon(self._exit)  # after this answer is sent
         return True
+
+    async def close(self, init: str) -> None:
+        """Drop ``init``'s exchange (its references with it, so Ray frees the pieces)."""
+        self._last_call = asyncio.get_running_loop().time()
+        self._drop(init)
+
+    def _drop(self, init: str) -> None:
+        self._inits.pop(init, None)
+        self._expires.pop(init, None)
+        if init not in self._closed:
+            self._closed.append(init)
+
+    async def inits(self) -> list[str]:
+        """The inits whose exchange is held (for tests and ``ray`` debugging)."""
+        return sorted(self._inits)
+
+
+class ExchangeHub(_Keeper):
+    """The cluster's one long-lived actor that assigns the ranges of every init under way.
+
+    An init's state is made by its first call (the replica's :meth:`open`, or a node's call that
+    overtook it); see :class:`_Keeper` for its end. Dropping an init tells its nodes' agents.
+    The hub ends: with no init open and no call for ``idle_s`` (the latest :meth:`open` says how
+    long, from ``download.share_hub_idle_s``), it exits, and the next shared init starts a new one.
+    Started, it removes the hubs of older protocol versions that are idle (never one with an init
+    open: a rolling upgrade's older replicas may still use it).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.removed: list[str] = []  # older hubs this one removed
+
+    def _make(self, piece: int) -> Exchange:
+        return Exchange(piece, publish=_put)
+
+    async def _started(self) -> None:
+        self.removed = await self._remove_older()
+
+    def _drop(self, init: str) -> None:
+        exchange = self._inits.get(init)
+        for agent in (exchange._agents.values() if exchange is not None else ()):
+            if isinstance(agent, Agent):
+                with contextlib.suppress(Exception):  # a dead node's agent: nothing to drop
+                    agent.close()
+        super()._drop(init)
+
+    async def open(self, init: str, piece: int, bound_s: float, idle_s: float = 600.0) -> None:
+        """Make ``init``'s exchange; it is dropped after ``bound_s`` seconds without a call. The hub
+        exits after ``idle_s`` with no init open."""
+        self._idle_s = idle_s
+        self._get(init, piece, bound_s)
 
     async def _remove_older(self) -> list[str]:
         """End every idle hub of an older protocol version in this cluster; their names."""
@@ -520,15 +692,77 @@ class ExchangeHub:
             removed.append(name)
         return removed
 
-    # One method per Exchange call, so a type checker sees each (no dispatch by name). ``key`` is the
-    # init's (id, piece size, idle bound): the first call of an init makes its state.
+    # One method per call a node makes of the hub (a type checker sees each: no dispatch by name).
+    # ``key`` is the init's (id, piece size, idle bound): the first call of an init makes its state.
+    # The pieces themselves never pass through here: each node's ExchangeAgent hands out its own.
 
     async def expect(self, key: InitKey, nodes: list[str]) -> None:
         await self._get(*key).expect(nodes)
 
-    async def join(self, key: InitKey, node: str, units: list[Unit], timeout: float,
-                   claimed: list[Unit] | None = None) -> dict[Unit, str]:
-        return await self._get(*key).join(node, units, timeout, claimed)
+    async def join(self, key: InitKey, node: str, digest: str, units: list[Any], timeout: float,
+                   claimed: list[Unit], agent: list[Any]) -> list[Any]:
+        """:meth:`Exchange.join`; ``units`` boxes the object of the node's ranges, read only if no
+        node sent the same ones (``digest``) before; ``agent`` boxes its :class:`ExchangeAgent`.
+        The answer boxes the one published :class:`Assignment`."""
+        exchange = self._get(*key)
+        wanted = None if exchange.knows(digest) else await _resolve(units[0])
+        return [await exchange.join(node, wanted, timeout, claimed, agent=agent[0], digest=digest)]
+
+    async def rehome(self, key: InitKey, node: str, unit: Unit, home: str) -> str | None:
+        return await self._get(*key).rehome(node, unit, home)
+
+    async def gone(self, key: InitKey, node: str) -> None:
+        await self._get(*key).gone(node)
+
+    async def removed_hubs(self) -> list[str]:
+        """The older hubs this one removed when it started (for tests and ``ray`` debugging)."""
+        return list(self.removed)
+
+
+def _put(assignment: Assignment) -> Any:
+    """The hub's one copy of an init's answer, in Ray's object store (as is, outside Ray: tests)."""
+    import ray
+
+    return ray.put(assignment) if ray.is_initialized() else assignment
+
+
+async def _resolve(value: Any) -> Any:
+    """An object reference's value (a plain value as is: in-process tests pass values)."""
+    return value if isinstance(value, list | dict | tuple) or value is None else await value
+
+
+class ExchangeAgent(_Keeper):
+    """A node's long-lived actor (``num_cpus=0``, pinned to it, one per node like the hub is one
+    per cluster) that hands the ranges its node owns, in every init under way, to the peers that
+    take them: so the hub sees one call per node, not one per piece and peer, and each agent's work
+    grows with its own node's share.
+
+    The first shared init on a node starts it (a worker process: about a second, overlapped with
+    the join); later inits find it running. An init's state goes when the hub drops the init (it
+    tells the agents), or at its bound; with no init for ``idle_s`` the agent exits. A node that
+    dies takes its agent with it, and its peers then ask the hub who hands its ranges out instead
+    (:meth:`Exchange.rehome`). Silence is judged here, where the owner's offers arrive: a hung
+    owner's range is taken over by the first peer to find it silent.
+
+    Args:
+        node: The node it serves.
+        idle_s: It exits after this long with no init.
+    """
+
+    def __init__(self, node: str, idle_s: float = 600.0) -> None:
+        super().__init__(idle_s)
+        self.node = node
+
+    def _make(self, piece: int) -> Exchange:
+        return Exchange(piece, agent=True)
+
+    # One method per call (a type checker sees each); ``key`` is the init's, as on the hub.
+
+    async def adopt(self, key: InitKey, assignment: Assignment) -> None:
+        await self._get(*key).adopt(assignment, self.node)
+
+    async def home(self, key: InitKey, unit: Unit, node: str) -> None:
+        await self._get(*key).home(unit, node)
 
     async def offer(self, key: InitKey, node: str, unit: Unit, index: int, box: list[Any], nbytes: int,
                     limit: int | None = None, timeout: float = 0.0) -> str:
@@ -541,9 +775,9 @@ class ExchangeHub:
     async def skip(self, key: InitKey, unit: Unit, index: int) -> None:
         await self._get(*key).skip(unit, index)
 
-    async def take(self, key: InitKey, node: str, unit: Unit, index: int, timeout: float,
-                   budget: float | None = None) -> list[Any] | str | None:
-        return await self._get(*key).take(node, unit, index, timeout, budget)
+    async def take_run(self, key: InitKey, node: str, unit: Unit, index: int, timeout: float,
+                       budget: float | None = None) -> list[list[Any]] | str | None:
+        return await self._get(*key).take_run(node, unit, index, timeout, budget)
 
     async def taken(self, key: InitKey, node: str, unit: Unit, index: int) -> None:
         await self._get(*key).taken(node, unit, index)
@@ -557,32 +791,96 @@ class ExchangeHub:
     async def finished(self, key: InitKey, node: str) -> None:
         await self._get(*key).finished(node)
 
+    async def drained(self, key: InitKey, node: str | None, timeout: float) -> bool:
+        return await self._get(*key).drained(node, timeout)
+
     async def gone(self, key: InitKey, node: str) -> None:
         await self._get(*key).gone(node)
 
-    async def drained(self, key: InitKey, node: str, timeout: float) -> bool:
-        return await self._get(*key).drained(node, timeout)
+    async def held(self, key: InitKey) -> dict[str, int]:
+        return self._get(*key).held()
 
-    async def close(self, init: str) -> None:
-        """Drop ``init``'s exchange (its references with it, so Ray frees the pieces)."""
-        self._last_call = asyncio.get_running_loop().time()
-        self._drop(init)
 
-    def _drop(self, init: str) -> None:
-        exchange = self._inits.pop(init, None)
-        for node, n in (exchange.held() if exchange is not None else {}).items():
-            self._held_changed(node, -n)  # its references go with it: Ray frees the pieces
-        self._expires.pop(init, None)
-        if init not in self._closed:
-            self._closed.append(init)
+class Agent:
+    """A node's :class:`ExchangeAgent`, for one init: each of its calls as a method that returns
+    the call's object reference (``ray.get`` it, or not, for a one-way note). Picklable.
 
-    async def inits(self) -> list[str]:
-        """The inits whose exchange is held (for tests and ``ray`` debugging)."""
-        return sorted(self._inits)
+    Args:
+        actor: The agent's actor handle.
+        node: The node it serves.
+        key: The init's key (see :class:`InitExchange`).
+    """
 
-    async def removed_hubs(self) -> list[str]:
-        """The older hubs this one removed when it started (for tests and ``ray`` debugging)."""
-        return list(self.removed)
+    def __init__(self, actor: Any, node: str, key: InitKey) -> None:
+        self.actor, self.node, self.key = actor, node, key
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, str, InitKey]]:
+        return Agent, (self.actor, self.node, self.key)
+
+    def __repr__(self) -> str:
+        return f"Agent({self.node!r}, {self.key[0]!r})"
+
+    def adopt(self, assignment: Any) -> Any:
+        return self.actor.adopt.remote(self.key, assignment)
+
+    def home(self, unit: Unit, node: str) -> Any:
+        return self.actor.home.remote(self.key, unit, node)
+
+    def offer(self, node: str, unit: Unit, index: int, box: list[Any], nbytes: int, limit: int | None = None,
+              timeout: float = 0.0) -> Any:
+        return self.actor.offer.remote(self.key, node, unit, index, box, nbytes, limit, timeout)
+
+    def offer_all(self, node: str, offers: list[tuple[Unit, int, list[Any], int]], limit: int, timeout: float) -> Any:
+        return self.actor.offer_all.remote(self.key, node, offers, limit, timeout)
+
+    def skip(self, unit: Unit, index: int) -> Any:
+        return self.actor.skip.remote(self.key, unit, index)
+
+    def take_run(self, node: str, unit: Unit, index: int, timeout: float, budget: float | None = None) -> Any:
+        return self.actor.take_run.remote(self.key, node, unit, index, timeout, budget)
+
+    def taken(self, node: str, unit: Unit, index: int) -> Any:
+        return self.actor.taken.remote(self.key, node, unit, index)
+
+    def lost(self, node: str, unit: Unit, index: int, box: list[Any] | None = None) -> Any:
+        return self.actor.lost.remote(self.key, node, unit, index, box)
+
+    def release(self, node: str, unit: Unit) -> Any:
+        return self.actor.release.remote(self.key, node, unit)
+
+    def finished(self, node: str) -> Any:
+        return self.actor.finished.remote(self.key, node)
+
+    def drained(self, node: str | None, timeout: float) -> Any:
+        return self.actor.drained.remote(self.key, node, timeout)
+
+    def held(self) -> Any:
+        return self.actor.held.remote(self.key)
+
+    def close(self) -> Any:
+        """Drop this init's state on the agent (the hub does, as it drops the init)."""
+        return self.actor.close.remote(self.key[0])
+
+    def gone(self, node: str) -> Any:
+        return self.actor.gone.remote(self.key, node)
+
+
+def start_agent(exchange: InitExchange, node: str, idle_s: float = 600.0) -> Agent:
+    """``node``'s :class:`ExchangeAgent` (started if none runs there), for ``exchange``'s init.
+
+    Named per node and protocol version, detached, pinned to ``node`` (it dies with it, and never
+    moves), ``num_cpus=0``."""
+    import ray
+    import ray.cloudpickle
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # type: ignore[no-untyped-call]
+    actor: Any = ray.remote(ExchangeAgent).options(
+        name=f"{AGENT_PREFIX}{PROTOCOL}-{node}", namespace=EXCHANGE_NAMESPACE, lifetime="detached",
+        get_if_exists=True, num_cpus=0, max_concurrency=10_000, max_restarts=0,
+        scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False),
+    ).remote(node, idle_s)
+    return Agent(actor, node, exchange.key)
 
 
 class InitExchange:
@@ -602,39 +900,15 @@ class InitExchange:
     def expect(self, nodes: list[str]) -> Any:
         return self.hub.expect.remote(self.key, nodes)
 
-    def join(self, node: str, units: list[Unit], timeout: float, claimed: list[Unit] | None = None) -> Any:
-        return self.hub.join.remote(self.key, node, units, timeout, claimed)
+    def join(self, node: str, digest: str, units: list[Any], timeout: float, claimed: list[Unit],
+             agent: Agent) -> Any:
+        return self.hub.join.remote(self.key, node, digest, units, timeout, claimed, [agent])
 
-    def offer(self, node: str, unit: Unit, index: int, box: list[Any], nbytes: int, limit: int | None = None,
-              timeout: float = 0.0) -> Any:
-        return self.hub.offer.remote(self.key, node, unit, index, box, nbytes, limit, timeout)
-
-    def offer_all(self, node: str, offers: list[tuple[Unit, int, list[Any], int]], limit: int, timeout: float) -> Any:
-        return self.hub.offer_all.remote(self.key, node, offers, limit, timeout)
-
-    def skip(self, unit: Unit, index: int) -> Any:
-        return self.hub.skip.remote(self.key, unit, index)
-
-    def take(self, node: str, unit: Unit, index: int, timeout: float, budget: float | None = None) -> Any:
-        return self.hub.take.remote(self.key, node, unit, index, timeout, budget)
-
-    def taken(self, node: str, unit: Unit, index: int) -> Any:
-        return self.hub.taken.remote(self.key, node, unit, index)
-
-    def lost(self, node: str, unit: Unit, index: int, box: list[Any] | None = None) -> Any:
-        return self.hub.lost.remote(self.key, node, unit, index, box)
-
-    def release(self, node: str, unit: Unit) -> Any:
-        return self.hub.release.remote(self.key, node, unit)
-
-    def finished(self, node: str) -> Any:
-        return self.hub.finished.remote(self.key, node)
+    def rehome(self, node: str, unit: Unit, home: str) -> Any:
+        return self.hub.rehome.remote(self.key, node, unit, home)
 
     def gone(self, node: str) -> Any:
         return self.hub.gone.remote(self.key, node)
-
-    def drained(self, node: str, timeout: float) -> Any:
-        return self.hub.drained.remote(self.key, node, timeout)
 
     def close(self) -> None:
         """Drop this init's state on the hub (fire and forget; the hub also drops it at its bound)."""

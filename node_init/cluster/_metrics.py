@@ -1,10 +1,11 @@
 """The exchange's metrics, through Ray (``ray.util.metrics``: Ray's Prometheus endpoint serves them
 prefixed ``ray_``), recorded where they happen:
 
-- ``node_init_exchange_call_seconds{call}`` (histogram): each hub call's round trip as a node sees it
-  (``take`` and ``drained`` include the wait for a peer; ``offer`` the wait for room);
-- ``node_init_exchange_held_bytes{node}`` (gauge, set by the hub once a second for the nodes whose
-  holding changed): bytes a node holds in its object store for peers that have not taken them yet.
+- ``node_init_exchange_call_seconds{call}`` (histogram): each exchange call's round trip as a node
+  sees it, to the hub (``join``, ``rehome``) or to an agent (``take`` and ``drained`` include the
+  wait for a peer; ``offer`` the wait for room);
+- ``node_init_exchange_held_bytes{node}`` (gauge, set by each node once a second from what its
+  agent says): bytes a node holds in its object store for peers that have not taken them yet.
 
 Peer bytes and takeovers per node are in each :class:`~node_init.NodeReport` (``peer_bytes``,
 ``takeovers``); ``handlers.timing`` exports them. Outside Ray nothing is recorded.
@@ -48,3 +49,18 @@ def timed_call(call: str) -> Iterator[None]:
         if ray is not None and ray.is_initialized():
             with contextlib.suppress(Exception):  # a metric must never fail the download it measures
                 _histogram().observe(time.monotonic() - start, tags={"call": call})
+
+
+def set_held(node: str, nbytes: int) -> None:
+    """Set ``node_init_exchange_held_bytes{node}`` (from the node's own process, which outlives its agent)."""
+    ray = sys.modules.get("ray")
+    if ray is None or not ray.is_initialized():
+        return
+    with contextlib.suppress(Exception):  # a metric must never fail the download it measures
+        with _lock:
+            if "held" not in _made:
+                from ray.util import metrics
+
+                _made["held"] = metrics.Gauge("node_init_exchange_held_bytes", tag_keys=("node",),
+                                              description="Bytes a node holds in its object store for peers")
+        _made["held"].set(float(max(0, nbytes)), tags={"node": node})

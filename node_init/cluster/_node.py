@@ -242,20 +242,24 @@ def _join(exchange: Any, node_id: str, todo: list[RemoteFile], config: NodeInitC
     """
     import ray
 
-    from ._exchange import provisional
+    from ._exchange import needs_digest, provisional, start_agent
     from ._share import SharedSource, units_of
 
     units = units_of(todo, config.download.part_size_mb * 1024 * 1024)
     guess = provisional(units, nodes)
     claimed = [u for u, owner in guess.items() if owner == node_id]
+    agent = None
     try:
-        joining = exchange.join(node_id, units, Bounds.of(config).join_s, claimed)
+        # Its agent starts while the others join; the ranges go once per distinct set of needs (by digest).
+        agent = start_agent(exchange, node_id, Bounds.of(config).hub_idle_s) if source is not None and units else None
+        joining = exchange.join(node_id, needs_digest(units), [ray.put(units)], Bounds.of(config).join_s, claimed,
+                                agent)
     except ray.exceptions.RayError as exc:
         _log.warning("no exchange: fetching every range from the source", node_id=node_id, error=describe(exc))
         return None
     if source is None:
         return None
-    return SharedSource(source, exchange, node_id, guess, config.download, joining=joining)
+    return SharedSource(source, exchange, node_id, guess, config.download, joining=joining, agent=agent, needs=units)
 
 
 def _additions(data: dict[str, object], before: dict[str, bytes]) -> dict[str, object]:

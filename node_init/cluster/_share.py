@@ -32,6 +32,8 @@ from .._config import DownloadConfig, NodeInitConfig
 from ..download import RemoteFile, Source, shares
 from ._exchange import (
     MIN_SHARED_BYTES,
+    WATCH_EVERY_S,
+    Agent,
     InitExchange,
     Unit,
     close_exchange,
@@ -40,7 +42,7 @@ from ._exchange import (
     pieces_of,
     start_exchange,
 )
-from ._metrics import timed_call
+from ._metrics import set_held, timed_call
 from ._view import SourceView, piece_sum
 
 _log = structlog.get_logger("node_init.share")
@@ -130,24 +132,38 @@ class SharedSource(SourceView):
     once the answer comes. Where the answer differs, the exchange says so: a range this node read
     but does not own is not offered, and one it owns but expected from a peer it reads itself.
 
+    The pieces travel node to node: an owner offers them to its own :class:`ExchangeAgent`, and a
+    peer takes them there; the hub is asked only who owns what (once per node) and, when an
+    agent's node died, who hands out its ranges now.
+
     Args:
         origin: The model's source.
-        exchange: The init's :class:`Exchange` actor.
+        exchange: The init's :class:`InitExchange` (the hub).
         node_id: This node.
         owners: Owner of each shared range this node needs: from :meth:`Exchange.join`, or its
             :func:`provisional` owners while ``joining`` is pending.
         cfg: ``part_size_mb``, ``share_memory_mb`` and ``stall_timeout_s`` (two thirds of it bound
             a wait on a peer, all told: the downloader's stall check must not fire while a peer is
             late, and the source then still has a third of it to send the first bytes).
-        joining: The pending :meth:`Exchange.join` call (an object reference), if any.
+        joining: The pending :meth:`ExchangeHub.join` call (an object reference), if any.
+        agent: This node's :class:`Agent`.
+        needs: The shared ranges this node fetches (default: those of ``owners``).
     """
 
     def __init__(self, origin: Source, exchange: Any, node_id: str, owners: dict[Unit, str],
-                 cfg: DownloadConfig, *, joining: Any = None) -> None:
+                 cfg: DownloadConfig, *, joining: Any = None, agent: Agent | None = None,
+                 needs: list[Unit] | None = None) -> None:
         super().__init__(origin)
         self.exchange = exchange
         self.node_id = node_id
         self.owners = owners
+        self.agent = agent
+        self.agents: dict[str, Agent] = {node_id: agent} if agent is not None else {}
+        self._needs = needs or list(owners)
+        self._assigned: dict[Unit, str] = {}  # the exchange's owners, as it answered (whose agent hands out what)
+        self._homes: dict[Unit, str] = {}  # ranges handed out elsewhere than by their first owner's agent
+        self._offered_to: set[str] = set()  # other nodes' agents this node offered pieces to (takeovers)
+        self._runs: dict[Unit, dict[int, list[Any]]] = {}  # offers a take handed over ahead of need
         self.stats = ShareStats()
         self._part = cfg.part_size_mb * 1024 * 1024
         self._piece = piece_size(self._part)
@@ -160,6 +176,9 @@ class SharedSource(SourceView):
         self._released: set[Unit] = set()  # peers' ranges read from the source instead
         self._lock = threading.Lock()
         self._joined = threading.Event()
+        self._adopted = threading.Event()  # its agent hands out what this node owns
+        self._settled = threading.Event()  # the join answered and what was read before it was offered
+        self._closing = threading.Event()  # the settler's held-bytes reports stop
         self._closed = False
         self._early: list[tuple[Unit, int, Any, int]] = []  # pieces read before the join answered
         self._early_bytes = 0
@@ -174,23 +193,52 @@ class SharedSource(SourceView):
             self._settler.start()
 
     def _settle(self, joining: Any) -> None:
-        """Wait for the exchange's assignment, then offer the pieces read before it came."""
+        """Wait for the exchange's assignment, have this node's agent hand out what it owns, then
+        offer the pieces read before it came."""
         import ray
 
+        owners: dict[Unit, str] = {}
+        published: Any = None
         try:
             with timed_call("join"):
-                owners: dict[Unit, str] = ray.get(joining, timeout=self._join_s)
+                box = ray.get(joining, timeout=self._join_s)
+                published = box[0]
+                assignment = ray.get(published, timeout=self._join_s) if isinstance(published, ray.ObjectRef) \
+                    else published
+            if assignment.member(self.node_id) and self.agent is not None:
+                self.agents = dict(assignment.agents)
+                owners = self._assigned = assignment.owners
+            else:
+                _log.warning("joined too late: fetching every range from the source", node_id=self.node_id)
         except (ray.exceptions.RayError, TimeoutError) as exc:  # no exchange: every range from the source
             _log.warning("no exchange: fetching every range from the source", node_id=self.node_id,
                          error=type(exc).__name__)
-            owners = {}
         with self._lock:
             # Ranges taken over since the answer was sent are this node's now (see stream()).
             self.owners = {**owners, **{u: self.node_id for u in self._took_over}}
             early, self._early, self._early_bytes = self._early, [], 0
-            self._joined.set()
+            self._joined.set()  # its takes may go to peers' agents now; its offers wait for its own
+        if owners and self.agent is not None:
+            try:
+                with timed_call("adopt"):  # its agent learns what it hands out before any offer reaches it
+                    ray.get(self.agent.adopt(published), timeout=self._join_s)
+                self._adopted.set()
+            except (ray.exceptions.RayError, TimeoutError) as exc:
+                _log.warning("no agent: peers fetch this node's share from the source", node_id=self.node_id,
+                             error=type(exc).__name__)
         if early and not self._closed:
             self._send_early(early)
+        self._settled.set()
+        while self._adopted.is_set() and self.agent is not None and not self._closing.wait(WATCH_EVERY_S):
+            with contextlib.suppress(ray.exceptions.RayError, TimeoutError):  # a metric: best effort
+                set_held(self.node_id, ray.get(self.agent.held(), timeout=self._join_s).get(self.node_id, 0))
+
+    def _home(self, unit: Unit) -> str:
+        """The node whose agent hands ``unit`` out: its owner's, unless that agent died."""
+        return self._homes.get(unit) or self._assigned.get(unit) or self.node_id
+
+    def _agent_of(self, unit: Unit) -> Agent | None:
+        return self.agents.get(self._home(unit))
 
     def _send_early(self, early: list[tuple[Unit, int, list[Any], int]]) -> None:
         import ray
@@ -198,12 +246,13 @@ class SharedSource(SourceView):
         mine = [(u, i, box, n) for u, i, box, n in early if self.owners.get(u) == self.node_id]
         for unit in {u for u, _, _, _ in early if self.owners.get(u) != self.node_id}:
             self._stopped.add(unit)  # not this node's after all: its tee offers no more of it
-            self._tell(self.exchange.release, self.node_id, unit)
-        if not mine:
+            self._release(unit)
+        if not mine or self.agent is None or not self._adopted.is_set():
+            self._stopped.update(u for u, _, _, _ in mine)
             return
         try:
             with timed_call("offer_all"):
-                answers = ray.get(self.exchange.offer_all(self.node_id, mine, self._limit, self._wait_s),
+                answers = ray.get(self.agent.offer_all(self.node_id, mine, self._limit, self._wait_s),
                                   timeout=self._bounds.rpc(len(mine) * self._wait_s))
         except (ray.exceptions.RayError, TimeoutError) as exc:  # the exchange is gone: peers use the source
             _log.info("cannot offer to peers", node_id=self.node_id, error=type(exc).__name__)
@@ -258,7 +307,7 @@ class SharedSource(SourceView):
             pos += len(view)
             self._taken_upto[unit] = index + 1
             if pos >= end:  # the next take would have said so; there is none
-                self._tell(self.exchange.taken, self.node_id, unit, index)
+                self._note(unit, lambda a, i=index: a.taken(self.node_id, unit, i))  # type: ignore[misc]
                 return
 
     def _tee(self, unit: Unit, file: RemoteFile, start: int, end: int, *,
@@ -273,7 +322,8 @@ class SharedSource(SourceView):
         if start > unit[2] and not takeover:
             tee = self._tees.get(unit)
             if tee is None or tee.position(unit, self._piece) != start:
-                self._tell(self.exchange.skip, unit, tee.next if tee is not None else 0)
+                skip_at = tee.next if tee is not None else 0
+                self._note(unit, lambda a: a.skip(unit, skip_at))
                 tee = None
         if tee is not None:
             self._tees[unit] = tee
@@ -311,7 +361,7 @@ class SharedSource(SourceView):
                 self._early_bytes += len(data)
                 return True
         if not self._joined.wait(self._wait_s):
-            self._tell(self.exchange.skip, unit, index)
+            self._note(unit, lambda a: a.skip(unit, index))
             return False
         return self._send(unit, index, self._box(data, checksum), len(data))
 
@@ -325,13 +375,18 @@ class SharedSource(SourceView):
         import ray
 
         if self.owners.get(unit) != self.node_id:  # the exchange gave it to another node, or shares nothing
-            self._tell(self.exchange.release, self.node_id, unit)
+            self._release(unit)
             return False
+        agent = self._agent_of(unit)
+        if agent is None or (agent is self.agent and not self._adopted.wait(self._wait_s)):
+            return False
+        if agent.node != self.node_id:
+            self._offered_to.add(agent.node)
         try:
             with timed_call("offer"):
-                answer = ray.get(self.exchange.offer(self.node_id, unit, index, box, nbytes, self._limit,
-                                                     self._wait_s), timeout=self._bounds.rpc(self._wait_s))
-        except (ray.exceptions.RayError, TimeoutError) as exc:  # the exchange is gone: peers use the source
+                answer = ray.get(agent.offer(self.node_id, unit, index, box, nbytes, self._limit, self._wait_s),
+                                 timeout=self._bounds.rpc(self._wait_s))
+        except (ray.exceptions.RayError, TimeoutError) as exc:  # the agent is gone: peers use the source
             _log.info("cannot offer to peers", node_id=self.node_id, file=unit[0], error=type(exc).__name__)
             return False
         if answer != "ok":
@@ -339,14 +394,23 @@ class SharedSource(SourceView):
         self.stats.offered += 1
         return True
 
-    def _tell(self, call: Callable[..., Any], *args: Any) -> None:
-        """A one-way note to the exchange; if it is unreachable, only the sharing stops, not the download."""
+    def _release(self, unit: Unit) -> None:
+        """This node reads the rest of ``unit`` from the source: it takes nothing more of it."""
+        self._released.add(unit)
+        self._note(unit, lambda a: a.release(self.node_id, unit))
+
+    def _note(self, unit: Unit, call: Callable[[Agent], Any]) -> None:
+        """A one-way note to the agent that hands ``unit`` out; if it is unreachable, only the
+        sharing stops, not the download."""
         import ray
 
+        agent = self._agent_of(unit)
+        if agent is None:
+            return
         try:
-            call(*args)
+            call(agent)
         except ray.exceptions.RayError as exc:
-            _log.info("exchange unreachable", node_id=self.node_id, method=call.__name__, error=type(exc).__name__)
+            _log.info("exchange agent unreachable", node_id=self.node_id, agent=agent.node, error=type(exc).__name__)
 
     def _take(self, file: RemoteFile, unit: Unit, index: int) -> bytes | str | None:
         """A piece's bytes from its owner; ``"own"`` if this node took the range over, ``"yours"`` if the
@@ -357,6 +421,8 @@ class SharedSource(SourceView):
         of the stall bound to send the range's first bytes. Reading a piece's object, and taking it
         again after a lost one (twice at most), take what is left of those two waits, or half a
         wait if less is left: Ray's get of a hung owner's object was seen to return seconds late.
+        A take answers with every offer of the range already made from ``index`` on, so a node
+        behind its peer asks once per range, not once per piece.
         """
         import ray
 
@@ -365,20 +431,36 @@ class SharedSource(SourceView):
         def remaining() -> float:  # a retry still gives the new owner half a wait
             return max(end - time.monotonic(), self._bounds.retry_s)
 
+        if not self._joined.wait(self._wait_s):  # who owns it is not known yet, nor which agent hands it out
+            return None
+        owner = self.owners.get(unit)
+        if owner is None or owner == self.node_id:
+            return None if owner is None else "yours"
+        box = self._runs.get(unit, {}).pop(index, None)
         data: object = None
         for _ in range(3):  # a piece whose object was lost: taken over here, or taken again from its new owner
-            left = remaining()
-            try:
-                with timed_call("take"):
-                    box = ray.get(self.exchange.take(self.node_id, unit, index, self._wait_s, left),
-                                  timeout=self._bounds.rpc(left))
-            except (ray.exceptions.RayError, TimeoutError) as exc:  # the exchange is gone
-                _log.info("peer's range unavailable", node_id=self.node_id, file=unit[0], error=type(exc).__name__)
-                return None
             if box is None:
-                return None
-            if box in ("own", "yours"):
-                return str(box)
+                left = remaining()
+                agent = self._agent_of(unit)
+                if agent is None:
+                    return None
+                try:
+                    with timed_call("take"):
+                        run = ray.get(agent.take_run(self.node_id, unit, index, self._wait_s, left),
+                                      timeout=self._bounds.rpc(left))
+                except ray.exceptions.RayActorError:  # the agent died with its node: who hands it out now?
+                    answer = self._rehome(unit)
+                    if answer != "retry":
+                        return answer
+                    continue
+                except (ray.exceptions.RayError, TimeoutError) as exc:
+                    _log.info("peer's range unavailable", node_id=self.node_id, file=unit[0],
+                              error=type(exc).__name__)
+                    return None
+                if run is None or run in ("own", "yours"):
+                    return None if run is None else str(run)
+                box = run[0]
+                self._runs[unit] = {index + k: later for k, later in enumerate(run[1:], 1)}
             get_s = min(self._wait_s, remaining())
             try:
                 data = ray.get(box[0], timeout=get_s)
@@ -386,49 +468,105 @@ class SharedSource(SourceView):
             except (ray.exceptions.RayError, TimeoutError) as exc:  # the owner's node died, or it hangs
                 _log.info("peer's piece lost", node_id=self.node_id, file=unit[0], index=index,
                           error=type(exc).__name__)
+                self._runs.pop(unit, None)
                 if isinstance(exc, TimeoutError) and get_s < self._wait_s:
                     # Out of time, not proof of a lost piece: read the range alone, leave it to its owner.
-                    self._tell(self.exchange.release, self.node_id, unit)
+                    self._release(unit)
                     return None
-                try:
-                    with timed_call("lost"):
-                        answer = ray.get(self.exchange.lost(self.node_id, unit, index, box),
-                                         timeout=self._bounds.rpc(0))
-                except (ray.exceptions.RayError, TimeoutError):
-                    answer = None
-                if answer in ("own", "yours"):
-                    return str(answer)
+                answer = self._lost(unit, index, box)
                 if answer != "retry":
-                    self._tell(self.exchange.release, self.node_id, unit)
-                    return None
-        if not isinstance(data, bytes) or len(data) != piece_bytes(unit, index, self._piece):
-            self._tell(self.exchange.release, self.node_id, unit)
+                    if answer is None:
+                        self._release(unit)
+                    return answer
+                box = None
+        if box is None or not isinstance(data, bytes) or len(data) != piece_bytes(unit, index, self._piece):
+            self._release(unit)
             return None
         sender = str(box[2]) if len(box) > 2 else "?"
         lo = unit[2] + index * self._piece
         checksum = piece_sum(data)
         if len(box) < 2 or checksum != box[1]:  # not the bytes its owner read from the origin
             self.blame(sender, file, lo, "a piece differs from its owner's checksum")
-            self._tell(self.exchange.release, self.node_id, unit)
+            self._release(unit)
             return None
         self.received(file, lo, data, sender, checksum)
         return data
 
+    def _lost(self, unit: Unit, index: int, box: list[Any]) -> str | None:
+        """Tell the range's agent its piece could not be read: ``"own"``, ``"yours"``, ``"retry"`` or
+        ``None`` (see :meth:`Exchange.lost`); its agent's node died too: ask the hub."""
+        import ray
+
+        agent = self._agent_of(unit)
+        if agent is None:
+            return None
+        try:
+            with timed_call("lost"):
+                answer: str | None = ray.get(agent.lost(self.node_id, unit, index, box), timeout=self._bounds.rpc(0))
+        except ray.exceptions.RayActorError:
+            return self._rehome(unit)
+        except (ray.exceptions.RayError, TimeoutError):
+            return None
+        if answer == "own":
+            self._homes.setdefault(unit, self._home(unit))  # still handed out there, now offered by this node
+        return answer
+
+    def _rehome(self, unit: Unit) -> str | None:
+        """The agent that handed ``unit`` out died (with its node): ask the hub. ``"own"``: this node
+        reads the range and hands it out from its own agent; ``"retry"``: take it from the agent the
+        hub named; ``None``: use the source."""
+        import ray
+
+        home = self._home(unit)
+        try:
+            with timed_call("rehome"):
+                answer = ray.get(self.exchange.rehome(self.node_id, unit, home), timeout=self._bounds.rpc(0))
+            if answer == "own" and self.agent is not None:
+                ray.get(self.agent.home(unit, self.node_id), timeout=self._bounds.rpc(0))
+        except (ray.exceptions.RayError, TimeoutError) as exc:
+            _log.info("cannot reach the exchange", node_id=self.node_id, file=unit[0], error=type(exc).__name__)
+            return None
+        _log.info("a peer's agent is gone", node_id=self.node_id, file=unit[0], agent=home, now=answer)
+        if answer is None:
+            return None
+        self._homes[unit] = self.node_id if answer == "own" else str(answer)
+        return "own" if answer == "own" else "retry"
+
     def finish(self, timeout: float) -> None:
-        """This node's download ended: tell the exchange, then keep offered objects alive (bounded)
-        until every peer has taken them (this worker owns them: they go when it exits)."""
+        """This node's download ended: tell the agents it dealt with, then keep offered objects alive
+        (bounded) until every peer has taken them (this worker owns them: they go when it exits),
+        then end its own agent."""
         import ray
 
         if self._settler is not None and timeout > 0:  # what was read before the join goes out first
-            self._settler.join(self._join_s)
+            self._settled.wait(self._join_s)
         self._closed = True
+        deadline = time.monotonic() + timeout
         try:
+            # Its own agent (it offers no more), those it offered to, those it still expected pieces from.
+            homes = {self.node_id, *self._offered_to, *(self._home(u) for u in self._expected_from())}
+            notes = [agent.finished(self.node_id) for home in sorted(homes) if (agent := self.agents.get(home))]
             with timed_call("finished"):
-                ray.get(self.exchange.finished(self.node_id), timeout=self._bounds.rpc(0))
-            if self.stats.offered and timeout > 0:
+                ray.wait(notes, num_returns=len(notes), timeout=self._bounds.rpc(0))
+            waits = [agent.drained(None if home == self.node_id else self.node_id, timeout)
+                     for home in sorted({self.node_id, *self._offered_to}) if (agent := self.agents.get(home))]
+            if timeout > 0 and waits:
                 with timed_call("drained"):
-                    drained = ray.get(self.exchange.drained(self.node_id, timeout), timeout=self._bounds.rpc(timeout))
+                    drained = all(ray.get(waits, timeout=self._bounds.rpc(max(0.0, deadline - time.monotonic()))))
                 if not drained:
                     _log.warning("peers did not take every offered range in time", node_id=self.node_id)
+                else:
+                    set_held(self.node_id, 0)
         except (ray.exceptions.RayError, TimeoutError) as exc:  # the init is over (its exchange is gone)
             _log.info("exchange gone before this node finished", node_id=self.node_id, error=type(exc).__name__)
+        finally:
+            self._closing.set()
+            if self.agent is not None and timeout <= 0:
+                # Failed: what it owns comes from the source, read once by the first peer to ask.
+                with contextlib.suppress(ray.exceptions.RayError):
+                    self.agent.gone(self.node_id)
+
+    def _expected_from(self) -> list[Unit]:
+        """Peers' ranges this node needed and neither took whole nor let go of (it ended early)."""
+        return [u for u in self._needs if self._assigned.get(u, self.node_id) != self.node_id
+                and u not in self._released and self._taken_upto.get(u, 0) < pieces_of(u, self._piece)]

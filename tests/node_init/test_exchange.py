@@ -10,7 +10,7 @@ import anyio
 import looptime
 import pytest
 
-from node_init.cluster import Exchange, ExchangeHub, InitExchange
+from node_init.cluster import Agent, Assignment, Exchange, ExchangeAgent, ExchangeHub, InitExchange, needs_digest
 
 
 @pytest.fixture
@@ -36,7 +36,7 @@ async def planned(nodes: tuple[str, ...] = ("a", "b", "c")) -> tuple[Exchange, s
     owners: dict[str, dict[Any, str]] = {}
 
     async def join(node: str) -> None:
-        owners[node] = await ex.join(node, [UNIT], 5.0)
+        owners[node] = (await ex.join(node, [UNIT], 5.0)).owners
 
     async with anyio.create_task_group() as tg:  # the owner is chosen once every node has joined
         for node in nodes:
@@ -284,7 +284,7 @@ async def test_a_node_that_guessed_wrong_is_told_before_it_waits_or_offers() -> 
         answers[unit[0]] = await ex.take(node, unit, 0, 5.0)
 
     async def join(node: str, units: list[Any], claimed: list[Any]) -> None:
-        joined[node] = await ex.join(node, units, 5.0, claimed)
+        joined[node] = (await ex.join(node, units, 5.0, claimed)).owners
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(take_early, "b", UNIT)  # b guessed c owns UNIT and u2 (it thought c needed them)
@@ -318,10 +318,11 @@ async def test_the_hub_keeps_inits_apart_and_drops_each_when_closed_or_abandoned
     await hub.expect(("two", PIECE, 0.05), ["a", "b"])
     assert await hub.inits() == ["one", "two"]
     await hub.expect(("one", PIECE, 60.0), ["a"])
-    assert await hub.join(("one", PIECE, 60.0), "a", [UNIT], 1.0) == {}  # alone in "one": nothing shared
+    [answer] = await hub.join(("one", PIECE, 60.0), "a", needs_digest([UNIT]), [[UNIT]], 1.0, [], [None])
+    assert answer.owners == {} and answer.member("a")  # alone in "one": nothing shared
     await hub.close("one")
     with pytest.raises(LookupError, match="one is closed"):
-        await hub.finished(("one", PIECE, 60.0), "a")
+        await hub.gone(("one", PIECE, 60.0), "a")
     await anyio.sleep(0.1)
     await hub.open("three", PIECE, 60.0)
     assert await hub.inits() == ["three"]
@@ -335,24 +336,39 @@ def test_an_init_exchange_travels_to_node_tasks_whole() -> None:
     assert sent.key == ("init-1", PIECE, 30.0) and "init-1" in repr(sent)
 
 
-def test_every_exchange_call_is_a_method_of_the_hub_and_of_an_init_s_handle() -> None:
-    """What a node calls on its InitExchange, the hub has, with the init's key first (no dispatch by name)."""
+def params(cls: type, name: str) -> list[str]:  # Ray's tracing adds _ray_trace_ctx to an actor's methods
     import inspect
 
-    # room is the exchange's own wait inside offer (one call per piece, room included), not a call of its own.
-    calls = {n for n, f in inspect.getmembers(Exchange, inspect.iscoroutinefunction) if not n.startswith("_")} - {
-        "room"}
-    assert calls <= {n for n, _ in inspect.getmembers(ExchangeHub, inspect.iscoroutinefunction)}
-    assert calls <= {n for n, _ in inspect.getmembers(InitExchange, inspect.isfunction)}
-    def params(cls: type, name: str) -> list[str]:  # Ray's tracing adds _ray_trace_ctx to an actor's methods
-        return [p for p in list(inspect.signature(getattr(cls, name)).parameters)[1:] if not p.startswith("_ray")]
+    return [p for p in list(inspect.signature(getattr(cls, name)).parameters)[1:] if not p.startswith("_ray")]
 
+
+def test_every_hub_call_is_a_method_of_the_hub_and_of_an_init_s_handle() -> None:
+    """What a node calls on its InitExchange, the hub has, with the init's key first (no dispatch by name),
+    and it is only who owns what: no piece passes through the hub."""
+    import inspect
+
+    calls = {n for n, _ in inspect.getmembers(InitExchange, inspect.isfunction) if not n.startswith("_")} - {"close"}
+    assert calls == {"expect", "join", "rehome", "gone"}
     for name in calls:
-        ours = params(Exchange, name)
-        assert params(ExchangeHub, name) == ["key", *ours], name
-        assert params(InitExchange, name) == ours, name
+        assert params(ExchangeHub, name)[0] == "key" and inspect.iscoroutinefunction(getattr(ExchangeHub, name))
+        assert params(ExchangeHub, name)[1:] == params(InitExchange, name), name
 
 
+def test_every_agent_call_is_a_method_of_the_agent_and_of_its_handle() -> None:
+    """A node's Agent handle (one init's) has each of the agent actor's calls, which take the init's
+    key first, and each is the exchange's own logic (the agent adds only its node)."""
+    import inspect
+
+    calls = {n for n, _ in inspect.getmembers(Agent, inspect.isfunction) if not n.startswith("_")}
+    for name in calls:
+        assert inspect.iscoroutinefunction(getattr(ExchangeAgent, name)), name
+        if name == "close":  # the init's state, dropped by its id
+            assert params(ExchangeAgent, name) == ["init"] and params(Agent, name) == []
+            continue
+        assert params(ExchangeAgent, name) == ["key", *params(Agent, name)], name
+        if name != "held":
+            ours = params(Exchange, name)
+            assert params(Agent, name) == (ours[:-1] if name == "adopt" else ours), name
 
 
 class _Hub(ExchangeHub):
@@ -413,3 +429,97 @@ async def test_the_held_bytes_the_hub_reports_follow_every_offer_and_take() -> N
         for i in range(4):
             await ex.taken(node, UNIT, i)
     assert sum(d for n, d in changes if n == "a") == 0 and ex.held() == {}
+
+
+async def split(nodes: tuple[str, ...] = ("a", "b", "c")) -> tuple[Exchange, dict[str, Exchange], Assignment]:
+    """The exchange as a cluster runs it: the hub's assigns UNIT, and each node's agent adopts the answer."""
+    hub = Exchange(PIECE)
+    await hub.expect(list(nodes))
+    answers: list[Assignment] = []
+
+    async def join(node: str) -> None:
+        answers.append(await hub.join(node, [UNIT], 5.0, agent=node, digest=needs_digest([UNIT])))
+
+    async with anyio.create_task_group() as tg:
+        for node in nodes:
+            tg.start_soon(join, node)
+    assert all(a is answers[0] for a in answers)  # one answer, made once, for every node
+    agents = {node: Exchange(PIECE, agent=True) for node in nodes}
+    for node, agent in agents.items():
+        await agent.adopt(answers[0], node)
+    return hub, agents, answers[0]
+
+
+@pytest.mark.anyio
+async def test_the_hub_answers_every_node_with_one_assignment_and_each_agent_hands_out_its_own() -> None:
+    hub, agents, answer = await split()
+    owner = answer.owners[UNIT]
+    assert answer.agents == {"a": "a", "b": "b", "c": "c"} and hub.knows(needs_digest([UNIT]))
+    home = agents[owner]
+    for i, size in enumerate([PIECE, PIECE, PIECE, 10]):
+        assert await home.offer(owner, UNIT, i, [f"p{i}"], size) == "ok"
+    consumer = next(n for n in "abc" if n != owner)
+    # A node behind its owner gets every offer already made in one answer, and one note releases them.
+    assert await home.take_run(consumer, UNIT, 0, 1.0) == [["p0"], ["p1"], ["p2"], ["p3"]]
+    await home.taken(consumer, UNIT, 3)
+    other = next(n for n in "abc" if n not in (owner, consumer))
+    assert await home.take_run(other, UNIT, 2, 1.0) == [["p2"], ["p3"]]  # from where it is (it has 0 and 1)
+    await home.taken(other, UNIT, 3)
+    assert home.held() == {}  # every consumer has every piece: the owner's objects may go
+    waiting = next(a for n, a in agents.items() if n != owner)
+    assert await timed(waiting.take_run(consumer, UNIT, 0, 0.5)) == (None, 0.5)  # not handed out there
+
+
+@pytest.mark.anyio
+async def test_an_agent_that_died_is_replaced_once_by_the_first_node_to_find_it_gone() -> None:
+    """Its node died (agent and all): the first peer to tell the hub reads the range and hands it
+    out from its own agent; the others are sent there, and wait for its offers."""
+    hub, agents, answer = await split()
+    owner = answer.owners[UNIT]
+    first, second = sorted(n for n in "abc" if n != owner)
+    assert await hub.rehome(first, UNIT, owner) == "own"
+    assert await hub.rehome(second, UNIT, owner) == first  # already replaced: where it is handed out now
+    assert await hub.rehome(second, UNIT, first) == "own"  # and if that one died too, once more
+    got: list[Any] = []
+
+    async def take() -> None:
+        got.append(await timed(agents[first].take_run(second, UNIT, 0, 5.0)))
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(take)
+        await anyio.sleep(0.25)  # the new home has not learned of the range yet: the take waits for it
+        await agents[first].home(UNIT, first)
+        assert await agents[first].offer(first, UNIT, 0, ["again"], PIECE) == "ok"
+    assert got == [([["again"]], 0.25)]
+
+
+@pytest.mark.anyio
+async def test_a_node_that_joined_too_late_is_in_no_group_and_takes_nothing() -> None:
+    hub = Exchange(PIECE)
+    await hub.expect(["a", "b", "late"])
+    async with anyio.create_task_group() as tg:
+        for node in "ab":
+            tg.start_soon(hub.join, node, [UNIT], 2.0)
+    answer = await hub.join("late", [UNIT], 2.0)
+    assert answer.member("a") and answer.member("b") and not answer.member("late")
+    assert set(answer.owners.values()) <= {"a", "b"}
+
+
+@pytest.mark.anyio
+async def test_nodes_that_need_the_same_ranges_send_them_once() -> None:
+    """The hub reads a node's ranges only if no node sent the same ones before (by digest)."""
+    hub = ExchangeHub()
+    key = ("init", PIECE, 60.0)
+    await hub.expect(key, ["a", "b"])
+    digest = needs_digest([UNIT])
+
+    class Unread:  # what the hub would read the ranges from, were it to
+        def __await__(self) -> Any:
+            raise AssertionError("read twice")
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(hub.join, key, "a", digest, [[UNIT]], 5.0, [UNIT], ["agent-a"])
+        await anyio.sleep(0.01)
+        tg.start_soon(hub.join, key, "b", digest, [Unread()], 5.0, [], ["agent-b"])
+    [answer] = await hub.join(key, "a", digest, [[UNIT]], 5.0, [UNIT], ["agent-a"])
+    assert answer.owners == {UNIT: "a"} and answer.agents == {"a": "agent-a", "b": "agent-b"}

@@ -181,7 +181,8 @@ async def test_three_nodes_take_the_model_once_from_the_source(ray_cluster: RayC
         peer = scrape("ray_node_init_peer_bytes", having=cfg.model_id, nodes=nodes)
         assert {label(line, "node") for line in peer} == nodes
         calls = scrape("ray_node_init_exchange_call_seconds_count")
-        assert {"take", "offer", "finished"} <= {label(line, "call") for line in calls}, calls
+        named = {label(line, "call") for line in calls}
+        assert {"join", "adopt", "take", "finished"} <= named and {"offer", "offer_all"} & named, named
         held = scrape("ray_node_init_exchange_held_bytes")
         assert held and {label(line, "node") for line in held} <= nodes
         assert all(r.takeovers == 0 for r in result.reports)  # healthy peers: nothing taken over
