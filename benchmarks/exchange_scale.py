@@ -106,6 +106,28 @@ class _Ref:
 UNITS: list[list[Unit]] = []
 
 
+class _Published:
+    """Stands for the object reference of the one published answer: the hub pickles the answer once
+    (``ray.put``); every node's join returns this small reference."""
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def __reduce__(self) -> tuple[Any, tuple[()]]:
+        return _Published.empty, ()
+
+    @staticmethod
+    def empty() -> _Published:
+        return _Published(None)
+
+
+class _Hub(ExchangeHub):
+    """The hub, its answer published as on Ray (pickled once, handed out by reference)."""
+
+    def _make(self, piece: int) -> Exchange:
+        return Exchange(piece, publish=lambda answer: (pickle.dumps(answer), _Published(answer))[1])
+
+
 async def one_init(nodes: int, model_bytes: int, *, agents_simulated: int | None = None) -> dict[str, Any]:
     names = [f"node{i:04d}" for i in range(nodes)]
     units = units_for(model_bytes)
@@ -114,22 +136,22 @@ async def one_init(nodes: int, model_bytes: int, *, agents_simulated: int | None
     key = ("init", piece, 3600.0)
     guess = provisional(units, names)
     digest = needs_digest(units)
-    hub = Counted(ExchangeHub())
+    hub = Counted(_Hub())
 
     # The hub's part: every node joins (what the hub does in a healthy init, all of it).
+    claims = {name: [u for u, o in guess.items() if o == name] for name in names}  # each node's own work
     cpu0 = time.process_time()
     await hub.expect(key, names)
     answers: dict[str, Any] = {}
 
     async def join(name: str) -> None:
-        [answers[name]] = await hub.join(key, name, digest, [_Ref(units)], 60.0,
-                                         [u for u, o in guess.items() if o == name], [name])
+        [answers[name]] = await hub.join(key, name, digest, [_Ref(units)], 60.0, claims[name], [name])
 
     async with asyncio.TaskGroup() as tg:
         for name in names:
             tg.create_task(join(name))
     hub_cpu = time.process_time() - cpu0
-    assignment = answers[names[0]]
+    assignment = answers[names[0]].value
     published = pickle.dumps(assignment)  # the one object every node and agent reads
 
     # The agents' part: each node's agent hands out what its node owns.
@@ -170,6 +192,8 @@ async def one_init(nodes: int, model_bytes: int, *, agents_simulated: int | None
         for name in names:
             tg.create_task(consumer(name))
     agent_cpu = time.process_time() - cpu0
+    if hub.exchange._watcher is not None:  # the hub's idle watch: no actor to end here
+        hub.exchange._watcher.cancel()
     per_agent = {name: sum(agent.calls.values()) for name, agent in agents.items()}
     hub_calls = sum(hub.calls.values())
     return {"nodes": nodes, "ranges": len(units), "pieces": sum(pieces_of(u, piece) for u in units),

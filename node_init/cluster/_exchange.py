@@ -1,11 +1,20 @@
 """The exchange of a shared download: who fetches which range, and the hand-off of offered pieces.
 
-Every init's :class:`Exchange` lives in one long-lived actor per cluster, the
-:class:`ExchangeHub` (named :data:`EXCHANGE_NAME`, on the head node). A Ray actor takes a worker
-process of its own, about a second and 1.4 CPU-seconds here, on the cores the downloads need: the
-first init that shares pays it, later ones (new replicas, scale-ups, restarts) do not. This module
-imports nothing but the standard library, and :func:`start_exchange` sends it to Ray by value: the
-hub's process starts without importing ``node_init`` (about 0.75 s of CPU).
+Two kinds of long-lived actors carry it, each holding one :class:`Exchange` per init under way:
+
+- the cluster's one :class:`ExchangeHub` (named :data:`EXCHANGE_NAME`, on the head node) assigns the
+  ranges: a ``join`` per node, one :class:`Assignment` published for all of them, and a ``rehome``
+  only when a node's agent died. Its work grows with the nodes (and the distinct sets of ranges
+  they need), never with the pieces;
+- each node's :class:`ExchangeAgent` (named :data:`AGENT_PREFIX` + protocol + node id, pinned to
+  that node) hands out the pieces of the ranges its node owns: the owner offers them there, its
+  peers take them there (every offer already made, in one answer), and silence is judged there.
+
+A Ray actor takes a worker process of its own, about a second and 1.4 CPU-seconds here: the first
+init that shares pays it (the hub while placement runs, an agent while the nodes join), later ones
+(new replicas, scale-ups, restarts) do not; each exits once idle. This module imports nothing but
+the standard library, and it is sent to Ray by value: the actors' processes start without importing
+``node_init`` (about 0.75 s of CPU).
 """
 
 from __future__ import annotations
@@ -237,7 +246,8 @@ class Exchange:
                 if agent is not None:
                     self._agents[node] = agent
                 self._assign_if_ready()
-                self._cv.notify_all()
+                if self._owners is not None:  # the others wait for the assignment, not each join
+                    self._cv.notify_all()
         if not await self._wait(lambda: self._owners is not None, timeout):
             async with self._cv:  # a node that never joined: share among those that did
                 self._gone |= (self._expected or self._joined) - self._joined
@@ -646,6 +656,7 @@ class ExchangeHub(_Keeper):
     def __init__(self) -> None:
         super().__init__()
         self.removed: list[str] = []  # older hubs this one removed
+        self._reading: dict[tuple[str, str], asyncio.Future[Any]] = {}  # (init, digest) -> its ranges, being read
 
     def _make(self, piece: int) -> Exchange:
         return Exchange(piece, publish=_put)
@@ -659,6 +670,8 @@ class ExchangeHub(_Keeper):
             if isinstance(agent, Agent):
                 with contextlib.suppress(Exception):  # a dead node's agent: nothing to drop
                     agent.close()
+        for read in [k for k in self._reading if k[0] == init]:
+            del self._reading[read]
         super()._drop(init)
 
     async def open(self, init: str, piece: int, bound_s: float, idle_s: float = 600.0) -> None:
@@ -705,7 +718,12 @@ class ExchangeHub(_Keeper):
         node sent the same ones (``digest``) before; ``agent`` boxes its :class:`ExchangeAgent`.
         The answer boxes the one published :class:`Assignment`."""
         exchange = self._get(*key)
-        wanted = None if exchange.knows(digest) else await _resolve(units[0])
+        wanted = None
+        if not exchange.knows(digest):  # nodes join at once: the first to ask reads, the others wait for it
+            reading = self._reading.get((key[0], digest))
+            if reading is None:
+                reading = self._reading[(key[0], digest)] = asyncio.ensure_future(_resolve(units[0]))
+            wanted = await reading
         return [await exchange.join(node, wanted, timeout, claimed, agent=agent[0], digest=digest)]
 
     async def rehome(self, key: InitKey, node: str, unit: Unit, home: str) -> str | None:
@@ -720,10 +738,11 @@ class ExchangeHub(_Keeper):
 
 
 def _put(assignment: Assignment) -> Any:
-    """The hub's one copy of an init's answer, in Ray's object store (as is, outside Ray: tests)."""
+    """The hub's one copy of an init's answer, in Ray's object store (as is outside an actor: tests)."""
     import ray
 
-    return ray.put(assignment) if ray.is_initialized() else assignment
+    in_actor = ray.is_initialized() and ray.get_runtime_context().get_actor_id() is not None
+    return ray.put(assignment) if in_actor else assignment
 
 
 async def _resolve(value: Any) -> Any:

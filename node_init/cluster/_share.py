@@ -177,6 +177,7 @@ class SharedSource(SourceView):
         self._lock = threading.Lock()
         self._joined = threading.Event()
         self._adopted = threading.Event()  # its agent hands out what this node owns
+        self._ready = threading.Event()  # offers go out now (adopted, or never to be)
         self._settled = threading.Event()  # the join answered and what was read before it was offered
         self._closing = threading.Event()  # the settler's held-bytes reports stop
         self._closed = False
@@ -187,6 +188,7 @@ class SharedSource(SourceView):
         self._settler: threading.Thread | None = None
         if joining is None:
             self._joined.set()
+            self._ready.set()
         else:
             self._settler = threading.Thread(target=self._settle, args=(joining,), daemon=True,
                                              name="node-init-share-join")
@@ -216,16 +218,20 @@ class SharedSource(SourceView):
         with self._lock:
             # Ranges taken over since the answer was sent are this node's now (see stream()).
             self.owners = {**owners, **{u: self.node_id for u in self._took_over}}
-            early, self._early, self._early_bytes = self._early, [], 0
             self._joined.set()  # its takes may go to peers' agents now; its offers wait for its own
         if owners and self.agent is not None:
             try:
-                with timed_call("adopt"):  # its agent learns what it hands out before any offer reaches it
+                # Its agent learns what it hands out before any offer reaches it (a first agent on a
+                # node is a process to start: the pieces read meanwhile wait here, within the memory bound).
+                with timed_call("adopt"):
                     ray.get(self.agent.adopt(published), timeout=self._join_s)
                 self._adopted.set()
             except (ray.exceptions.RayError, TimeoutError) as exc:
                 _log.warning("no agent: peers fetch this node's share from the source", node_id=self.node_id,
                              error=type(exc).__name__)
+        with self._lock:
+            early, self._early, self._early_bytes = self._early, [], 0
+            self._ready.set()
         if early and not self._closed:
             self._send_early(early)
         self._settled.set()
@@ -241,28 +247,38 @@ class SharedSource(SourceView):
         return self.agents.get(self._home(unit))
 
     def _send_early(self, early: list[tuple[Unit, int, list[Any], int]]) -> None:
+        """Offer the pieces read before the offers could go out: one call per agent they go to (its
+        own, and that of a range it took over from a silent owner meanwhile)."""
         import ray
 
         mine = [(u, i, box, n) for u, i, box, n in early if self.owners.get(u) == self.node_id]
         for unit in {u for u, _, _, _ in early if self.owners.get(u) != self.node_id}:
             self._stopped.add(unit)  # not this node's after all: its tee offers no more of it
             self._release(unit)
-        if not mine or self.agent is None or not self._adopted.is_set():
-            self._stopped.update(u for u, _, _, _ in mine)
-            return
-        try:
-            with timed_call("offer_all"):
-                answers = ray.get(self.agent.offer_all(self.node_id, mine, self._limit, self._wait_s),
-                                  timeout=self._bounds.rpc(len(mine) * self._wait_s))
-        except (ray.exceptions.RayError, TimeoutError) as exc:  # the exchange is gone: peers use the source
-            _log.info("cannot offer to peers", node_id=self.node_id, error=type(exc).__name__)
-            self._stopped.update(u for u, _, _, _ in mine)
-            return
-        for (unit, _, _, _), answer in zip(mine, answers, strict=True):
-            if answer == "ok":
-                self.stats.offered += 1
+        by_agent: dict[str, list[tuple[Unit, int, list[Any], int]]] = {}
+        for offer in mine:
+            agent = self._agent_of(offer[0])
+            if agent is None or (agent is self.agent and not self._adopted.is_set()):
+                self._stopped.add(offer[0])
             else:
-                self._stopped.add(unit)
+                by_agent.setdefault(agent.node, []).append(offer)
+        for node, offers in by_agent.items():
+            if node != self.node_id:
+                self._offered_to.add(node)
+            try:
+                with timed_call("offer_all"):
+                    answers = ray.get(self.agents[node].offer_all(self.node_id, offers, self._limit, self._wait_s),
+                                      timeout=self._bounds.rpc(len(offers) * self._wait_s))
+            except (ray.exceptions.RayError, TimeoutError) as exc:  # the agent is gone: peers use the source
+                _log.info("cannot offer to peers", node_id=self.node_id, agent=node, error=type(exc).__name__)
+                self._stopped.update(u for u, _, _, _ in offers)
+                continue
+            for (unit, index, _, _), answer in zip(offers, answers, strict=True):
+                if answer == "ok":
+                    self.stats.offered += 1
+                elif unit not in self._stopped:
+                    _log.info("offer not taken up", node_id=self.node_id, file=unit[0], index=index, answer=answer)
+                    self._stopped.add(unit)
 
     def __repr__(self) -> str:
         return f"SharedSource({self.origin!r}, node_id={self.node_id!r})"
@@ -356,11 +372,11 @@ class SharedSource(SourceView):
         if unit in self._stopped:
             return False
         with self._lock:
-            if not self._joined.is_set() and self._early_bytes + len(data) <= self._limit:
+            if not self._ready.is_set() and self._early_bytes + len(data) <= self._limit:
                 self._early.append((unit, index, self._box(data, checksum), len(data)))
                 self._early_bytes += len(data)
                 return True
-        if not self._joined.wait(self._wait_s):
+        if not self._ready.wait(self._wait_s):
             self._note(unit, lambda a: a.skip(unit, index))
             return False
         return self._send(unit, index, self._box(data, checksum), len(data))
@@ -378,7 +394,7 @@ class SharedSource(SourceView):
             self._release(unit)
             return False
         agent = self._agent_of(unit)
-        if agent is None or (agent is self.agent and not self._adopted.wait(self._wait_s)):
+        if agent is None or (agent is self.agent and not self._adopted.is_set()):
             return False
         if agent.node != self.node_id:
             self._offered_to.add(agent.node)
@@ -390,6 +406,7 @@ class SharedSource(SourceView):
             _log.info("cannot offer to peers", node_id=self.node_id, file=unit[0], error=type(exc).__name__)
             return False
         if answer != "ok":
+            _log.info("offer not taken up", node_id=self.node_id, file=unit[0], index=index, answer=answer)
             return False
         self.stats.offered += 1
         return True

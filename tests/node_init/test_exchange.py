@@ -507,7 +507,8 @@ async def test_a_node_that_joined_too_late_is_in_no_group_and_takes_nothing() ->
 
 @pytest.mark.anyio
 async def test_nodes_that_need_the_same_ranges_send_them_once() -> None:
-    """The hub reads a node's ranges only if no node sent the same ones before (by digest)."""
+    """The hub reads a node's ranges only if no node sent the same ones before (by digest), however
+    many join at once."""
     hub = ExchangeHub()
     key = ("init", PIECE, 60.0)
     await hub.expect(key, ["a", "b"])
@@ -517,9 +518,8 @@ async def test_nodes_that_need_the_same_ranges_send_them_once() -> None:
         def __await__(self) -> Any:
             raise AssertionError("read twice")
 
-    async with anyio.create_task_group() as tg:
+    async with anyio.create_task_group() as tg:  # at once: b waits for a's read rather than read its own
         tg.start_soon(hub.join, key, "a", digest, [[UNIT]], 5.0, [UNIT], ["agent-a"])
-        await anyio.sleep(0.01)
         tg.start_soon(hub.join, key, "b", digest, [Unread()], 5.0, [], ["agent-b"])
     [answer] = await hub.join(key, "a", digest, [[UNIT]], 5.0, [UNIT], ["agent-a"])
     assert answer.owners == {UNIT: "a"} and answer.agents == {"a": "agent-a", "b": "agent-b"}

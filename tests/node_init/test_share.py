@@ -289,6 +289,52 @@ async def test_a_peer_killed_mid_exchange_costs_only_its_share(ray_cluster: RayC
 
 @pytest.mark.ray
 @pytest.mark.anyio
+async def test_a_node_lost_with_its_agent_has_each_range_replaced_once_through_the_hub(
+        ray_cluster: RayCluster, s3_server: S3Server, shared_model: dict[str, Any], tmp_path: Path) -> None:
+    """A whole node is removed once it has offered part of its share: its task, its objects and its
+    exchange agent go with it. The first survivor to find the agent gone is told by the hub to read
+    each of its ranges and hand them out from its own agent; the other survivor takes them there, so
+    the lost share crosses the origin link once more, not once per survivor. The init fails typed,
+    naming the lost node; the survivors' caches are whole."""
+    doomed = ray_cluster.cluster.add_node(num_cpus=1, resources={"doomed": 1},
+                                          env_vars={"NODE_INIT_CACHE_DIR": str(tmp_path / "doomed")})
+    ray_cluster.cluster.wait_for_nodes()
+    proxy = FaultProxy(s3_server.endpoint, rate_mb_s=3.0).start()  # slow enough to lose it mid-share
+    bus = Recorder()
+
+    async def remove_once_it_offered() -> None:
+        while not any(p.node_id == doomed.node_id and p.bytes_done >= MIB for p in bus.progress):
+            await anyio.sleep(0.05)
+        ray_cluster.cluster.remove_node(doomed, allow_graceful=False)
+
+    survivors = [n for n in ray_cluster.nodes if n.name in ("node1", "node2")]
+    try:
+        cfg = msgspec.structs.replace(config(shared_model, proxy.endpoint, share="auto"), placement=PlacementConfig(
+            bundles=[{"node1": 1.0}, {"node2": 1.0}, {"doomed": 1.0}], strategy="STRICT_SPREAD", ready_timeout_s=30))
+        with anyio.fail_after(120), pytest.raises(DownloadError) as info:
+            try:
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(remove_once_it_offered)
+                    await initialize_node(cfg, bus=bus)
+            except ExceptionGroup as group:
+                raise group.exceptions[0] from None
+    finally:
+        proxy.stop()
+    assert info.value.node_id == doomed.node_id
+    sizes = shared_model["sizes"]
+    total, small = sum(sizes.values()), sum(s for s in sizes.values() if s < 256 * 1024)
+    share = (total - small) // 3  # six 1 MiB ranges, two each
+    # What the lost node read (at least 1 MiB), its share once more, the small files on every node:
+    # were each survivor to read the lost share itself, the origin would send a whole share more.
+    assert proxy.bytes_sent <= total + 3 * small + 2 * share + 256 * 1024, proxy.bytes_sent - total
+    want = digest(shared_model["local"])
+    for node in survivors:
+        assert digest(node.cache / cfg.model_id) == want
+    assert any(p.node_id in {n.node_id for n in survivors} for p in bus.progress)
+
+
+@pytest.mark.ray
+@pytest.mark.anyio
 @pytest.mark.parametrize("stop_at", [1, MIB + 1], ids=["first_bytes", "after_offers"])
 async def test_a_hung_peer_s_share_is_taken_over_once_and_it_finishes_when_it_resumes(
         ray_cluster: RayCluster, s3_server: S3Server, shared_model: dict[str, Any], tmp_path: Path,
