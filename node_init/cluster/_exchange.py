@@ -667,7 +667,7 @@ class ExchangeHub(_Keeper):
     def _drop(self, init: str) -> None:
         exchange = self._inits.get(init)
         for agent in (exchange._agents.values() if exchange is not None else ()):
-            if isinstance(agent, Agent):
+            if _reachable(agent):
                 with contextlib.suppress(Exception):  # a dead node's agent: nothing to drop
                     agent.close()
         for read in [k for k in self._reading if k[0] == init]:
@@ -730,11 +730,24 @@ class ExchangeHub(_Keeper):
         return await self._get(*key).rehome(node, unit, home)
 
     async def gone(self, key: InitKey, node: str) -> None:
-        await self._get(*key).gone(node)
+        """:meth:`Exchange.gone`, told to every other node's agent too: what they hold for ``node``
+        is released (its owners stop waiting for it to take), and what it offered there is withdrawn."""
+        exchange = self._get(*key)
+        await exchange.gone(node)
+        for peer, agent in exchange._agents.items():
+            if peer != node and _reachable(agent):
+                with contextlib.suppress(Exception):  # an agent gone too: nothing to tell
+                    agent.gone(node)
 
     async def removed_hubs(self) -> list[str]:
         """The older hubs this one removed when it started (for tests and ``ray`` debugging)."""
         return list(self.removed)
+
+
+def _reachable(agent: Any) -> bool:
+    """Whether ``agent`` is a node's :class:`Agent` (in-process tests name agents by strings). Not an
+    ``isinstance`` check: the class travels by value, and each process that sends one has its own."""
+    return hasattr(agent, "actor") and hasattr(agent, "key")
 
 
 def _put(assignment: Assignment) -> Any:
@@ -912,11 +925,13 @@ class InitExchange:
     def __init__(self, hub: Any, init: str, piece: int, bound_s: float) -> None:
         self.hub, self.init, self.piece, self.bound_s = hub, init, piece, bound_s
         self.key: InitKey = (init, piece, bound_s)
+        self.nodes: list[str] = []
 
     def __reduce__(self) -> tuple[Any, tuple[Any, str, int, float]]:
         return InitExchange, (self.hub, self.init, self.piece, self.bound_s)
 
     def expect(self, nodes: list[str]) -> Any:
+        self.nodes = list(nodes)  # the replica's copy: whose agents to tell when it closes
         return self.hub.expect.remote(self.key, nodes)
 
     def join(self, node: str, digest: str, units: list[Any], timeout: float, claimed: list[Unit],
@@ -930,11 +945,16 @@ class InitExchange:
         return self.hub.gone.remote(self.key, node)
 
     def close(self) -> None:
-        """Drop this init's state on the hub (fire and forget; the hub also drops it at its bound)."""
+        """Drop this init's state on the hub and on its nodes' agents (fire and forget; each also drops
+        it at its bound). The agents are told here too, not only by the hub: a hub that died mid-init
+        cannot tell them."""
         import ray
 
         with contextlib.suppress(ray.exceptions.RayError):  # the hub is gone, and the state with it
             self.hub.close.remote(self.init)
+        for node in self.nodes:
+            with contextlib.suppress(ValueError, ray.exceptions.RayError):  # no agent there (or gone with its node)
+                ray.get_actor(f"{AGENT_PREFIX}{PROTOCOL}-{node}", namespace=EXCHANGE_NAMESPACE).close.remote(self.init)
 
     def __repr__(self) -> str:
         return f"InitExchange({self.init!r})"

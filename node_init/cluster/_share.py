@@ -563,13 +563,15 @@ class SharedSource(SourceView):
             # Its own agent (it offers no more), those it offered to, those it still expected pieces from.
             homes = {self.node_id, *self._offered_to, *(self._home(u) for u in self._expected_from())}
             notes = [agent.finished(self.node_id) for home in sorted(homes) if (agent := self.agents.get(home))]
-            with timed_call("finished"):
-                ray.wait(notes, num_returns=len(notes), timeout=self._bounds.rpc(0))
+            with timed_call("finished"):  # notes: an agent gone with its node is not waited for
+                ray.wait(notes, num_returns=len(notes), timeout=self._bounds.retry_s)
             waits = [agent.drained(None if home == self.node_id else self.node_id, timeout)
                      for home in sorted({self.node_id, *self._offered_to}) if (agent := self.agents.get(home))]
             if timeout > 0 and waits:
                 with timed_call("drained"):
-                    drained = all(ray.get(waits, timeout=self._bounds.rpc(max(0.0, deadline - time.monotonic()))))
+                    done, _ = ray.wait(waits, num_returns=len(waits),
+                                       timeout=self._bounds.rpc(max(0.0, deadline - time.monotonic())))
+                    drained = len(done) == len(waits) and all(ray.get(done))
                 if not drained:
                     _log.warning("peers did not take every offered range in time", node_id=self.node_id)
                 else:
