@@ -155,7 +155,7 @@ def main(args: argparse.Namespace) -> None:
         asyncio.run(one_init(n, "off", "warm-up"))
     samples: dict[tuple[str, str, int], list[dict[str, Any]]] = {c: [] for c in cases}
     try:
-        # The cluster's first shared init starts the exchange hub (an actor: a worker process);
+        # The cluster's first shared init starts the exchange hub and agents (actors: worker processes);
         # the rows below are later inits, which find it running. Measured on its own, per-node links.
         for p in proxies:
             p.rate = rate
@@ -200,8 +200,9 @@ def main(args: argparse.Namespace) -> None:
     table = markdown_table(
         ["origin link", "share", "nodes", "node init s", "vs 1 node", "origin bytes / model", "peer MB",
          f"target ({max(NODES)} nodes)"], lines)
-    table += (f"\n\nThe cluster's first shared init starts the exchange hub, a Ray actor (a worker process); "
-              f"every row above is a later init, which finds it running. That first init, {max(NODES)} nodes, "
+    table += (f"\n\nThe cluster's first shared init starts the exchange hub and each node's exchange agent, Ray "
+              f"actors (a worker process each); every row above is a later init, which finds them running. "
+              f"That first init, {max(NODES)} nodes, "
               f"per-node link: {first['total']:.2f} s ({first['total'] / one[('per-node', 'auto')]:.2f}x one node).")
     table += (f"\n\nA node removed mid-exchange (shared link, share auto, 4 nodes; `Cluster.remove_node` once it "
               f"had {KILL_AT_MB} MB): {killed['error']} after {killed['seconds']:.1f} s; the 3 survivors' snapshots "
