@@ -11,8 +11,9 @@ range), and takes every other range from its owner's agent, eight ranges at a ti
 already made, and one note after the last piece releases them.
 
 Counted: hub calls and the hub's logic CPU-seconds per init (the join phase alone, which is all the
-hub does in a healthy init, with each call's arguments pickled and unpickled as Ray would, the
-nodes' ranges read once per distinct set, and the answer published once); agent calls, the most any
+hub does in a healthy init, with each call's arguments pickled and unpickled as Ray would (every node's
+ranges travel in its join; the exchange's sets are made once per distinct set), and the answer published
+once); agent calls, the most any
 one agent serves, and the agents' logic CPU. At 512 nodes the agent phase is simulated for one
 agent (its node's ranges, taken by all 511 peers): the assignment balances bytes, so every agent
 serves about as much, and the full phase would be 4 million takes on this one process.
@@ -85,27 +86,6 @@ class Counted:
         return call
 
 
-class _Ref:
-    """Stands for the object reference of a node's ranges: small on the wire, read once by the hub."""
-
-    def __init__(self, units: list[Unit]) -> None:
-        self.units = units
-
-    def __reduce__(self) -> tuple[Any, tuple[()]]:
-        return _Ref.empty, ()
-
-    @staticmethod
-    def empty() -> _Ref:
-        return _Ref([])
-
-    def __await__(self) -> Any:
-        yield from asyncio.sleep(0).__await__()
-        return pickle.loads(pickle.dumps(UNITS[0]))  # the hub reads the object once per digest
-
-
-UNITS: list[list[Unit]] = []
-
-
 class _Published:
     """Stands for the object reference of the one published answer: the hub pickles the answer once
     (``ray.put``); every node's join returns this small reference."""
@@ -131,7 +111,6 @@ class _Hub(ExchangeHub):
 async def one_init(nodes: int, model_bytes: int, *, agents_simulated: int | None = None) -> dict[str, Any]:
     names = [f"node{i:04d}" for i in range(nodes)]
     units = units_for(model_bytes)
-    UNITS[:] = [units]
     piece = piece_size(PART)
     key = ("init", piece, 3600.0)
     guess = provisional(units, names)
@@ -145,7 +124,7 @@ async def one_init(nodes: int, model_bytes: int, *, agents_simulated: int | None
     answers: dict[str, Any] = {}
 
     async def join(name: str) -> None:
-        [answers[name]] = await hub.join(key, name, digest, [_Ref(units)], 60.0, claims[name], [name])
+        [answers[name]] = await hub.join(key, name, digest, [units], 60.0, claims[name], [name])
 
     async with asyncio.TaskGroup() as tg:
         for name in names:

@@ -200,6 +200,7 @@ class Exchange:
         self._taken_over: dict[Unit, float] = {}  # range -> when a consumer took it over (loop time)
         self._heard: dict[str, float] = {}  # owner -> when it last offered (or waited for room to)
         self._homes: dict[Unit, str] = {}  # on the hub: where a range is handed out, once its home died
+        self.adopted = False  # on an agent: it knows the assignment
         self._cv = asyncio.Condition()
 
     async def _wait(self, predicate: Any, timeout: float) -> bool:
@@ -259,6 +260,9 @@ class Exchange:
     async def adopt(self, assignment: Assignment, home: str) -> None:
         """On ``home``'s agent: hand out the ranges ``home`` owns, to the nodes that need them."""
         async with self._cv:
+            if self.adopted:
+                return  # once: by the owner, or by a peer's take that came first (the owner may hang)
+            self.adopted = True
             self._needs = assignment.needs
             self._owners = {u: o for u, o in assignment.owners.items() if o == home} | (self._owners or {})
             self._heard[home] = asyncio.get_running_loop().time()  # its silence counts from here
@@ -714,8 +718,8 @@ class ExchangeHub(_Keeper):
 
     async def join(self, key: InitKey, node: str, digest: str, units: list[Any], timeout: float,
                    claimed: list[Unit], agent: list[Any]) -> list[Any]:
-        """:meth:`Exchange.join`; ``units`` boxes the object of the node's ranges, read only if no
-        node sent the same ones (``digest``) before; ``agent`` boxes its :class:`ExchangeAgent`.
+        """:meth:`Exchange.join`; ``units`` boxes the node's ranges, made into the exchange's sets only
+        if no node sent the same ones (``digest``) before; ``agent`` boxes its :class:`ExchangeAgent`.
         The answer boxes the one published :class:`Assignment`."""
         exchange = self._get(*key)
         wanted = None
@@ -784,6 +788,11 @@ class ExchangeAgent(_Keeper):
     def __init__(self, node: str, idle_s: float = 600.0) -> None:
         super().__init__(idle_s)
         self.node = node
+        self._adopting: dict[str, asyncio.Future[Any]] = {}  # init -> its answer, being read
+
+    def _drop(self, init: str) -> None:
+        self._adopting.pop(init, None)
+        super()._drop(init)
 
     def _make(self, piece: int) -> Exchange:
         return Exchange(piece, agent=True)
@@ -808,8 +817,18 @@ class ExchangeAgent(_Keeper):
         await self._get(*key).skip(unit, index)
 
     async def take_run(self, key: InitKey, node: str, unit: Unit, index: int, timeout: float,
-                       budget: float | None = None) -> list[list[Any]] | str | None:
-        return await self._get(*key).take_run(node, unit, index, timeout, budget)
+                       budget: float | None = None,
+                       assignment: list[Any] | None = None) -> list[list[Any]] | str | None:
+        """:meth:`Exchange.take_run`. ``assignment`` boxes the published answer: an agent whose own node
+        has not adopted it yet (a node that hung right after it joined) adopts it from its peers' takes,
+        so its silence is judged, and its ranges taken over, as if it had."""
+        exchange = self._get(*key)
+        if assignment and not exchange.adopted:
+            reading = self._adopting.get(key[0])
+            if reading is None:  # peers ask at once: one read of the answer
+                reading = self._adopting[key[0]] = asyncio.ensure_future(_resolve(assignment[0]))
+            await exchange.adopt(await reading, self.node)
+        return await exchange.take_run(node, unit, index, timeout, budget)
 
     async def taken(self, key: InitKey, node: str, unit: Unit, index: int) -> None:
         await self._get(*key).taken(node, unit, index)
@@ -868,8 +887,9 @@ class Agent:
     def skip(self, unit: Unit, index: int) -> Any:
         return self.actor.skip.remote(self.key, unit, index)
 
-    def take_run(self, node: str, unit: Unit, index: int, timeout: float, budget: float | None = None) -> Any:
-        return self.actor.take_run.remote(self.key, node, unit, index, timeout, budget)
+    def take_run(self, node: str, unit: Unit, index: int, timeout: float, budget: float | None = None,
+                 assignment: list[Any] | None = None) -> Any:
+        return self.actor.take_run.remote(self.key, node, unit, index, timeout, budget, assignment)
 
     def taken(self, node: str, unit: Unit, index: int) -> Any:
         return self.actor.taken.remote(self.key, node, unit, index)

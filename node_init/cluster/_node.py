@@ -250,10 +250,10 @@ def _join(exchange: Any, node_id: str, todo: list[RemoteFile], config: NodeInitC
     claimed = [u for u, owner in guess.items() if owner == node_id]
     agent = None
     try:
-        # Its agent starts while the others join; the ranges go once per distinct set of needs (by digest).
+        # Its agent starts while the others join. The ranges travel in the call, not as an object of
+        # this node's: a node that hangs right after it joined must not hold up the hub's read of them.
         agent = start_agent(exchange, node_id, Bounds.of(config).hub_idle_s) if source is not None and units else None
-        joining = exchange.join(node_id, needs_digest(units), [ray.put(units)], Bounds.of(config).join_s, claimed,
-                                agent)
+        joining = exchange.join(node_id, needs_digest(units), [units], Bounds.of(config).join_s, claimed, agent)
     except ray.exceptions.RayError as exc:
         _log.warning("no exchange: fetching every range from the source", node_id=node_id, error=describe(exc))
         return None

@@ -164,6 +164,7 @@ class SharedSource(SourceView):
         self._homes: dict[Unit, str] = {}  # ranges handed out elsewhere than by their first owner's agent
         self._offered_to: set[str] = set()  # other nodes' agents this node offered pieces to (takeovers)
         self._runs: dict[Unit, dict[int, list[Any]]] = {}  # offers a take handed over ahead of need
+        self._published: Any = None  # the exchange's answer (its object reference, on Ray)
         self.stats = ShareStats()
         self._part = cfg.part_size_mb * 1024 * 1024
         self._piece = piece_size(self._part)
@@ -207,8 +208,9 @@ class SharedSource(SourceView):
                 published = box[0]
                 assignment = ray.get(published, timeout=self._join_s) if isinstance(published, ray.ObjectRef) \
                     else published
-            if assignment.member(self.node_id) and self.agent is not None:
-                self.agents = dict(assignment.agents)
+            if assignment.member(self.node_id):
+                self._published = published  # its takes carry it: an agent whose node hung adopts it from them
+                self.agents = {node: agent for node, agent in assignment.agents.items() if agent is not None}
                 owners = self._assigned = assignment.owners
             else:
                 _log.warning("joined too late: fetching every range from the source", node_id=self.node_id)
@@ -463,8 +465,8 @@ class SharedSource(SourceView):
                     return None
                 try:
                     with timed_call("take"):
-                        run = ray.get(agent.take_run(self.node_id, unit, index, self._wait_s, left),
-                                      timeout=self._bounds.rpc(left))
+                        run = ray.get(agent.take_run(self.node_id, unit, index, self._wait_s, left,
+                                                     [self._published]), timeout=self._bounds.rpc(left))
                 except ray.exceptions.RayActorError:  # the agent died with its node: who hands it out now?
                     answer = self._rehome(unit)
                     if answer != "retry":

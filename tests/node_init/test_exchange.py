@@ -368,7 +368,9 @@ def test_every_agent_call_is_a_method_of_the_agent_and_of_its_handle() -> None:
         assert params(ExchangeAgent, name) == ["key", *params(Agent, name)], name
         if name != "held":
             ours = params(Exchange, name)
-            assert params(Agent, name) == (ours[:-1] if name == "adopt" else ours), name
+            # The agent adds its node to adopt; a take carries the answer, for an agent whose node hung.
+            extra = {"adopt": ours[:-1], "take_run": [*ours, "assignment"]}
+            assert params(Agent, name) == extra.get(name, ours), name
 
 
 class _Hub(ExchangeHub):
