@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -49,7 +50,7 @@ def quiet_cluster() -> None:
     time.sleep(QUIET_S)
 
 
-async def one_init(n: int, share: str, run: str) -> dict[str, Any]:
+async def one_init(n: int, share: str, run: str, root: Path) -> dict[str, Any]:
     from node_init import initialize_node, parse_config
     from node_init.cluster import forget_holdings
 
@@ -57,7 +58,7 @@ async def one_init(n: int, share: str, run: str) -> dict[str, Any]:
     forget_holdings("s3://bench/synthetic-100mb")
 
     config = parse_config({
-        "model_id": f"scale-{n}-{share}-{run}", "model_source": "s3://bench/synthetic-100mb",
+        "model_id": (model_id := f"scale-{n}-{share}-{run}"), "model_source": "s3://bench/synthetic-100mb",
         "placement": {"bundles": [{f"n{i}": 1} for i in range(n)], "strategy": "SPREAD", "ready_timeout_s": 60},
         "download": {"timeout_s": 600, "share": share,
                      "s3": {"access_key_id": "testing", "secret_access_key": "testing"}},
@@ -68,6 +69,8 @@ async def one_init(n: int, share: str, run: str) -> dict[str, Any]:
     total = time.monotonic() - t0
     await result.close()
     assert len(result.reports) == n, [r.node_id for r in result.reports]
+    for i in range(n):  # each row writes the model once per node: free it before the next
+        shutil.rmtree(root / f"n{i}" / model_id, ignore_errors=True)
     return {"total": total, "download": result.timings["download"],
             "slowest_node": max(r.seconds for r in result.reports),
             "peer_bytes": sum(r.peer_bytes for r in result.reports)}
@@ -152,14 +155,14 @@ def main(args: argparse.Namespace) -> None:
     ray.init(address=cluster.address, log_to_driver=False)
     cases = [(link, share, n) for link in LINKS for share in SHARES for n in NODES]
     for n in NODES:  # warm-up, discarded: a Ray worker on every node, as on a cluster that served before
-        asyncio.run(one_init(n, "off", "warm-up"))
+        asyncio.run(one_init(n, "off", "warm-up", root))
     samples: dict[tuple[str, str, int], list[dict[str, Any]]] = {c: [] for c in cases}
     try:
         # The cluster's first shared init starts the exchange hub and agents (actors: worker processes);
         # the rows below are later inits, which find it running. Measured on its own, per-node links.
         for p in proxies:
             p.rate = rate
-        first = asyncio.run(one_init(max(NODES), "auto", "first-shared"))
+        first = asyncio.run(one_init(max(NODES), "auto", "first-shared", root))
         print(f"first shared init (starts the exchange hub), per-node link: {first['total']:.2f}s", flush=True)
         for run in range(args.repeats):
             for link, share, n in cases if run % 2 == 0 else list(reversed(cases)):  # interleaved
@@ -167,7 +170,7 @@ def main(args: argparse.Namespace) -> None:
                     p.rate = rate if link == "per-node" else None
                 shared.rate = rate if link == "shared" else None
                 before = shared.bytes_sent
-                sample = asyncio.run(one_init(n, share, f"{link}-{run}"))
+                sample = asyncio.run(one_init(n, share, f"{link}-{run}", root))
                 sample["origin_bytes"] = shared.bytes_sent - before
                 samples[(link, share, n)].append(sample)
                 print(f"{link} link, share {share}, {n} node(s): {sample['total']:.2f}s, "
@@ -185,6 +188,8 @@ def main(args: argparse.Namespace) -> None:
         for p in [*proxies, shared]:
             p.stop()
         server.stop()
+        for d in (local, root):  # four node caches of the model each: gigabytes over the rows
+            shutil.rmtree(d, ignore_errors=True)
     rows = [{"link": link, "share": share, "nodes": n,
              **{k: median([s[k] for s in samples[(link, share, n)]]) for k in samples[(link, share, n)][0]}}
             for link, share, n in cases]

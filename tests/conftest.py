@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +27,12 @@ os.environ["GCE_METADATA_HOST"] = os.environ["GCE_METADATA_IP"] = "127.0.0.1:9"
 # endpoint these name, a closed port, never the instance metadata address.
 os.environ["IDENTITY_ENDPOINT"] = "http://127.0.0.1:9/msi/token"
 os.environ["IDENTITY_HEADER"] = "test"
+
+
+def pytest_report_header() -> str:
+    # A full disk fails tests far from its cause (ENOSPC in a fixture); say up front how much there was.
+    tmp = tempfile.gettempdir()
+    return f"free disk at {tmp}: {shutil.disk_usage(tmp).free / 2**30:.1f} GiB"
 
 
 @dataclass(frozen=True)
