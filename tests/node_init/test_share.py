@@ -298,28 +298,35 @@ async def test_a_peer_killed_mid_exchange_costs_only_its_share(ray_cluster: RayC
 @pytest.mark.anyio
 async def test_a_node_lost_with_its_agent_has_each_range_replaced_once_through_the_hub(
         ray_cluster: RayCluster, s3_server: S3Server, shared_model: dict[str, Any], tmp_path: Path) -> None:
-    """A whole node is removed once it has offered part of its share: its task, its objects and its
-    exchange agent go with it. The first survivor to find the agent gone is told by the hub to read
+    """A whole node is removed once it has offered part of its share (its task frozen first, so it
+    cannot finish meanwhile): its task, its objects and its exchange agent go with it. The first survivor to find the agent gone is told by the hub to read
     each of its ranges and hand them out from its own agent; the other survivor takes them there, so
     the lost share crosses the origin link once more, not once per survivor. The init fails typed,
     naming the lost node; the survivors' caches are whole."""
-    doomed = ray_cluster.cluster.add_node(num_cpus=1, resources={"doomed": 1},
-                                          env_vars={"NODE_INIT_CACHE_DIR": str(tmp_path / "doomed")})
+    doomed = ray_cluster.cluster.add_node(num_cpus=1, resources={"doomed": 1}, env_vars={
+        "NODE_INIT_CACHE_DIR": str(tmp_path / "doomed"), "NODE_NAME": "doomed"})
     ray_cluster.cluster.wait_for_nodes()
     proxy = FaultProxy(s3_server.endpoint, rate_mb_s=3.0).start()  # slow enough to lose it mid-share
-    bus = Recorder()
+    (pids := tmp_path / "pids").mkdir()
+    bus = pid_recorder(pids)
 
     removed: list[float] = []
 
     async def remove_once_it_offered() -> None:
         while not any(p.node_id == doomed.node_id and p.bytes_done >= MIB for p in bus.progress):
-            await anyio.sleep(0.05)
+            await anyio.sleep(0.01)
+        # Frozen at once, then removed: removing a node takes a while on a loaded machine, and a node
+        # left running meanwhile could finish its share (and the init) before it is gone.
+        os.kill(pid := int((pids / "doomed").read_text()), signal.SIGSTOP)
         ray_cluster.cluster.remove_node(doomed, allow_graceful=False)
         removed.append(anyio.current_time())
+        with contextlib.suppress(ProcessLookupError):  # a frozen process cannot notice its raylet go
+            os.kill(pid, signal.SIGKILL)
 
     survivors = [n for n in ray_cluster.nodes if n.name in ("node1", "node2")]
     try:
-        cfg = msgspec.structs.replace(config(shared_model, proxy.endpoint, share="auto"), placement=PlacementConfig(
+        cfg = msgspec.structs.replace(config(shared_model, proxy.endpoint, ("tests.node_init.hooks:pid_file",),
+                                             share="auto"), placement=PlacementConfig(
             bundles=[{"node1": 1.0}, {"node2": 1.0}, {"doomed": 1.0}], strategy="STRICT_SPREAD", ready_timeout_s=30))
         with anyio.fail_after(120), pytest.raises(DownloadError) as info:
             await init_during(remove_once_it_offered, cfg, bus)
