@@ -70,7 +70,8 @@ async def one_init(n: int, share: str, run: str, root: Path) -> dict[str, Any]:
     await result.close()
     assert len(result.reports) == n, [r.node_id for r in result.reports]
     for i in range(n):  # each row writes the model once per node: free it before the next
-        shutil.rmtree(root / f"n{i}" / model_id, ignore_errors=True)
+        (root / f"n{i}" / model_id).unlink(missing_ok=True)  # a link to the snapshot in the store
+        shutil.rmtree(root / f"n{i}" / ".node-init" / model_id, ignore_errors=True)
     return {"total": total, "download": result.timings["download"],
             "slowest_node": max(r.seconds for r in result.reports),
             "peer_bytes": sum(r.peer_bytes for r in result.reports)}
