@@ -299,8 +299,8 @@ async def test_a_peer_killed_mid_exchange_costs_only_its_share(ray_cluster: RayC
 async def test_a_node_lost_with_its_agent_has_each_range_replaced_once_through_the_hub(
         ray_cluster: RayCluster, s3_server: S3Server, shared_model: dict[str, Any], tmp_path: Path) -> None:
     """A whole node is removed once it has offered part of its share (its task frozen first, so it
-    cannot finish meanwhile): its task, its objects and its exchange agent go with it. The first survivor to find the agent gone is told by the hub to read
-    each of its ranges and hand them out from its own agent; the other survivor takes them there, so
+    cannot finish meanwhile): its task, its objects and its exchange agent go with it. The first
+    survivor to find the agent gone is told by the hub to read each of its ranges and hand them out from its own agent; the other survivor takes them there, so
     the lost share crosses the origin link once more, not once per survivor. The init fails typed,
     naming the lost node; the survivors' caches are whole."""
     doomed = ray_cluster.cluster.add_node(num_cpus=1, resources={"doomed": 1}, env_vars={

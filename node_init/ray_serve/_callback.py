@@ -16,17 +16,17 @@ from ray.llm._internal.common.utils.download_utils import NodeModelDownloadable
 
 from eventbus import EventBus
 
-from ._config import NodeInitConfig
-from ._ctx import CallbackCtx
-from ._errors import PhaseError
-from ._events import AfterInit, BeforeInit
-from ._logging import configure_logging
-from ._modes import DownloadMode
-from ._phases import Phase
-from ._publish import publish_before_download, publish_failure, publish_phase
-from ._serve_config import node_init_config
-from ._wiring import node_bus, wire
-from .engine import prepare_vllm
+from .._config import NodeInitConfig
+from .._ctx import CallbackCtx
+from .._errors import PhaseError
+from .._events import AfterInit, BeforeInit
+from .._logging import configure_logging
+from .._modes import DownloadMode
+from .._phases import Phase
+from .._publish import publish_before_download, publish_failure, publish_phase
+from .._wiring import node_bus, wire
+from ..engine import prepare_vllm
+from ._config import node_init_config
 
 _log = structlog.get_logger("node_init.ray_serve")
 

@@ -10,12 +10,12 @@ from typing import Any
 from ray.llm._internal.serve.engines.vllm.vllm_engine import VLLMEngine as RayVLLMEngine
 from ray.serve.llm.deployment import LLMServer
 
-from ._errors import PhaseError
-from ._init import InitResult, initialize_node
-from ._phases import Phase
-from ._serve_callback import EventBusCallback
-from ._serve_config import node_init_config, validate_llm_config
-from .engine import VLLMEngine
+from .._errors import PhaseError
+from .._init import InitResult, initialize_node
+from .._phases import Phase
+from ..engine import VLLMEngine
+from ._callback import EventBusCallback
+from ._config import node_init_config, validate_llm_config
 
 
 class OverlappedVLLMEngine(RayVLLMEngine):  # type: ignore[misc]

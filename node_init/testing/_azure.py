@@ -20,7 +20,7 @@ from urllib.parse import quote
 ACCOUNT = "devstoreaccount1"
 ACCOUNT_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
 #: Where ``make setup`` installs it (``npm install azurite@3.35.0``, the last release for Node 20).
-AZURITE_HOME = Path(__file__).resolve().parent.parent / ".cache" / "azurite"
+AZURITE_HOME = Path(__file__).resolve().parents[2] / ".cache" / "azurite"
 
 
 def azurite_command() -> str:
@@ -94,7 +94,7 @@ class AzuriteServer:
             self._dir = None
 
     def _call(self, method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None) -> int:
-        from .download._azure import API_VERSION, shared_key
+        from ..download._azure import API_VERSION, shared_key
 
         url = self.endpoint + path
         # urllib would add a form Content-Type to a PUT after the signature: name one that is signed.
@@ -116,7 +116,7 @@ class AzuriteServer:
         import hmac
         from urllib.parse import urlencode
 
-        from .download._azure import API_VERSION
+        from ..download._azure import API_VERSION
 
         expiry = (datetime.datetime.now(datetime.UTC) + datetime.timedelta(hours=hours)).strftime("%Y-%m-%dT%H:%M:%SZ")
         text = "\n".join([permissions, "", expiry, f"/blob/{ACCOUNT}/{container}", "", "", "", API_VERSION, "c",

@@ -1,4 +1,4 @@
-"""Helpers for tests and demos: build small models locally (no hub is needed or reachable).
+"""Small models built locally for tests and demos (no hub is needed or reachable).
 
 Example:
     >>> from node_init.testing import write_model_files
@@ -137,17 +137,3 @@ def build_tiny_llama(
         tensors["lm_head.weight"] = w(vocab, hidden_size)
     save_file(tensors, str(root / "model.safetensors"), metadata={"format": "pt"})
     return root
-
-
-from ._testing_azure import ACCOUNT as AZURITE_ACCOUNT  # noqa: E402
-from ._testing_azure import ACCOUNT_KEY as AZURITE_KEY  # noqa: E402
-from ._testing_azure import AzuriteServer as AzuriteServer  # noqa: E402
-from ._testing_gcs import GCSServer as GCSServer  # noqa: E402
-from ._testing_hub import HubServer as HubServer  # noqa: E402
-from ._testing_s3 import Fault as Fault  # noqa: E402
-from ._testing_s3 import FaultProxy as FaultProxy  # noqa: E402
-from ._testing_s3 import S3Server as S3Server  # noqa: E402
-from ._testing_s3 import iter_files as iter_files  # noqa: E402
-
-__all__ = ["AZURITE_ACCOUNT", "AZURITE_KEY", "CHAT_TEMPLATE", "SMALL_FILES", "AzuriteServer", "Fault", "FaultProxy",
-           "GCSServer", "HubServer", "S3Server", "build_tiny_llama", "iter_files", "write_model_files"]

@@ -12,10 +12,10 @@ from typing import Any
 import structlog
 from ray.serve.exceptions import RayServeException
 
-from ._config import NodeInitConfig, parse_config
-from ._errors import CallbackLoadError, ConfigError
-from ._events import HOOKS
-from ._loader import load_callback_class, load_handler_set
+from .._config import NodeInitConfig, parse_config
+from .._errors import CallbackLoadError, ConfigError
+from .._events import HOOKS
+from .._loader import load_callback_class, load_handler_set
 
 _log = structlog.get_logger("node_init.ray_serve")
 #: The import path of our stock-path callback, as configs name it.
