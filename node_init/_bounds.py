@@ -1,6 +1,6 @@
 """Every wait of an init, derived in one place from the config (:class:`Bounds`).
 
-The relations the README states hold for every config the parser accepts, and a property
+The relations docs/failures.md states hold for every config the parser accepts, and a property
 test checks them: a wait on a peer is two thirds of the stall bound at most, so the source
 still has a third of it to send a range's first bytes; a node task ends within
 :attr:`Bounds.stop_s` of being asked; an init fails within ``init_timeout_s`` plus

@@ -22,7 +22,7 @@ class RayServeLLMCallback(Protocol):
 
     Each hook takes the shared :class:`CallbackCtx`; returning ``False`` from
     ``on_before_init`` or ``on_before_download`` skips that phase's default
-    action (see the README's veto table). Hooks may be ``async``. Name the
+    action (see the veto table in docs/events.md). Hooks may be ``async``. Name the
     class by import path in config (``callback``), with ``callback_kwargs``;
     one instance is made per process (:func:`get_or_create_callback`).
     """

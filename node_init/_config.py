@@ -143,8 +143,8 @@ class DownloadConfig(_Strict, kw_only=True, forbid_unknown_fields=True, frozen=T
             as recorded when it was written) or ``full`` (also re-hash every byte).
         share: Fetch once per cluster: the nodes of one init that need the same files each fetch
             a disjoint share of the ranges from the source and take the rest from each other
-            through Ray's object store. ``auto``: for a remote (``s3://``) source when two or more
-            nodes need the same files; ``on``: for any source (a shared ``file://`` mount too);
+            through Ray's object store. ``auto``: for every remote source (S3, GCS, Azure, the Hub) when two
+            or more nodes need the same files; ``on``: for any source (a shared ``file://`` mount too);
             ``off``: every node fetches everything from the source.
         share_memory_mb: Bound on the bytes a node holds in Ray's object store for its peers
             (a range over it is not offered: peers fetch it from the source).
@@ -218,7 +218,7 @@ class MirrorConfig(_Strict, kw_only=True, forbid_unknown_fields=True, frozen=Tru
 
 
 class NodeInitConfig(_Strict, kw_only=True, forbid_unknown_fields=True, frozen=True):
-    """Everything node initialization needs; see the README for an example file.
+    """Everything node initialization needs; docs/configuration.md has every key and an example file.
 
     Attributes:
         model_id: The model's name (also the engine's served name).
