@@ -6,20 +6,25 @@ import argparse
 import contextlib
 import io
 import re
+from importlib.metadata import entry_points
 
 import pytest
-
-from node_init import _cli
 
 from ._markdown import DOCS, code_spans, table_rows
 
 PAGE = DOCS / "cli.md"
 
 
+def _main(argv: list[str]) -> object:
+    """The installed ``node-init`` command's entry point, called with ``argv``."""
+    (script,) = [e for e in entry_points(group="console_scripts") if e.name == "node-init"]
+    return script.load()(argv)
+
+
 def _help(*argv: str) -> str:
     out = io.StringIO()
     with contextlib.redirect_stdout(out), pytest.raises(SystemExit):
-        _cli.main([*argv, "--help"])
+        _main([*argv, "--help"])
     return out.getvalue()
 
 
@@ -52,7 +57,7 @@ def _options(sub: str) -> list[tuple[str, str | None]]:
     argparse.ArgumentParser.parse_args = grab  # type: ignore[method-assign,assignment]
     try:
         with pytest.raises(SystemExit):
-            _cli.main([sub])
+            _main([sub])
     finally:
         argparse.ArgumentParser.parse_args = real  # type: ignore[method-assign]
     parser = captured["root"]

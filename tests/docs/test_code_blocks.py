@@ -192,8 +192,6 @@ SH = [b for b in ALL if b.lang in ("sh", "bash", "console")]
 
 @pytest.mark.parametrize("block", SH, ids=_id)
 def test_shell_blocks_name_only_commands_and_subcommands_that_exist(block: Block) -> None:
-    from node_init import _cli  # noqa: F401 - the subcommands below are checked against --help in test_cli
-
     from .test_cli import _subcommands
 
     for line in block.text.splitlines():

@@ -10,7 +10,7 @@ from typing import Any
 import msgspec
 import pytest
 
-from node_init import _config as config_module
+import node_init as config_module
 from node_init import parse_config
 
 from ._markdown import DOCS, code_spans, table_rows
