@@ -351,6 +351,26 @@ def _validate(c: NodeInitConfig) -> None:
     except (TypeError, msgspec.EncodeError) as exc:
         raise ConfigError(f"must be JSON-encodable: {exc}", field="engine.kwargs") from None
     _validate_tokenizer(c.engine.kwargs)
+    _validate_load_format(c)
+
+
+def _validate_load_format(c: NodeInitConfig) -> None:
+    """``load_format``: one vLLM 0.32 accepts; from the Hub, one whose files are known
+    (``node_init.download.LOAD_FORMATS``: the snapshot holds only what it reads)."""
+    from .download._hub import hub_or_path
+    from .download._vllm_files import LOAD_FORMATS, check_load_format
+
+    value = c.engine.kwargs.get("load_format")
+    if value is None or not c.model_source:
+        return
+    if not isinstance(value, str) or value.lower() not in LOAD_FORMATS:
+        raise ConfigError(f"{value!r} is not a load_format vLLM 0.32 accepts ({', '.join(LOAD_FORMATS)})",
+                          field="engine.kwargs.load_format")
+    if hub_or_path(c.model_source).startswith("hf://"):
+        try:
+            check_load_format(value)
+        except ValueError as exc:
+            raise ConfigError(str(exc), field="engine.kwargs.load_format") from None
 
 
 def _validate_tokenizer(kwargs: dict[str, Any]) -> None:

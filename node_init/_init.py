@@ -18,7 +18,7 @@ from eventbus import EventBus, Outcome
 from ._bounds import TEARDOWN_S, Bounds
 from ._config import NodeInitConfig
 from ._ctx import CallbackCtx
-from ._errors import DownloadError, NodeInitError, PhaseError, describe, first_error
+from ._errors import ConfigError, DownloadError, NodeInitError, PhaseError, describe, first_error
 from ._events import AfterInit, BeforeEngineInit, BeforeInit, DownloadProgress, NodeDecided, NodeReport
 from ._modes import DownloadMode
 from ._phases import Phase
@@ -111,6 +111,10 @@ class _Run:
         self.marks: dict[str, float] = {}
         self.overlap = False  # the engine booted on dummy weights and took the real ones in place
         self.tokenizer: str | None = None  # the local copy of a tokenizer the engine args name on the Hub
+        # Engine arguments pinned for a Hub snapshot (config format, tokenizer mode: ``_vllm_files``), and
+        # the arguments that chose its files, as settled before the download (a later change is refused).
+        self.pins: dict[str, str] = {}
+        self.file_args: dict[str, Any] | None = None
 
     @property
     def phase(self) -> Phase:
@@ -270,32 +274,56 @@ def _download_skipped(config: NodeInitConfig, vetoed: bool) -> str:
 
 
 def _engine_kwargs(run: _Run) -> dict[str, Any]:
-    kwargs = {**run.config.engine.kwargs, **run.ctx.extra_init_kwargs}
+    kwargs = {**run.config.engine.kwargs, **run.pins, **run.ctx.extra_init_kwargs}
     if run.tokenizer is not None and kwargs.get("tokenizer") == run.config.engine.kwargs.get("tokenizer"):
         # The Hub tokenizer fetched here (a handler's own choice of tokenizer stays theirs).
         kwargs.update(tokenizer=run.tokenizer, tokenizer_revision=None)
     return kwargs
 
 
+#: Engine arguments that decide which files of a Hub repo the snapshot holds (``_vllm_files``).
+FILE_ARGS = ("load_format", "tokenizer", "tokenizer_revision", "tokenizer_mode", "config_format", "trust_remote_code")
+
+
+def _file_args(run: _Run) -> dict[str, Any]:
+    kwargs = {**run.config.engine.kwargs, **run.ctx.extra_init_kwargs}
+    return {k: kwargs.get(k) for k in FILE_ARGS}
+
+
 async def _hub_tokenizer(run: _Run) -> None:
     """Fetch a tokenizer the engine arguments name in another Hub repo (see ``_tokenizer``)."""
     from .download import fetch_tokenizer, hub_tokenizer_uri
 
-    uri = hub_tokenizer_uri(run.config.engine.kwargs)
+    kwargs = {**run.config.engine.kwargs, **run.ctx.extra_init_kwargs}
+    uri = hub_tokenizer_uri(kwargs)
     if uri is None or run.config.engine.kind == "none":  # no engine here to point at it
         return
     t = time.monotonic()
-    run.tokenizer = await anyio.to_thread.run_sync(fetch_tokenizer, uri, run.config.download)
+    run.tokenizer, mode = await anyio.to_thread.run_sync(fetch_tokenizer, uri, run.config.download, kwargs)
+    if str(kwargs.get("tokenizer_mode") or "auto") == "auto":
+        run.pins["tokenizer_mode"] = mode  # decided on the whole tokenizer repo, as vLLM would
     run.timed("hub_tokenizer", t)
 
 
 async def _before_engine_init(run: _Run, model_path: str) -> bool:
-    """Publish BeforeEngineInit; whether an engine should boot."""
+    """Publish BeforeEngineInit; whether an engine should boot.
+
+    Raises:
+        ConfigError: a handler changed an argument that chose the Hub snapshot's files (naming it): the
+            snapshot was fetched for the arguments settled before the download.
+    """
     run.phase = Phase.BEFORE_ENGINE_INIT
     t = time.monotonic()
     outcome = await run.publish(BeforeEngineInit(model_id=run.config.model_id, model_path=model_path,
                                                  engine_kwargs=_engine_kwargs(run)))
     run.timed("before_engine_init", t)
+    if run.file_args is not None:
+        now = _file_args(run)
+        for key in FILE_ARGS:
+            if now[key] != run.file_args[key]:
+                raise ConfigError(f"a BeforeEngineInit handler changed {key} from {run.file_args[key]!r} to "
+                                  f"{now[key]!r}, but the Hub snapshot holds the files vLLM reads for the first: "
+                                  "set it in BeforeInit (or in the config)", field=f"ctx.extra_init_kwargs.{key}")
     return run.config.engine.kind != "none" and not outcome.vetoed
 
 
@@ -390,6 +418,9 @@ async def _with_downloads(run: _Run, log: Any) -> str:
     # A Hub id is told from a path, and its revision pinned to a commit, once, here: every node reads one
     # commit, and the commit's tree, fetched here, reaches the nodes through Ray's KV.
     run.config = await anyio.to_thread.run_sync(pin_model_source, run.config)
+    if (run.config.model_source or "").startswith("hf://"):
+        run.file_args = _file_args(run)  # what the snapshot is fetched for
+        run.pins = await anyio.to_thread.run_sync(_hub_pins, run)
     config, ctx = run.config, run.ctx
     # The init's exchange for a shared download: a hub that has to start takes about a second (a
     # worker process), so it starts before placement and runs while placement does.
@@ -427,29 +458,52 @@ async def _with_downloads(run: _Run, log: Any) -> str:
 
 def pin_model_source(config: NodeInitConfig, *, share_tree: bool = True) -> NodeInitConfig:
     """``config`` as the replica hands it to the nodes: a bare Hub id made ``hf://``, and an ``hf://``
-    revision resolved to its commit (with Ray running, the commit's tree shared through its KV).
+    revision resolved to its commit (with ``share_tree`` and Ray running, the commit's tree is listed
+    here and shared with the nodes through Ray's KV: the Hub is not asked once per node).
 
     Raises:
         DownloadError: the Hub could not resolve it (for a bare id: naming both readings).
     """
     from ._errors import DownloadError
+    from .cluster._hub_tree import share_tree as share
     from .download import source_errors
-    from .download._hub import hub_or_path, offline, pin_hub_source
+    from .download._hub import hub_or_path, hub_tree, offline, pin_hub_source
 
     source = config.model_source or ""
     pinned = hub_or_path(source)
     if pinned.startswith("hf://") and not offline():
+        timeout_s, retries = config.download.stall_timeout_s, config.download.retries
         try:
             with source_errors(pinned):
-                pinned = pin_hub_source(pinned, config.download.hf, timeout_s=config.download.stall_timeout_s,
-                                        retries=config.download.retries, share_tree=share_tree)
+                pinned = pin_hub_source(pinned, config.download.hf, timeout_s=timeout_s, retries=retries)
         except DownloadError as exc:
             if source.startswith("hf://"):
                 raise
             # A bare id: say both readings failed, not only the Hub's.
             raise DownloadError(f"model_source {source!r} is no path on the replica ({os.getcwd()}), and as a "
                                 f"Hugging Face Hub id: {exc.cause or exc}", source=source, cause=exc.cause) from exc
+        if share_tree:
+            with source_errors(pinned):
+                share(pinned, hub_tree(pinned, config.download.hf, timeout_s=timeout_s, retries=retries))
     return config if pinned == source else msgspec.structs.replace(config, model_source=pinned)
+
+
+def _hub_pins(run: _Run) -> dict[str, str]:
+    """For a Hub source: the config format and tokenizer mode vLLM decides on the whole repo, pinned in
+    the engine arguments (the snapshot may lack the file that decided them; see ``_vllm_files``)."""
+    from .cluster._hub_tree import shared_tree
+    from .download import EngineFileArgs, hub_tree, source_errors
+    from .download._hub import offline
+    from .download._vllm_files import pinned_kwargs
+
+    uri = run.config.model_source or ""
+    if not uri.startswith("hf://") or offline() or run.config.streaming:
+        return {}
+    with source_errors(uri):
+        tree = shared_tree(uri) or hub_tree(uri, run.config.download.hf, timeout_s=run.config.download.stall_timeout_s,
+                                            retries=run.config.download.retries)
+        kwargs = {**run.config.engine.kwargs, **run.ctx.extra_init_kwargs}
+        return pinned_kwargs([str(e["path"]) for e in tree], EngineFileArgs.of(kwargs))
 
 
 async def _engine_when_ready(run: _Run, replica: _Replica, log: Any) -> None:
@@ -507,19 +561,42 @@ def _same_version(run: _Run, boot_dir: str, report: NodeReport) -> None:
 
 
 async def _config_and_tokenizer(run: _Run) -> str:
-    """A directory with the model's config and tokenizer in this process, to boot on dummy weights."""
+    """A directory with the model's config and tokenizer in this process, to boot on dummy weights.
+
+    From the Hub: every file of the snapshot but the weights (``params.json``, ``tekken.json``, the
+    sentence-transformers modules...), so the dummy boot decides config format, tokenizer mode and
+    pooling as the reload on the whole snapshot does (they are pinned in the engine arguments too).
+    """
     config = run.config
     uri = config.model_source or ""
     if not is_remote(config):
         return local_model_path(config)  # a local source has them already
-    from .download import Downloader, cache_root, list_source, model_dir_name, select
+    from .cluster._hub_tree import shared_tree
+    from .download import (
+        Downloader,
+        HubSource,
+        cache_root,
+        for_engine,
+        model_dir_name,
+        open_source,
+        select,
+        source_errors,
+    )
 
     t = time.monotonic()
 
     def fetch() -> str:
-        source, listing = list_source(uri, config.download)
+        with source_errors(uri):
+            kwargs = {**config.engine.kwargs, **run.ctx.extra_init_kwargs}
+            source = for_engine(open_source(uri, config.download), kwargs, tree=shared_tree(uri))
+            listing = source.list_files()
+        if isinstance(source, HubSource) and source.selection is not None:
+            weights = set(source.selection.weights)
+            wanted = [f for f in listing if f.key not in weights]
+        else:
+            wanted = select(listing, DownloadMode.TOKENIZER_ONLY)
         dest = cache_root(config.download) / f"{model_dir_name(config.model_id)}--tokenizer"
-        return Downloader(source, dest, config.download).run(select(listing, DownloadMode.TOKENIZER_ONLY)).path
+        return Downloader(source, dest, config.download).run(wanted).path
 
     path = await anyio.to_thread.run_sync(fetch)
     run.timed("tokenizer_fetch", t)

@@ -29,6 +29,7 @@ from ..download import (
     RemoteFile,
     Source,
     cache_root,
+    for_engine,
     list_source,
     local_path,
     model_dir_name,
@@ -37,6 +38,7 @@ from ..download import (
     select,
     source_errors,
 )
+from ._hub_tree import shared_tree
 
 if TYPE_CHECKING:
     from ._holders import HolderSource
@@ -104,7 +106,9 @@ def node_download(
     listing: list[RemoteFile] = []
     if uri:
         with source_errors(uri, node_id=node_id):
-            source = open_source(uri, config.download)
+            # A Hub source is narrowed to what vLLM reads under the engine arguments BeforeInit settled.
+            source = for_engine(open_source(uri, config.download), {**config.engine.kwargs, **ctx.extra_init_kwargs},
+                                tree=shared_tree(uri))
             listing = source.list_files() if mode is not DownloadMode.NONE else []
     in_place = source.in_place if source is not None else None
     dest_path = str(in_place or dest)

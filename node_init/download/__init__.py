@@ -41,9 +41,11 @@ from ._downloader import DownloadResult as DownloadResult
 from ._downloader import Progress as Progress
 from ._gcs import GCSSource as GCSSource
 from ._hub import HubSource as HubSource
+from ._hub import for_engine as for_engine
 from ._hub import hub_or_path as hub_or_path
+from ._hub import hub_tree as hub_tree
+from ._hub import parse_hub_uri as parse_hub_uri
 from ._hub import pin_hub_source as pin_hub_source
-from ._hub import vllm_files as vllm_files
 from ._registry import SOURCES as SOURCES
 from ._registry import SourceKind as SourceKind
 from ._registry import check_source as check_source
@@ -68,8 +70,20 @@ from ._sources import s3_credentials as s3_credentials
 from ._sources import source_errors as source_errors
 from ._tokenizer import fetch_tokenizer as fetch_tokenizer
 from ._tokenizer import hub_tokenizer_uri as hub_tokenizer_uri
+from ._vllm_files import LOAD_FORMATS as LOAD_FORMATS
+from ._vllm_files import EngineFileArgs as EngineFileArgs
+from ._vllm_files import Selection as Selection
+from ._vllm_files import check_load_format as check_load_format
+from ._vllm_files import select_files as select_files
+from ._vllm_files import select_tokenizer_files as select_tokenizer_files
 
 __all__ = [
+    "LOAD_FORMATS",
+    "EngineFileArgs",
+    "Selection",
+    "check_load_format",
+    "select_files",
+    "select_tokenizer_files",
     "SOURCES",
     "AzureSource",
     "GCSSource",
@@ -107,6 +121,9 @@ __all__ = [
     "model_dir_name",
     "open_source",
     "pin_hub_source",
+    "for_engine",
+    "hub_tree",
+    "parse_hub_uri",
     "read_rate",
     "register_source",
     "s3_credentials",
@@ -115,5 +132,4 @@ __all__ = [
     "shares",
     "source_errors",
     "source_kind",
-    "vllm_files",
 ]

@@ -2,10 +2,12 @@
 
 The replica resolves the revision (a branch, tag or commit) once to a commit id and hands the nodes
 ``hf://org/name@<commit>`` (:func:`pin_hub_source`), so every node reads one commit however the branch
-moves meanwhile. A node lists that commit's tree (one call) and keeps the files vLLM would load
-(:func:`vllm_files`); each file is read in ranges from ``{endpoint}/{repo}/resolve/{commit}/{path}``
-and checked against the Hub's digest as it streams: the SHA-256 of an LFS file, the git blob SHA-1
-of a small one. ``HF_HUB_OFFLINE=1`` reads this node's Hugging Face cache instead, as before.
+moves meanwhile. The replica lists that commit's tree once (:func:`hub_tree`; ``node_init.cluster``
+shares it with the nodes through Ray) and a node keeps the files vLLM reads under the engine
+arguments (:func:`for_engine`, ``_vllm_files.select_files``); each file is read in ranges from
+``{endpoint}/{repo}/resolve/{commit}/{path}`` and checked against the Hub's digest as it streams: the
+SHA-256 of an LFS file, the git blob SHA-1 of a small one. ``HF_HUB_OFFLINE=1`` reads this node's
+Hugging Face cache instead, as before.
 Requests go through urllib3; the endpoint is ``HF_ENDPOINT`` or ``download.hf.endpoint_url``; the
 token ``download.hf.token``, ``HF_TOKEN``, or the file the Hugging Face CLI writes.
 """
@@ -15,19 +17,20 @@ from __future__ import annotations
 import json
 import os
 import re
-import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+import attrs
 import structlog
 
 from .._config import HFConfig, reveal
 from ._checksums import OriginChecksum
 from ._http import HttpClient
 from ._retry import Transient, retry_after, with_retries
-from ._sources import RemoteFile, check_key
+from ._sources import RemoteFile, Source, check_key
+from ._vllm_files import EngineFileArgs, Selection, select_files
 
 _log = structlog.get_logger("node_init.download")
 HUB_ENDPOINT = "https://huggingface.co"
@@ -37,9 +40,6 @@ _REPO_ID = re.compile(r"^(?:[\w\-.]+/)?[\w\-.]{1,96}$")
 #: A git revision we accept: a branch, a tag or a commit (no spaces, ``..``, ``~^:?*[\``, ``@{``).
 _REVISION = re.compile(r"^(?!.*\.\.)(?!.*@\{)(?!/)(?!.*/$)(?!.*\.lock$)[^\s~^:?*\[\\\x00-\x1f\x7f]{1,255}$")
 COMMIT = re.compile(r"^[0-9a-f]{40}$")
-#: Weight formats, in the order vLLM prefers them (its ``_prepare_weights`` with ``load_format: auto``).
-WEIGHT_PATTERNS = ((".safetensors", "model.safetensors.index.json"), (".bin", "pytorch_model.bin.index.json"),
-                   (".pt", None))
 
 
 def is_hub_id(text: str) -> bool:
@@ -178,21 +178,6 @@ class HubClient:
         yield from self._http.body(response, path)
 
 
-def vllm_files(paths: list[str]) -> list[str]:
-    """The files of a repo that vLLM loads for ``load_format: auto``: one weight format (safetensors
-    over ``.bin`` over ``.pt``), only the shards its index names where it has one, ``original/`` and
-    other subfolders' checkpoints skipped; with every other top-level file (config, tokenizer,
-    generation config, chat template). The index's own shard list is applied by :class:`HubSource`."""
-    top = [p for p in paths if "/" not in p]
-    weights: list[str] = []
-    for suffix, _index in WEIGHT_PATTERNS:
-        weights = [p for p in top if p.endswith(suffix)]
-        if weights:
-            break
-    other_weights = {p for p in top for suffix, _ in WEIGHT_PATTERNS if p.endswith(suffix)} - set(weights)
-    return sorted(set(top) - other_weights)
-
-
 class HubSource:
     """``hf://org/name@<commit>`` read from the Hub (see the module doc).
 
@@ -213,38 +198,31 @@ class HubSource:
         self.uri = f"hf://{self.repo}@{self.commit}"
         self.identity = f"token from {self.client.token_from}"
         self.retries = retries
-        self._shards: dict[str, list[str]] = {}
+        #: The engine arguments the snapshot is for (:func:`for_engine`), and the commit's tree if the
+        #: replica shared it (the Hub is then not asked once per node).
+        self.engine = EngineFileArgs()
+        self.tree: list[dict[str, Any]] | None = None
+        self.selection: Selection | None = None
 
     def __repr__(self) -> str:
         return f"HubSource({self.uri!r}, {self.identity})"
 
     def list_files(self) -> list[RemoteFile]:
-        """The files vLLM would load at the pinned commit, each with the Hub's digest (the tree the
-        replica fetched, where it shared one through Ray: the Hub is not asked once per node)."""
-        tree = shared_tree(self.repo, self.commit)
-        if tree is None:
-            tree = self.client.tree(self.repo, self.commit)
-        entries = {str(e["path"]): e for e in tree}
-        keep = vllm_files(list(entries))
-        for suffix, index in WEIGHT_PATTERNS:  # only the shards an index names (a repo may hold others beside them)
-            if index is not None and index in entries and any(k.endswith(suffix) for k in keep):
-                named = set(self._index(index, entries[index]))
-                keep = [k for k in keep if not k.endswith(suffix) or k in named]
-                break
-        files = []
-        for key in keep:
-            e = entries[key]
-            lfs = e.get("lfs")
-            checksum = OriginChecksum("sha256", str(lfs["oid"])) if lfs else OriginChecksum("git-sha1", str(e["oid"]))
-            files.append(RemoteFile(check_key(key), int(e["size"]), str(lfs["oid"] if lfs else e["oid"]), checksum))
-        if not files:
-            raise FileNotFoundError(f"no files vLLM would load in {self.uri}")
-        return sorted(files, key=lambda f: f.key)
+        """The files vLLM reads at the pinned commit for :attr:`engine` (``select_files``), each with the
+        Hub's digest.
 
-    def _index(self, name: str, entry: dict[str, Any]) -> list[str]:
-        """The shard names an index file maps weights to (read once, small)."""
-        data = b"".join(self.client.stream(self.repo, self.commit, name, 0, int(entry["size"])))
-        return sorted(set(json.loads(data).get("weight_map", {}).values()))
+        Raises:
+            FileNotFoundError: no weights or config vLLM would load, or an index naming a missing shard.
+            ValueError: a ``modules.json`` or index that cannot be read.
+        """
+        tree = self.tree if self.tree is not None else self.client.tree(self.repo, self.commit)
+        entries = {str(e["path"]): e for e in tree}
+
+        def read(key: str) -> bytes:  # a small file the choice depends on (modules.json, an index)
+            return b"".join(self.client.stream(self.repo, self.commit, key, 0, int(entries[key]["size"])))
+
+        self.selection = select_files(entries, self.engine, read)
+        return [remote_file(entries[key]) for key in self.selection.files]
 
     def stream(self, file: RemoteFile, start: int, end: int) -> Iterator[bytes | memoryview]:
         """Bytes ``[start, end)`` of the file at the pinned commit, yielded as they arrive."""
@@ -253,38 +231,29 @@ class HubSource:
         yield from self.client.stream(self.repo, self.commit, file.key, start, end)
 
 
-_KV_NAMESPACE = "node_init"
+def remote_file(entry: dict[str, Any]) -> RemoteFile:
+    """A tree entry as a :class:`RemoteFile`: the SHA-256 of an LFS file, the git blob SHA-1 of a small one."""
+    lfs = entry.get("lfs")
+    checksum = OriginChecksum("sha256", str(lfs["oid"])) if lfs else OriginChecksum("git-sha1", str(entry["oid"]))
+    return RemoteFile(check_key(str(entry["path"])), int(entry["size"]), str(lfs["oid"] if lfs else entry["oid"]),
+                      checksum)
 
 
-def _tree_key(repo: str, commit: str) -> str:
-    return f"hub-tree/{repo}@{commit}"
+def for_engine(source: Source, kwargs: Mapping[str, Any], *, tree: list[dict[str, Any]] | None = None) -> Source:
+    """``source``, narrowed to the files vLLM reads under the engine arguments ``kwargs`` if it is a Hub
+    source (any other source is fetched whole, as Ray fetches it); ``tree``: the commit's tree the
+    replica listed, if it shared one."""
+    if isinstance(source, HubSource):
+        tokenizer = kwargs.get("tokenizer")
+        own = not tokenizer or parse_hub_uri(hub_or_path(str(tokenizer)))[0] == source.repo
+        source.engine = attrs.evolve(EngineFileArgs.of(kwargs), own_tokenizer=own)
+        if tree is not None:
+            source.tree = tree
+    return source
 
 
-def _ray_up() -> bool:
-    # Ray running here means it was imported; importing it only to ask costs a fresh process ~0.3 s.
-    ray = sys.modules.get("ray")
-    return ray is not None and bool(ray.is_initialized())
-
-
-def shared_tree(repo: str, commit: str) -> list[dict[str, Any]] | None:
-    """The tree of ``repo@commit`` the replica put in Ray's internal KV, if Ray runs and it did."""
-    if not _ray_up():
-        return None
-    try:
-        from ray.experimental import internal_kv
-
-        raw = internal_kv._internal_kv_get(_tree_key(repo, commit), namespace=_KV_NAMESPACE)
-    except Exception:  # no Ray here, or its KV is unreachable: list the Hub
-        return None
-    return list(json.loads(raw)) if raw else None
-
-
-def pin_hub_source(uri: str, cfg: HFConfig, *, timeout_s: float, retries: int, share_tree: bool = False) -> str:
-    """``hf://org/name@<commit>`` for ``hf://org/name[@revision]``, resolved once (on the replica).
-
-    With ``share_tree`` (Ray running), the commit's tree is fetched here too and put in Ray's internal
-    KV, where the nodes read it: the Hub rate-limits, and many nodes must not each list it.
-    """
+def pin_hub_source(uri: str, cfg: HFConfig, *, timeout_s: float, retries: int) -> str:
+    """``hf://org/name@<commit>`` for ``hf://org/name[@revision]``, resolved once (on the replica)."""
     repo, revision = parse_hub_uri(uri)
     if offline():
         return uri
@@ -292,12 +261,14 @@ def pin_hub_source(uri: str, cfg: HFConfig, *, timeout_s: float, retries: int, s
     commit = revision if COMMIT.match(revision) else client.commit(repo, revision)
     if commit != revision:
         _log.info("hub revision pinned", repo=repo, revision=revision, commit=commit)
-    if share_tree and _ray_up() and shared_tree(repo, commit) is None:
-        from ray.experimental import internal_kv
-
-        internal_kv._internal_kv_put(_tree_key(repo, commit), json.dumps(client.tree(repo, commit)).encode(),
-                                     overwrite=True, namespace=_KV_NAMESPACE)
     return f"hf://{repo}@{commit}"
+
+
+def hub_tree(uri: str, cfg: HFConfig, *, timeout_s: float, retries: int) -> list[dict[str, Any]]:
+    """The tree (every file, with its digests) of a pinned ``hf://org/name@<commit>``: listed once on the
+    replica, which shares it with the nodes (``node_init.cluster``)."""
+    repo, commit = parse_hub_uri(uri)
+    return HubClient(cfg, request_timeout_s=timeout_s, retries=retries).tree(repo, commit)
 
 
 def hub_or_path(source: str) -> str:

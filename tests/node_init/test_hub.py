@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from node_init import ConfigError, DownloadConfig, DownloadError, HFConfig, parse_config
-from node_init.download import Downloader, hub_or_path, list_source, pin_hub_source, vllm_files
+from node_init.download import Downloader, hub_or_path, list_source, pin_hub_source
 from node_init.testing import HubServer, write_model_files
 
 MB = 1 << 20
@@ -57,13 +57,6 @@ def test_the_hub_server_is_honest_the_official_client_gets_the_same_bytes(hub: d
     for p in hub["local"].rglob("*"):
         if p.is_file():
             assert (path / p.relative_to(hub["local"])).read_bytes() == p.read_bytes()
-
-
-def test_vllm_s_choice_of_files() -> None:
-    assert vllm_files(["a.safetensors", "a.bin", "config.json", "original/x.pth", "t.pt"]) == ["a.safetensors",
-                                                                                               "config.json"]
-    assert vllm_files(["w.bin", "w.pt", "config.json"]) == ["config.json", "w.bin"]
-    assert vllm_files(["w.pt", "tokenizer.model"]) == ["tokenizer.model", "w.pt"]
 
 
 def test_a_hub_model_downloads_pinned_and_checked_by_the_hubs_digests(hub: dict[str, Any], tmp_path: Path) -> None:
@@ -117,7 +110,7 @@ def test_a_branch_that_moves_mid_download_does_not_tear_the_snapshot(hub: dict[s
 def test_a_gated_repo_without_a_token_names_where_the_token_was_looked_for(
         hub: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     server = hub["server"]
-    server.push("org/gated", {"config.json": b"{}"}, gated=True)
+    server.push("org/gated", {"config.json": b"{}", "w.safetensors": b"w"}, gated=True)
     monkeypatch.delenv("HF_TOKEN", raising=False)
     monkeypatch.setenv("HF_HOME", str(tmp_path))  # no token file
     with pytest.raises(DownloadError) as info:
@@ -126,7 +119,7 @@ def test_a_gated_repo_without_a_token_names_where_the_token_was_looked_for(
     assert "gated" in text and "HF_TOKEN" in text and "download.hf.token" in text
     (tmp_path / "token").write_text(server.token)  # the file the Hugging Face CLI writes
     source, files = list_source("hf://org/gated", cfg(hub))
-    assert [f.key for f in files] == ["config.json"] and "token file" in repr(source)
+    assert [f.key for f in files] == ["config.json", "w.safetensors"] and "token file" in repr(source)
     assert server.token not in repr(source)
 
 
@@ -263,7 +256,9 @@ def test_a_tokenizer_from_another_repo_is_fetched_at_its_revision_and_checked(
     assert uri == "hf://org/tok@v1"
     server.flip("tokenizer.json")
     monkeypatch.setenv("NODE_INIT_CACHE_DIR", str(tmp_path))
-    path = Path(fetch_tokenizer(uri, cfg(hub)))
+    fetched, mode = fetch_tokenizer(uri, cfg(hub))
+    path = Path(fetched)
+    assert mode == "hf"  # no Mistral tokenizer in it
     wanted = {k: v for k, v in files.items() if "safetensors" not in k}
     assert {p.name: p.read_bytes() for p in path.iterdir()} == wanted
     reads = [p for _, p in server.requests].count(f"/org/tok/resolve/{tag}/tokenizer.json")
@@ -288,7 +283,7 @@ def test_a_tokenizer_missing_from_the_hub_is_a_typed_error_naming_it(hub: dict[s
         fetch_tokenizer("hf://org/no-such-tokenizer@v1", cfg(hub, retries=0))
     assert "org/no-such-tokenizer" in str(info.value) and info.value.source == "hf://org/no-such-tokenizer@v1"
     hub["server"].push("org/weights-only", {"model.safetensors": os.urandom(100)})
-    with pytest.raises(DownloadError, match="holds nothing but weights"):
+    with pytest.raises(DownloadError, match="holds no tokenizer files"):
         fetch_tokenizer("hf://org/weights-only", cfg(hub, retries=0))
     assert not any((tmp_path / ".tokenizers").rglob("*.*"))  # nothing half-written
 
@@ -305,3 +300,45 @@ def test_bad_tokenizer_arguments_are_refused_at_parse_time(kwargs: dict[str, Any
     with pytest.raises(ConfigError) as info:
         parse_config({"model_id": "m", "model_source": "org/m", "engine": {"kwargs": kwargs}})
     assert info.value.field == field and words in str(info.value)
+
+
+@pytest.mark.ray
+@pytest.mark.anyio
+async def test_the_files_follow_before_init_and_a_late_change_is_refused_naming_it(ray_cluster: Any) -> None:
+    """A BeforeInit handler's ``load_format`` decides which weights the snapshot holds; a BeforeEngineInit
+    handler, which runs while the download does, that changes it fails the init naming the setting."""
+    from eventbus import EventBus
+    from node_init import BeforeEngineInit, BeforeInit, CallbackCtx, NodeInitError, initialize_node
+    from tests._configs import node_config
+
+    server = HubServer().start()
+    try:
+        server.push("org/formats", {"config.json": b"{}", "tokenizer.json": b"{}", "w.safetensors": b"s" * 100,
+                                    "w.pt": b"p" * 100, "tf_model.h5": b"h" * 100})
+        config = node_config("org/formats", download={"hf": {"endpoint_url": server.endpoint}})
+        bus = EventBus()
+
+        @bus.on(BeforeInit)
+        def pt_weights(event: BeforeInit, ctx: CallbackCtx) -> None:
+            ctx.extra_init_kwargs["load_format"] = "pt"
+
+        result = await initialize_node(config, bus=bus)
+        try:
+            (report,) = result.reports
+            assert sorted(p.name for p in Path(report.path).iterdir()) == ["config.json", "tokenizer.json", "w.pt"]
+        finally:
+            await result.close()
+
+        late = EventBus()
+
+        @late.on(BeforeEngineInit)
+        def too_late(event: BeforeEngineInit, ctx: CallbackCtx) -> None:
+            ctx.extra_init_kwargs["load_format"] = "safetensors"
+
+        with pytest.raises(NodeInitError) as info:
+            await initialize_node(node_config("org/formats", download={"hf": {"endpoint_url": server.endpoint}}),
+                                  bus=late)
+        assert "load_format" in str(info.value) and "BeforeEngineInit" in str(info.value)
+        assert isinstance(info.value, ConfigError) and info.value.field == "ctx.extra_init_kwargs.load_format"
+    finally:
+        server.stop()
