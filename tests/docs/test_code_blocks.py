@@ -44,6 +44,12 @@ def test_every_marker_is_known() -> None:
     assert not bad, f"unknown doc markers at {bad}"
 
 
+def test_every_yaml_block_says_what_it_is() -> None:
+    """A YAML block is a config, a fragment of one, a Serve config, or skipped with a reason: none is only YAML."""
+    bare = [b.where for b in ALL if b.lang == "yaml" and _kind(b)[0] not in ("config", "config-part", "serve", "skip")]
+    assert not bare, f"YAML blocks with no doc marker: {bare}"
+
+
 def _compile(block: Block) -> ast.Module:
     try:
         tree = compile(block.text, block.where, "exec", flags=ast.PyCF_ONLY_AST | ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
