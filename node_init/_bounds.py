@@ -9,12 +9,18 @@ still has a third of it to send a range's first bytes; a node task ends within
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar
+from typing import Any, ClassVar
 
 import attrs
+import msgspec
 
-if TYPE_CHECKING:
-    from ._config import DownloadConfig, NodeInitConfig
+from ._config import DownloadConfig, EngineConfig, NodeInitConfig, PlacementConfig
+
+
+def _default(struct: type[msgspec.Struct], name: str) -> Any:
+    """A config field's default, read from its struct (never copied here)."""
+    (field,) = [f for f in msgspec.structs.fields(struct) if f.name == name]
+    return field.default
 
 #: The smallest ``download.stall_timeout_s`` accepted: a third of it bounds a peer's silence, and
 #: below a third of a second a healthy peer's Ray call reads as a hung one.
@@ -38,6 +44,17 @@ STOP_S = THREAD_JOIN_S + 2 * PROGRESS_EVERY_S + 1.0
 CANCEL_DRAIN_S = 2.0
 #: Bound on everything a failed init undoes (engine shutdown, placement group, InitFailed publish).
 TEARDOWN_S = 10.0
+#: The longest a source's connection is given to open (a host that takes longer is down or
+#: unreachable); a shorter stall bound is the bound.
+CONNECT_S = 10.0
+#: The first backoff before a retry of a request; it doubles per attempt (times a jitter of 0.5-1).
+BACKOFF_FIRST_S = 0.2
+#: The longest backoff between two tries of one request.
+BACKOFF_MAX_S = 8.0
+#: The longest ``Retry-After`` waited out; a longer one is a server saying "not today": the retry
+#: comes after this (or after :attr:`Bounds.retry_wait_s`, the shorter) and, if the answer is the
+#: same, the error.
+RETRY_AFTER_MAX_S = 60.0
 
 
 @attrs.frozen
@@ -49,35 +66,58 @@ class Bounds:
         stall_s: ``download.stall_timeout_s``: no byte at all for this long fails a download.
         download_s: ``download.timeout_s``: one node's download.
         lock_s: ``download.lock_timeout_s``: a second process's wait for the node's downloader.
-        placement_s: ``placement.ready_timeout_s``: a placement group's wait to be ready (60 s for a
-            handler's group when the config makes none).
+        placement_s: ``placement.ready_timeout_s``: a placement group's wait to be ready (its default
+            for a handler's group when the config makes none).
         boot_s: ``engine.boot_timeout_s``: the engine's boot.
         hub_idle_s: ``download.share_hub_idle_s``: the exchange hub's life with no init open.
+        retries: ``download.retries``: tries of a request after the first, on transient errors.
     """
 
     #: The smallest ``download.stall_timeout_s`` a config may set.
     MIN_STALL_S: ClassVar[float] = MIN_STALL_S
 
-    init_s: float = 3600.0
-    stall_s: float = 60.0
-    download_s: float = 600.0
-    lock_s: float = 900.0
-    placement_s: float = 60.0
-    boot_s: float = 600.0
-    hub_idle_s: float = 600.0
+    init_s: float = _default(NodeInitConfig, "init_timeout_s")
+    stall_s: float = _default(DownloadConfig, "stall_timeout_s")
+    download_s: float = _default(DownloadConfig, "timeout_s")
+    lock_s: float = _default(DownloadConfig, "lock_timeout_s")
+    placement_s: float = _default(PlacementConfig, "ready_timeout_s")
+    boot_s: float = _default(EngineConfig, "boot_timeout_s")
+    hub_idle_s: float = _default(DownloadConfig, "share_hub_idle_s")
+    retries: int = _default(DownloadConfig, "retries")
 
     @classmethod
     def of(cls, config: NodeInitConfig) -> Bounds:
         """The bounds of an init."""
-        return attrs.evolve(cls.of_download(config.download, init_s=config.init_timeout_s),
-                            placement_s=config.placement.ready_timeout_s if config.placement else 60.0,
-                            boot_s=config.engine.boot_timeout_s)
+        bounds = cls.of_download(config.download, init_s=config.init_timeout_s)
+        if config.placement is not None:
+            bounds = attrs.evolve(bounds, placement_s=config.placement.ready_timeout_s)
+        return attrs.evolve(bounds, boot_s=config.engine.boot_timeout_s)
 
     @classmethod
-    def of_download(cls, cfg: DownloadConfig, *, init_s: float = 3600.0) -> Bounds:
+    def of_download(cls, cfg: DownloadConfig, *, init_s: float | None = None) -> Bounds:
         """The bounds of a download (``init_s``: the init around it, if known)."""
-        return cls(init_s=init_s, stall_s=cfg.stall_timeout_s, download_s=cfg.timeout_s, lock_s=cfg.lock_timeout_s,
-                   hub_idle_s=cfg.share_hub_idle_s)
+        bounds = cls(stall_s=cfg.stall_timeout_s, download_s=cfg.timeout_s, lock_s=cfg.lock_timeout_s,
+                     hub_idle_s=cfg.share_hub_idle_s, retries=cfg.retries)
+        return bounds if init_s is None else attrs.evolve(bounds, init_s=init_s)
+
+    @property
+    def request_s(self) -> float:
+        """A source's call (a listing, an API call, a HEAD) answers within the stall bound."""
+        return self.stall_s
+
+    @property
+    def connect_s(self) -> float:
+        """A source's connection opens within :data:`CONNECT_S`, or the stall bound if shorter."""
+        return min(CONNECT_S, self.stall_s)
+
+    @property
+    def retry_wait_s(self) -> float:
+        """The longest wait before a retry (a backoff, or a server's ``Retry-After``): a silence (a
+        third of the stall bound), and :data:`RETRY_AFTER_MAX_S` at most. A range that waits to be
+        retried leaves its next request two thirds of the stall bound to send bytes: a server asking
+        for a longer wait than the stall bound allows is asked again sooner, never the reason a
+        download fails as stalled."""
+        return min(RETRY_AFTER_MAX_S, self.silence_s)
 
     @property
     def silence_s(self) -> float:

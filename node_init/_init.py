@@ -466,16 +466,15 @@ def pin_model_source(config: NodeInitConfig, *, share_tree: bool = True) -> Node
     """
     from ._errors import DownloadError
     from .cluster._hub_tree import share_tree as share
-    from .download import source_errors
-    from .download._hub import hub_or_path, hub_tree, offline, pin_hub_source
+    from .download import hub_or_path, hub_tree, is_remote_source, pin_hub_source, source_errors
 
     source = config.model_source or ""
     pinned = hub_or_path(source)
-    if pinned.startswith("hf://") and not offline():
-        timeout_s, retries = config.download.stall_timeout_s, config.download.retries
+    if pinned.startswith("hf://") and is_remote_source(pinned):  # not this node's cache (HF_HUB_OFFLINE)
+        bounds = Bounds.of_download(config.download)
         try:
             with source_errors(pinned):
-                pinned = pin_hub_source(pinned, config.download.hf, timeout_s=timeout_s, retries=retries)
+                pinned = pin_hub_source(pinned, config.download.hf, bounds=bounds)
         except DownloadError as exc:
             if source.startswith("hf://"):
                 raise
@@ -484,7 +483,7 @@ def pin_model_source(config: NodeInitConfig, *, share_tree: bool = True) -> Node
                                 f"Hugging Face Hub id: {exc.cause or exc}", source=source, cause=exc.cause) from exc
         if share_tree:
             with source_errors(pinned):
-                share(pinned, hub_tree(pinned, config.download.hf, timeout_s=timeout_s, retries=retries))
+                share(pinned, hub_tree(pinned, config.download.hf, bounds=bounds))
     return config if pinned == source else msgspec.structs.replace(config, model_source=pinned)
 
 
@@ -500,8 +499,7 @@ def _hub_pins(run: _Run) -> dict[str, str]:
     if not uri.startswith("hf://") or offline() or run.config.streaming:
         return {}
     with source_errors(uri):
-        tree = shared_tree(uri) or hub_tree(uri, run.config.download.hf, timeout_s=run.config.download.stall_timeout_s,
-                                            retries=run.config.download.retries)
+        tree = shared_tree(uri) or hub_tree(uri, run.config.download.hf, bounds=run.bounds)
         kwargs = {**run.config.engine.kwargs, **run.ctx.extra_init_kwargs}
         return pinned_kwargs([str(e["path"]) for e in tree], EngineFileArgs.of(kwargs))
 

@@ -41,6 +41,7 @@ class SourceView:
         self.origin = origin
         self.uri = origin.uri
         self.in_place = origin.in_place
+        self.local = False  # some ranges come from other nodes: latency-bound, whatever the origin
         #: Nodes whose bytes differed from their owner's checksum or the origin's, and how many ranges.
         self.bad_nodes: dict[str, int] = {}
         self._received: dict[tuple[str, str], dict[tuple[int, int], tuple[str, int]]] = {}
@@ -80,6 +81,7 @@ class _Recheck:
         self._view = view
         self.uri = view.origin.uri
         self.in_place = view.origin.in_place
+        self.local = view.origin.local
 
     def list_files(self) -> list[RemoteFile]:
         return self._view.origin.list_files()

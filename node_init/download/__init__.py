@@ -1,9 +1,11 @@
 """Model sources and the downloader that fills a node's cache from them (no Ray here).
 
 - Sources (:func:`open_source`, :func:`list_source`), one registry of kinds (:data:`SOURCES`,
-  :class:`SourceKind`: schemes, config-time check, opening, capabilities): a local directory or
-  ``file://`` URI, ``s3://`` on any S3-compatible endpoint, ``gs://``, ``azure://``/``abfss://``,
-  the Hugging Face Hub (``hf://``; the node's cache under ``HF_HUB_OFFLINE``). Each lists its files
+  :class:`SourceKind`: schemes, config-time check, opening, capabilities), each kind in one module
+  (its URI forms, check, credentials, listing and reads): a local directory or ``file://`` URI
+  (``_local``), ``s3://`` on any S3-compatible endpoint (``_s3``), ``gs://`` (``_gcs``),
+  ``azure://``/``abfss://`` (``_azure``), the Hugging Face Hub (``hf://``; the node's cache under
+  ``HF_HUB_OFFLINE``: ``_hub``). Each lists its files
   (:class:`RemoteFile`, with a version tag) and streams byte ranges pinned to that version
   (:class:`SourceChanged` when it moved on). A tokenizer the engine arguments name in another Hub
   repo: :func:`hub_tokenizer_uri`, :func:`fetch_tokenizer`.
@@ -40,34 +42,34 @@ from ._downloader import Downloader as Downloader
 from ._downloader import DownloadResult as DownloadResult
 from ._downloader import Progress as Progress
 from ._gcs import GCSSource as GCSSource
+from ._hub import HFCacheSource as HFCacheSource
 from ._hub import HubSource as HubSource
 from ._hub import for_engine as for_engine
 from ._hub import hub_or_path as hub_or_path
 from ._hub import hub_tree as hub_tree
 from ._hub import parse_hub_uri as parse_hub_uri
 from ._hub import pin_hub_source as pin_hub_source
+from ._local import LocalSource as LocalSource
+from ._local import local_path as local_path
+from ._open import check_source as check_source
+from ._open import is_remote_source as is_remote_source
+from ._open import list_source as list_source
+from ._open import open_source as open_source
+from ._open import shares as shares
+from ._open import source_errors as source_errors
+from ._open import source_kind as source_kind
 from ._registry import SOURCES as SOURCES
-from ._registry import SourceKind as SourceKind
-from ._registry import check_source as check_source
-from ._registry import is_remote_source as is_remote_source
 from ._registry import register_source as register_source
-from ._registry import shares as shares
-from ._registry import source_kind as source_kind
-from ._s3_head import HeadFailed as HeadFailed
-from ._s3_head import s3_head as s3_head
-from ._sources import HFCacheSource as HFCacheSource
-from ._sources import LocalSource as LocalSource
-from ._sources import RemoteFile as RemoteFile
-from ._sources import S3Source as S3Source
-from ._sources import Source as Source
-from ._sources import SourceChanged as SourceChanged
-from ._sources import UnsafeKeyError as UnsafeKeyError
-from ._sources import check_key as check_key
-from ._sources import list_source as list_source
-from ._sources import local_path as local_path
-from ._sources import open_source as open_source
-from ._sources import s3_credentials as s3_credentials
-from ._sources import source_errors as source_errors
+from ._s3 import HeadFailed as HeadFailed
+from ._s3 import S3Source as S3Source
+from ._s3 import s3_credentials as s3_credentials
+from ._s3 import s3_head as s3_head
+from ._source import RemoteFile as RemoteFile
+from ._source import Source as Source
+from ._source import SourceChanged as SourceChanged
+from ._source import SourceKind as SourceKind
+from ._source import UnsafeKeyError as UnsafeKeyError
+from ._source import check_key as check_key
 from ._tokenizer import fetch_tokenizer as fetch_tokenizer
 from ._tokenizer import hub_tokenizer_uri as hub_tokenizer_uri
 from ._vllm_files import LOAD_FORMATS as LOAD_FORMATS

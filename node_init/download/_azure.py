@@ -17,20 +17,24 @@ import email.utils
 import hashlib
 import hmac
 import os
+import re
 import threading
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, quote, urlparse
 
 import structlog
 
+from .._bounds import Bounds
 from .._config import AzureConfig, reveal
 from ._checksums import OriginChecksum
-from ._http import HttpClient
-from ._retry import Transient, retry_after, with_retries
-from ._sources import RemoteFile, SourceChanged, check_key
+from ._http import HttpClient, check_status
+from ._source import Entry, RemoteFile, SourceChanged, SourceKind, check_prefix, list_under
+
+if TYPE_CHECKING:
+    from .._config import DownloadConfig
 
 _log = structlog.get_logger("node_init.download")
 #: The Blob service version every request asks for (Azurite 3.35 serves it).
@@ -43,6 +47,31 @@ def azure_parts(uri: str) -> tuple[str, str, str, str]:
     parsed = urlparse(uri)
     container, _, host = parsed.netloc.partition("@")
     return parsed.scheme, container, host.split(".", 1)[0], parsed.path.strip("/")
+
+
+_AZURE_CONTAINER = re.compile(r"^(?=.{3,63}$)[a-z0-9](?!.*--)[a-z0-9-]*[a-z0-9]$")
+_AZURE_ACCOUNT = re.compile(r"^[a-z0-9]{3,24}$")
+
+
+def check_azure(uri: str) -> None:
+    """Raise ``ValueError`` naming what is wrong with a Ray-form Azure URI."""
+    scheme = uri.split("://", 1)[0]
+    netloc = urlparse(uri).netloc
+    form = f"{scheme}://container@account.{'dfs' if scheme == 'abfss' else 'blob'}.core.windows.net/path"
+    container, at, host = netloc.partition("@")
+    if not at or not container:
+        raise ValueError(f"{uri!r} names no container@account ({form})")
+    # Ray's host checks: abfss:// is a Data Lake (dfs) host; azure:// a blob or dfs host.
+    suffixes = (".dfs.core.windows.net",) if scheme == "abfss" else (".blob.core.windows.net", ".dfs.core.windows.net")
+    if not host.endswith(suffixes):
+        raise ValueError(f"{uri!r}: the host must end with {' or '.join(suffixes)} ({form})")
+    account = host.split(".", 1)[0]
+    if not _AZURE_ACCOUNT.match(account):
+        raise ValueError(f"{account!r} is not a valid storage account name (3-24 lowercase letters and digits)")
+    if not _AZURE_CONTAINER.match(container) and container != "$root":
+        raise ValueError(f"{container!r} is not a valid container name (3-63 characters: a-z, 0-9 and single "
+                         "hyphens, starting and ending with a letter or digit)")
+    check_prefix(uri, word="path")
 
 
 def shared_key(account: str, key: str, method: str, url: str, headers: dict[str, str]) -> str:
@@ -134,20 +163,19 @@ class AzureSource:
         uri: ``azure://container@account.blob.core.windows.net/prefix`` or
             ``abfss://container@account.dfs.core.windows.net/prefix``.
         cfg: The ``download.azure`` settings.
-        request_timeout_s: Bound on a listing and on connecting.
-        read_timeout_s: Bound on one read of a streamed body.
-        retries: Retries of a listing on transient errors.
+        bounds: Its requests' bounds (:meth:`~node_init.Bounds.of_download`).
     """
 
     in_place: Path | None = None
+    local = False
 
-    def __init__(self, uri: str, cfg: AzureConfig, *, request_timeout_s: float, read_timeout_s: float | None = None,
-                 retries: int = 3) -> None:
+    def __init__(self, uri: str, cfg: AzureConfig, *, bounds: Bounds) -> None:
         _, self.container, self.account, self.prefix = azure_parts(uri)
-        self.uri, self.retries = uri, retries
+        self.uri, self.bounds = uri, bounds
         self.endpoint = (cfg.endpoint_url or f"https://{self.account}.blob.core.windows.net").rstrip("/")
         self._kind, self._secret, self.identity = azure_credentials(cfg, self.account)
-        self._http = HttpClient(request_timeout_s=request_timeout_s, read_timeout_s=read_timeout_s)
+        self._http = HttpClient(request_timeout_s=bounds.request_s, connect_s=bounds.connect_s,
+                                read_timeout_s=bounds.silence_s)
 
     def __repr__(self) -> str:
         return f"AzureSource({self.uri!r}, identity={self.identity!r})"
@@ -173,51 +201,36 @@ class AzureSource:
         return shared_key(self.account, str(self._secret), method, url, headers)
 
     def _check(self, response: Any, what: str) -> None:
-        """A response's status as our errors: 5xx and 429 transient, the others final and named."""
-        status = int(response.status)
-        if status < 300:
-            return
-        code = response.headers.get("x-ms-error-code", "")
-        response.release_conn()
-        if status in (401, 403):
-            raise PermissionError(f"access denied to {self.uri} for {self.identity}: status {status} {code}".strip())
-        if status == 404:
-            raise FileNotFoundError(f"{what}: not found in {self.uri} (status 404 {code})".strip())
-        if status == 429 or status >= 500:
-            raise Transient(f"{what}: status {status} {code}".strip(), retry_after=retry_after(response.headers))
-        raise ValueError(f"{what}: status {status} {code}".strip())
+        check_status(response, what, denied=f"access denied to {self.uri} for {self.identity}",
+                     missing=f"{what}: not found in {self.uri}", code_header="x-ms-error-code")
 
     def list_files(self) -> list[RemoteFile]:
         """Every blob under the prefix, with its ETag and, where it has one, its Content-MD5."""
-        base = f"{self.prefix}/" if self.prefix else ""
+        return list_under(self.uri, self.prefix, self._pages, retries=self.bounds.retries,
+                          wait_s=self.bounds.retry_wait_s, none="blobs")
 
-        def listing() -> list[RemoteFile]:
-            files, marker = [], ""
-            while True:
-                query = {"restype": "container", "comp": "list", "prefix": base, "maxresults": "5000",
-                         **({"marker": marker} if marker else {})}
-                url = self._url(f"/{quote(self.container)}", query)
-                response = self._http.request("GET", url, headers=self._headers("GET", url, {}), preload_content=True)
-                self._check(response, "listing")
-                root = ET.fromstring(response.data)
-                for blob in root.iter("Blob"):
-                    name, props = blob.findtext("Name") or "", blob.find("Properties")
-                    key = name[len(base):]
-                    if not key or key.endswith("/") or props is None:
-                        continue
-                    if (props.findtext("ResourceType") or "file") == "directory":  # a Data Lake directory
-                        continue
-                    md5 = props.findtext("Content-MD5") or ""
-                    files.append(RemoteFile(check_key(key), int(props.findtext("Content-Length") or 0),
-                                            props.findtext("Etag") or "", OriginChecksum("md5", md5) if md5 else None))
-                marker = root.findtext("NextMarker") or ""
-                if not marker:
-                    return files
-
-        files = with_retries(listing, retries=self.retries, what="listing", source=self.uri)
-        if not files:
-            raise FileNotFoundError(f"no blobs under {self.uri}")
-        return sorted(files, key=lambda f: f.key)
+    def _pages(self, base: str) -> Iterator[list[Entry]]:
+        marker = ""
+        while True:
+            query = {"restype": "container", "comp": "list", "prefix": base, "maxresults": "5000",
+                     **({"marker": marker} if marker else {})}
+            url = self._url(f"/{quote(self.container)}", query)
+            response = self._http.request("GET", url, headers=self._headers("GET", url, {}), preload_content=True)
+            self._check(response, "listing")
+            root = ET.fromstring(response.data)
+            page: list[Entry] = []
+            for blob in root.iter("Blob"):
+                props = blob.find("Properties")
+                # A Data Lake directory is no file.
+                if props is None or (props.findtext("ResourceType") or "file") == "directory":
+                    continue
+                md5 = props.findtext("Content-MD5") or ""
+                page.append((blob.findtext("Name") or "", int(props.findtext("Content-Length") or 0),
+                             props.findtext("Etag") or "", OriginChecksum("md5", md5) if md5 else None))
+            yield page
+            marker = root.findtext("NextMarker") or ""
+            if not marker:
+                return
 
     def stream(self, file: RemoteFile, start: int, end: int) -> Iterator[bytes | memoryview]:
         """Bytes ``[start, end)`` of the listed version, yielded as they arrive.
@@ -235,3 +248,17 @@ class AzureSource:
             raise SourceChanged(file.key, f"ETag {file.etag} is no longer current")
         self._check(response, file.key)
         yield from self._http.body(response, file.key)
+
+
+def _open(uri: str, cfg: DownloadConfig) -> AzureSource:
+    return AzureSource(uri, cfg.azure, bounds=Bounds.of_download(cfg))
+
+
+KIND = SourceKind(
+    name="azure", schemes=("azure://", "abfss://"), remote=True, share="auto",
+    checksums="the blob's Content-MD5 where it has one (blobs uploaded in blocks often have none)",
+    check=check_azure, open=_open,
+    credentials="download.azure.account_key, AZURE_STORAGE_KEY, download.azure.sas_token, AZURE_STORAGE_SAS_TOKEN, "
+                "then azure-identity: a service principal, workload identity, the managed identity; "
+                "download.azure.anonymous for a public container",
+)

@@ -40,7 +40,7 @@ import xxhash
 from .._config import DownloadConfig
 from .._modes import DownloadMode
 from ._checksums import DIGESTS, OriginChecksum, file_checksum
-from ._sources import RemoteFile
+from ._source import RemoteFile
 
 STORE = ".node-init"
 RATES = ".node-init-rates.json"

@@ -26,12 +26,13 @@ import filelock
 import msgspec
 import structlog
 
+from .._bounds import Bounds
 from .._config import DownloadConfig
 from .._errors import DownloadError, describe
 from ._cache import RANGE_SUM, ModelCache, PartState, range_hasher, ranges_digest, record_rate
 from ._checksums import InOrder, RangeCrc, combine, encode_crc
-from ._retry import Transient, is_transient, retry_delay
-from ._sources import LocalSource, RemoteFile, Source, SourceChanged, check_key
+from ._retry import Transient, with_retries
+from ._source import RemoteFile, Source, SourceChanged, check_key
 
 _log = structlog.get_logger("node_init.download")
 
@@ -177,6 +178,7 @@ class Downloader:
         self.cancel = cancel or threading.Event()
         self._abort = threading.Event()  # this attempt failed: every range stops
         self._sleep = sleep
+        self._bounds = Bounds.of_download(cfg)
         self._part = cfg.part_size_mb * 1024 * 1024
         self._inflight: dict[str, int] = {}  # key -> ranges being read, to name a stalled file
         self._inflight_lock = threading.Lock()
@@ -314,8 +316,7 @@ class Downloader:
     def _fetch_all(self, cache: ModelCache, todo: list[RemoteFile]) -> None:
         self._abort.clear()
         # A local copy is bound by syscalls and the GIL, not by latency: no more threads than cores.
-        local = isinstance(self.source, LocalSource)
-        workers = min(self.cfg.concurrency, os.cpu_count() or 2) if local else self.cfg.concurrency
+        workers = min(self.cfg.concurrency, os.cpu_count() or 2) if self.source.local else self.cfg.concurrency
         pool = _DaemonPool(workers, "node-init-dl")
         states: list[_FileState] = []
         futures: list[cf.Future[None]] = []
@@ -410,51 +411,52 @@ class Downloader:
             self._finalize(state)
 
     def _read_into(self, state: _FileState, lo: int, hi: int) -> bool:
-        """Stream ``[lo, hi)`` into the partial file; retries resume where the bytes stopped."""
+        """Stream ``[lo, hi)`` into the partial file; retries (``with_retries``) resume where the bytes stopped."""
         key = state.file.key
-        pos, attempt = lo, 0
+        at = [lo, 0]  # the next byte to read, the attempts made
         live = state.in_order and not state.resumable  # one range, in order: the digest as bytes arrive
         # Every range's own checksum: the blob's content digest, and what a holder checks the ranges it serves by.
         rsum = range_hasher()
         # The origin's CRC of this range, as its bytes arrive; the file's is combined from them at the end.
         rcrc = RangeCrc(state.origin.algorithm) if state.origin is not None and state.origin.is_crc else None
-        while True:
+
+        def attempt() -> bool:
+            at[1] += 1
             if self._stopped():
                 return False
-            try:
-                for chunk in self._source_for(key).stream(state.file, pos, hi):
-                    if self._stopped():
-                        return False
-                    if pos + len(chunk) > hi:
-                        raise Transient(f"long read: {pos + len(chunk) - lo} of {hi - lo} bytes at offset {lo}")
-                    if not state.write(chunk, pos):
-                        return False
-                    rsum.update(chunk)
-                    if rcrc is not None:
-                        rcrc.update(chunk)
-                    if live:
-                        state.feed(chunk, pos)
-                    pos += len(chunk)
-                    self.progress.add(len(chunk))
-                if pos != hi:
-                    raise Transient(f"short read: {pos - lo} of {hi - lo} bytes at offset {lo}")
-                state.sums[lo] = rsum.intdigest()
+            for chunk in self._source_for(key).stream(state.file, at[0], hi):
+                if self._stopped():
+                    return False
+                pos = at[0]
+                if pos + len(chunk) > hi:
+                    raise Transient(f"long read: {pos + len(chunk) - lo} of {hi - lo} bytes at offset {lo}")
+                if not state.write(chunk, pos):
+                    return False
+                rsum.update(chunk)
                 if rcrc is not None:
-                    state.crcs[lo] = rcrc.value
-                return True
-            except (SourceChanged, DownloadError):
-                raise
-            except _WriteFailed as exc:
-                raise self._write_error(exc, key) from exc  # our disk, not the link: no retry
-            except Exception as exc:
-                if not is_transient(exc) or attempt >= self.cfg.retries:
-                    raise self._error(f"read failed after {attempt + 1} attempt(s): {describe(exc)}",
-                                      file=key, cause=exc) from exc
-                attempt += 1
-                delay = retry_delay(attempt, exc)
-                _log.warning("retrying read", node_id=self.node_id, file=key, attempt=attempt, offset=pos,
-                             delay_s=round(delay, 3), error=describe(exc))
-            self._sleep(delay)
+                    rcrc.update(chunk)
+                if live:
+                    state.feed(chunk, pos)
+                at[0] = pos + len(chunk)
+                self.progress.add(len(chunk))
+            if at[0] != hi:
+                raise Transient(f"short read: {at[0] - lo} of {hi - lo} bytes at offset {lo}")
+            return True
+
+        try:
+            if not with_retries(attempt, retries=self.cfg.retries, wait_s=self._bounds.retry_wait_s, what="read",
+                                sleep=self._sleep, node_id=self.node_id, file=key, offset=lo):
+                return False
+        except (SourceChanged, DownloadError):
+            raise
+        except _WriteFailed as exc:
+            raise self._write_error(exc, key) from exc  # our disk, not the link: no retry
+        except Exception as exc:
+            raise self._error(f"read failed after {at[1]} attempt(s): {describe(exc)}", file=key, cause=exc) from exc
+        state.sums[lo] = rsum.intdigest()
+        if rcrc is not None:
+            state.crcs[lo] = rcrc.value
+        return True
 
     def _finalize(self, state: _FileState) -> None:
         """All ranges are written: finish the checks against the origin, commit the blob."""

@@ -10,19 +10,23 @@ through urllib3 (a pool per source, streamed bodies); credentials as GCP tools f
 from __future__ import annotations
 
 import os
+import re
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlparse
 
 import structlog
 
+from .._bounds import Bounds
 from .._config import GCSConfig
 from ._checksums import OriginChecksum
-from ._http import HttpClient
-from ._retry import Transient, retry_after, with_retries
-from ._sources import RemoteFile, SourceChanged, check_key
+from ._http import HttpClient, check_status
+from ._source import Entry, RemoteFile, SourceChanged, SourceKind, check_prefix, list_under
+
+if TYPE_CHECKING:
+    from .._config import DownloadConfig
 
 _log = structlog.get_logger("node_init.download")
 GOOGLE_ENDPOINT = "https://storage.googleapis.com"
@@ -30,9 +34,33 @@ _SCOPE = "https://www.googleapis.com/auth/devstorage.read_only"
 
 
 def gcs_bucket(uri: str) -> tuple[str, bool]:
-    """``(bucket, anonymous)`` of ``gs://[anonymous@]bucket/prefix`` (Ray's form for unsigned reads)."""
-    user, _, bucket = urlparse(uri).netloc.rpartition("@")
+    """``(bucket, anonymous)`` of ``gs://[anonymous@]bucket/prefix`` (Ray's form for unsigned reads).
+
+    Raises:
+        ValueError: something other than ``anonymous@`` stands before the bucket.
+    """
+    user, at, bucket = urlparse(uri).netloc.rpartition("@")
+    if at and user != "anonymous":
+        raise ValueError(f"{uri!r}: only 'anonymous@' may stand before the bucket (gs://anonymous@bucket/prefix)")
     return bucket, user == "anonymous"
+
+
+_GCS_BUCKET = re.compile(r"^[a-z0-9][a-z0-9._\-]{1,220}[a-z0-9]$")
+
+
+def check_gcs(uri: str) -> None:
+    """Raise ``ValueError`` naming what is wrong with ``gs://[anonymous@]bucket/prefix``."""
+    bucket, _ = gcs_bucket(uri)
+    if not bucket:
+        raise ValueError(f"{uri!r} names no bucket (gs://bucket/prefix)")
+    # GCS's rules: 3-63 characters (222 with dots, each dot-separated part at most 63), a-z 0-9 - _ .,
+    # starting and ending with a letter or digit, not starting with "goog".
+    parts = bucket.split(".")
+    if not _GCS_BUCKET.match(bucket) or any(len(p) > 63 or not p for p in parts) or \
+            ("." not in bucket and len(bucket) > 63) or bucket.startswith("goog"):
+        raise ValueError(f"{bucket!r} is not a valid GCS bucket name (3-63 characters: a-z, 0-9, '-', '_', '.'; "
+                         "starting and ending with a letter or digit; not starting with 'goog')")
+    check_prefix(uri)
 
 
 def gcs_endpoint(cfg: GCSConfig) -> str:
@@ -99,23 +127,22 @@ class GCSSource:
     Args:
         uri: ``gs://[anonymous@]bucket/prefix``.
         cfg: The ``download.gcs`` settings.
-        request_timeout_s: Bound on a listing and on connecting.
-        read_timeout_s: Bound on one read of a streamed body.
-        retries: Retries of a listing on transient errors.
+        bounds: Its requests' bounds (:meth:`~node_init.Bounds.of_download`).
     """
 
     in_place: Path | None = None
+    local = False
 
-    def __init__(self, uri: str, cfg: GCSConfig, *, request_timeout_s: float, read_timeout_s: float | None = None,
-                 retries: int = 3) -> None:
+    def __init__(self, uri: str, cfg: GCSConfig, *, bounds: Bounds) -> None:
         bucket, anonymous = gcs_bucket(uri)
         if not bucket:
             raise ValueError(f"model source {uri!r} has no bucket")
-        self.uri, self.bucket, self.retries = uri, bucket, retries
+        self.uri, self.bucket, self.bounds = uri, bucket, bounds
         self.prefix = urlparse(uri).path.strip("/")
         self.endpoint = gcs_endpoint(cfg)
         self._token, self.identity = gcs_credentials(cfg, anonymous)
-        self._http = HttpClient(request_timeout_s=request_timeout_s, read_timeout_s=read_timeout_s)
+        self._http = HttpClient(request_timeout_s=bounds.request_s, connect_s=bounds.connect_s,
+                                read_timeout_s=bounds.silence_s)
 
     def __repr__(self) -> str:
         return f"GCSSource({self.uri!r}, identity={self.identity!r})"
@@ -127,50 +154,32 @@ class GCSSource:
         return f"{self.prefix}/{key}" if self.prefix else key
 
     def _check(self, response: Any, what: str) -> None:
-        """A response's status as our errors: 5xx and 429 transient, the others final and named."""
-        status = int(response.status)
-        if status < 300:
-            return
-        body = response.data[:300].decode(errors="replace") if not response.closed else ""
-        response.release_conn()
-        if status in (401, 403):
-            raise PermissionError(f"access denied to {self.uri} for {self.identity}: status {status}")
-        if status == 404:
-            raise FileNotFoundError(f"{what}: not found in {self.uri} (status 404)")
-        if status == 429 or status >= 500:
-            raise Transient(f"{what}: status {status}", retry_after=retry_after(response.headers))
-        raise ValueError(f"{what}: status {status}: {body.strip()[:200]}")
+        check_status(response, what, denied=f"access denied to {self.uri} for {self.identity}",
+                     missing=f"{what}: not found in {self.uri}")
 
     def list_files(self) -> list[RemoteFile]:
         """Every object under the prefix, with its generation and the CRC32C GCS keeps for every object."""
-        base = f"{self.prefix}/" if self.prefix else ""
+        return list_under(self.uri, self.prefix, self._pages, retries=self.bounds.retries,
+                          wait_s=self.bounds.retry_wait_s)
 
-        def listing() -> list[RemoteFile]:
-            files, token = [], ""
-            while True:
-                fields = {"prefix": base, "maxResults": "1000",
-                          "fields": "items(name,size,generation,crc32c,md5Hash),nextPageToken"}
-                if token:
-                    fields["pageToken"] = token
-                response = self._http.request("GET", f"{self.endpoint}/storage/v1/b/{quote(self.bucket)}/o",
-                                         fields=fields, headers=self._headers(), preload_content=True)
-                self._check(response, "listing")
-                page = response.json()
-                for item in page.get("items", []):
-                    key = str(item["name"])[len(base):]
-                    if not key or key.endswith("/"):
-                        continue
-                    checksum = (OriginChecksum("crc32c", str(item["crc32c"])) if item.get("crc32c")
-                                else OriginChecksum("md5", str(item["md5Hash"])) if item.get("md5Hash") else None)
-                    files.append(RemoteFile(check_key(key), int(item["size"]), str(item["generation"]), checksum))
-                token = str(page.get("nextPageToken") or "")
-                if not token:
-                    return files
-
-        files = with_retries(listing, retries=self.retries, what="listing", source=self.uri)
-        if not files:
-            raise FileNotFoundError(f"no objects under {self.uri}")
-        return sorted(files, key=lambda f: f.key)
+    def _pages(self, base: str) -> Iterator[list[Entry]]:
+        token = ""
+        while True:
+            fields = {"prefix": base, "maxResults": "1000",
+                      "fields": "items(name,size,generation,crc32c,md5Hash),nextPageToken"}
+            if token:
+                fields["pageToken"] = token
+            response = self._http.request("GET", f"{self.endpoint}/storage/v1/b/{quote(self.bucket)}/o",
+                                          fields=fields, headers=self._headers(), preload_content=True)
+            self._check(response, "listing")
+            page = response.json()
+            yield [(str(item["name"]), int(item["size"]), str(item["generation"]),
+                    OriginChecksum("crc32c", str(item["crc32c"])) if item.get("crc32c")
+                    else OriginChecksum("md5", str(item["md5Hash"])) if item.get("md5Hash") else None)
+                   for item in page.get("items", [])]
+            token = str(page.get("nextPageToken") or "")
+            if not token:
+                return
 
     def stream(self, file: RemoteFile, start: int, end: int) -> Iterator[bytes | memoryview]:
         """Bytes ``[start, end)`` of the listed generation, yielded as they arrive.
@@ -189,3 +198,15 @@ class GCSSource:
             raise SourceChanged(file.key, f"generation {file.etag} is gone")
         self._check(response, file.key)
         yield from self._http.body(response, file.key)
+
+
+def _open(uri: str, cfg: DownloadConfig) -> GCSSource:
+    return GCSSource(uri, cfg.gcs, bounds=Bounds.of_download(cfg))
+
+
+KIND = SourceKind(
+    name="gcs", schemes=("gs://",), remote=True, share="auto",
+    checksums="the CRC32C GCS keeps for every object (else its md5Hash)", check=check_gcs, open=_open,
+    credentials="download.gcs.credentials_file, GOOGLE_APPLICATION_CREDENTIALS, the application-default file, "
+                "the metadata server; gs://anonymous@bucket or download.gcs.anonymous for unsigned reads",
+)

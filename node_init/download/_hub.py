@@ -19,18 +19,23 @@ import os
 import re
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import attrs
 import structlog
 
+from .._bounds import Bounds
 from .._config import HFConfig, reveal
 from ._checksums import OriginChecksum
-from ._http import HttpClient
-from ._retry import Transient, retry_after, with_retries
-from ._sources import RemoteFile, Source, check_key
+from ._http import HttpClient, check_status
+from ._local import LocalSource
+from ._retry import with_retries
+from ._source import RemoteFile, Source, SourceKind, check_key
 from ._vllm_files import EngineFileArgs, Selection, select_files
+
+if TYPE_CHECKING:
+    from .._config import DownloadConfig
 
 _log = structlog.get_logger("node_init.download")
 HUB_ENDPOINT = "https://huggingface.co"
@@ -108,39 +113,27 @@ class HubClient:
 
     Args:
         cfg: ``download.hf``.
-        request_timeout_s: Bound on a call and on connecting.
-        read_timeout_s: Bound on one read of a streamed body.
-        retries: Retries of an API call on 429 and 5xx (``Retry-After`` honoured).
+        bounds: A call's bound, a streamed body's, the retries of an API call on 429 and 5xx
+            (``Retry-After`` honoured up to ``bounds.retry_wait_s``).
     """
 
-    def __init__(self, cfg: HFConfig, *, request_timeout_s: float, read_timeout_s: float | None = None,
-                 retries: int = 3) -> None:
+    def __init__(self, cfg: HFConfig, *, bounds: Bounds) -> None:
         self.endpoint = hub_endpoint(cfg)
-        self.retries = retries
+        self.bounds = bounds
         self._token, self.token_from = hub_token(cfg)
-        self._http = HttpClient(request_timeout_s=request_timeout_s, read_timeout_s=read_timeout_s)
+        self._http = HttpClient(request_timeout_s=bounds.request_s, connect_s=bounds.connect_s,
+                                read_timeout_s=bounds.silence_s)
 
     def _headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self._token}"} if self._token else {}
 
     def check(self, response: Any, what: str, repo: str) -> None:
         """A response's status as our errors: 429 and 5xx transient (with the wait the Hub asks for)."""
-        status = int(response.status)
-        if status < 300:
-            return
-        code = response.headers.get("X-Error-Code", "")
-        response.release_conn()
-        refused = status in (401, 403) or code == "GatedRepo"
         # Without a token the Hub answers a private repo as a missing one: it may be either.
-        hidden = status == 404 and code == "RepoNotFound" and not self._token
-        if refused or hidden:
-            raise PermissionError(f"{what}: {repo} is gated, private or missing (status {status} {code}); token: "
-                                  f"{self.token_from}".replace("  ", " "))
-        if status == 404:
-            raise FileNotFoundError(f"{what}: not found on {self.endpoint} (status 404 {code})".replace(" )", ")"))
-        if status == 429 or status >= 500:
-            raise Transient(f"{what}: status {status}", retry_after=retry_after(response.headers))
-        raise ValueError(f"{what}: status {status} {code}".strip())
+        check_status(response, what, denied=f"{what}: {repo} is gated, private or missing; token: {self.token_from}",
+                     missing=f"{what}: not found on {self.endpoint}", code_header="X-Error-Code",
+                     refused=lambda status, code: status in (401, 403) or code == "GatedRepo" or (
+                         status == 404 and code == "RepoNotFound" and not self._token))
 
     def api(self, path: str, repo: str, what: str) -> Any:
         """``GET {endpoint}{path}`` as JSON, retried on 429 and 5xx."""
@@ -149,7 +142,8 @@ class HubClient:
             self.check(response, what, repo)
             return json.loads(response.data)
 
-        return with_retries(call, retries=self.retries, what=what, source=f"hf://{repo}")
+        return with_retries(call, retries=self.bounds.retries, wait_s=self.bounds.retry_wait_s, what=what,
+                            source=f"hf://{repo}")
 
     def commit(self, repo: str, revision: str) -> str:
         """The commit ``revision`` (a branch, tag or commit) of ``repo`` names now."""
@@ -184,20 +178,18 @@ class HubSource:
     Args:
         uri: ``hf://org/name[@revision]`` (a revision is resolved here if the replica has not pinned it).
         cfg: ``download.hf``.
-        request_timeout_s, read_timeout_s, retries: As for every source.
+        bounds: As for every source.
     """
 
     in_place: Path | None = None
+    local = False
 
-    def __init__(self, uri: str, cfg: HFConfig, *, request_timeout_s: float, read_timeout_s: float | None = None,
-                 retries: int = 3) -> None:
+    def __init__(self, uri: str, cfg: HFConfig, *, bounds: Bounds) -> None:
         self.repo, revision = parse_hub_uri(uri)
-        self.client = HubClient(cfg, request_timeout_s=request_timeout_s, read_timeout_s=read_timeout_s,
-                                retries=retries)
+        self.client = HubClient(cfg, bounds=bounds)
         self.commit = revision if COMMIT.match(revision) else self.client.commit(self.repo, revision)
         self.uri = f"hf://{self.repo}@{self.commit}"
         self.identity = f"token from {self.client.token_from}"
-        self.retries = retries
         #: The engine arguments the snapshot is for (:func:`for_engine`), and the commit's tree if the
         #: replica shared it (the Hub is then not asked once per node).
         self.engine = EngineFileArgs()
@@ -252,23 +244,23 @@ def for_engine(source: Source, kwargs: Mapping[str, Any], *, tree: list[dict[str
     return source
 
 
-def pin_hub_source(uri: str, cfg: HFConfig, *, timeout_s: float, retries: int) -> str:
+def pin_hub_source(uri: str, cfg: HFConfig, *, bounds: Bounds) -> str:
     """``hf://org/name@<commit>`` for ``hf://org/name[@revision]``, resolved once (on the replica)."""
     repo, revision = parse_hub_uri(uri)
     if offline():
         return uri
-    client = HubClient(cfg, request_timeout_s=timeout_s, retries=retries)
+    client = HubClient(cfg, bounds=bounds)
     commit = revision if COMMIT.match(revision) else client.commit(repo, revision)
     if commit != revision:
         _log.info("hub revision pinned", repo=repo, revision=revision, commit=commit)
     return f"hf://{repo}@{commit}"
 
 
-def hub_tree(uri: str, cfg: HFConfig, *, timeout_s: float, retries: int) -> list[dict[str, Any]]:
+def hub_tree(uri: str, cfg: HFConfig, *, bounds: Bounds) -> list[dict[str, Any]]:
     """The tree (every file, with its digests) of a pinned ``hf://org/name@<commit>``: listed once on the
     replica, which shares it with the nodes (``node_init.cluster``)."""
     repo, commit = parse_hub_uri(uri)
-    return HubClient(cfg, request_timeout_s=timeout_s, retries=retries).tree(repo, commit)
+    return HubClient(cfg, bounds=bounds).tree(repo, commit)
 
 
 def hub_or_path(source: str) -> str:
@@ -281,3 +273,58 @@ def hub_or_path(source: str) -> str:
         _log.info("model source is a local path, not a Hub id", source=source)
         return source
     return f"hf://{source}"
+
+
+# -- offline: this node's Hugging Face cache -----------------------------------------------------
+
+class HFCacheSource(LocalSource):
+    """``hf://org/name[@revision]``: a snapshot in this node's Hugging Face cache, read offline.
+
+    The snapshot is loaded where it is (:attr:`in_place`); nothing is copied.
+
+    Raises:
+        FileNotFoundError: when the model or revision is not in the cache (no hub access here).
+    """
+
+    def __init__(self, uri: str) -> None:
+        self.uri = uri
+        self.root = self.in_place = hf_snapshot(uri)
+        self.boundary = self.root.parent.parent  # snapshot files link to the repo's blobs/
+
+
+def hf_snapshot(uri: str) -> Path:
+    """The local snapshot directory of ``hf://org/name[@revision]`` in this node's HF cache.
+
+    Raises:
+        FileNotFoundError: when the model or revision is not in the cache (no hub access: offline).
+    """
+    spec = uri[len("hf://"):]
+    repo, _, revision = spec.partition("@")
+    revision = revision or "main"
+    cache = Path(
+        os.environ.get("HF_HUB_CACHE")
+        or Path(os.environ.get("HF_HOME", "~/.cache/huggingface")).expanduser() / "hub"
+    ).expanduser()
+    repo_dir = cache / ("models--" + repo.replace("/", "--"))
+    ref = repo_dir / "refs" / revision
+    commit = ref.read_text().strip() if ref.is_file() else revision
+    snapshot = repo_dir / "snapshots" / commit
+    if not snapshot.is_dir():
+        raise FileNotFoundError(f"{uri}: no snapshot {commit} in the HF cache at {cache} (offline)")
+    return snapshot
+
+
+def _open(uri: str, cfg: DownloadConfig) -> HubSource | HFCacheSource:
+    if offline():  # HF_HUB_OFFLINE: this node's Hugging Face cache, as huggingface_hub reads it
+        return HFCacheSource(uri)
+    return HubSource(uri, cfg.hf, bounds=Bounds.of_download(cfg))
+
+
+KIND = SourceKind(
+    name="hf", schemes=("hf://",), remote=True, share="auto",
+    checksums="the Hub's SHA-256 of an LFS file, the git blob SHA-1 of a small one (HF_HUB_OFFLINE=1: none, "
+              "this node's Hugging Face cache, loaded where it is)",
+    check=check_hub_uri, open=_open, here=lambda uri: offline(),
+    credentials="download.hf.token, HF_TOKEN, the Hugging Face CLI's token file; the endpoint from HF_ENDPOINT or "
+                "download.hf.endpoint_url",
+)

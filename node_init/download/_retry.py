@@ -10,6 +10,7 @@ from typing import TypeVar
 
 import structlog
 
+from .._bounds import BACKOFF_FIRST_S, BACKOFF_MAX_S, RETRY_AFTER_MAX_S
 from .._errors import describe
 
 _log = structlog.get_logger("node_init.download")
@@ -32,11 +33,6 @@ class Transient(Exception):
         self.retry_after = retry_after
 
 
-#: The longest ``Retry-After`` waited out; a longer one is a server saying "not today": the retry
-#: comes after this and, if the answer is the same, the error.
-MAX_RETRY_AFTER_S = 60.0
-
-
 def retry_after(headers: object) -> float:
     """The seconds of a response's ``Retry-After`` (``0`` when absent or a date)."""
     value = str(getattr(headers, "get", lambda _k, _d=None: "")("Retry-After", "") or "")
@@ -46,10 +42,13 @@ def retry_after(headers: object) -> float:
         return 0.0
 
 
-def retry_delay(attempt: int, exc: BaseException) -> float:
-    """Seconds before retry ``attempt`` after ``exc``: the backoff, or the wait the server asked for."""
-    asked = min(MAX_RETRY_AFTER_S, float(getattr(exc, "retry_after", 0.0) or 0.0))
-    return max(backoff(attempt), asked)
+def retry_delay(attempt: int, exc: BaseException, wait_s: float) -> float:
+    """Seconds before retry ``attempt`` after ``exc``: the backoff, or the wait the server asked for,
+    never over ``wait_s`` (:attr:`~node_init.Bounds.retry_wait_s`: a third of the stall bound, so a
+    retry that waits is never what fails a download as stalled) nor
+    :data:`~node_init._bounds.RETRY_AFTER_MAX_S`."""
+    asked = min(RETRY_AFTER_MAX_S, float(getattr(exc, "retry_after", 0.0) or 0.0))
+    return min(wait_s, max(backoff(attempt), asked))
 
 
 def http_status(exc: BaseException) -> int | None:
@@ -81,13 +80,16 @@ def is_transient(exc: BaseException) -> bool:
 
 
 def backoff(attempt: int) -> float:
-    """Seconds before retry ``attempt`` (1-based): exponential from 0.2 s, capped at 8 s, with jitter."""
-    return float(min(8.0, 0.2 * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0))
+    """Seconds before retry ``attempt`` (1-based): exponential from ``BACKOFF_FIRST_S``, capped at
+    ``BACKOFF_MAX_S``, with jitter."""
+    return float(min(BACKOFF_MAX_S, BACKOFF_FIRST_S * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0))
 
 
-def with_retries(call: Callable[[], T], *, retries: int, what: str, sleep: Callable[[float], None] = time.sleep,
-                 **log_fields: object) -> T:
-    """``call()``, retried up to ``retries`` times on transient errors (the last error is raised)."""
+def with_retries(call: Callable[[], T], *, retries: int, wait_s: float, what: str,
+                 sleep: Callable[[float], None] = time.sleep, **log_fields: object) -> T:
+    """``call()``, retried up to ``retries`` times on transient errors (the last error is raised),
+    each retry after :func:`retry_delay` (at most ``wait_s``). The one retry loop of the package:
+    listings, API calls, HEADs and the downloader's ranges all go through it."""
     attempt = 0
     while True:
         try:
@@ -96,7 +98,7 @@ def with_retries(call: Callable[[], T], *, retries: int, what: str, sleep: Calla
             if not is_transient(exc) or attempt >= retries:
                 raise
             attempt += 1
-            delay = retry_delay(attempt, exc)
+            delay = retry_delay(attempt, exc, wait_s)
             _log.warning(f"retrying {what}", attempt=attempt, delay_s=round(delay, 3), error=describe(exc),
                          **log_fields)
             sleep(delay)

@@ -17,7 +17,7 @@ from .._errors import DownloadError
 from ._cache import cache_root, model_dir_name
 from ._downloader import Downloader
 from ._hub import HubSource, hub_or_path, offline, parse_hub_uri, remote_file
-from ._sources import open_source, source_errors
+from ._open import open_source, source_errors
 from ._vllm_files import EngineFileArgs, select_tokenizer_files
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import xxhash
 
-from node_init import DownloadConfig, DownloadError, S3Config
+from node_init import Bounds, DownloadConfig, DownloadError, S3Config
 from node_init.download import (
     Downloader,
     LocalSource,
@@ -69,7 +69,7 @@ def test_keys_that_once_shared_a_temp_name_stay_apart(tmp_path: Path, s3_server:
     path, _ = fetch(str(src), tmp_path / "cache" / "m")
     assert digest(path) == digest(src)
     s3_server.upload_dir(src, "models", "collide")
-    s3 = S3Source("s3://models/collide", S3Config(endpoint_url=s3_server.endpoint), request_timeout_s=10)
+    s3 = S3Source("s3://models/collide", S3Config(endpoint_url=s3_server.endpoint), bounds=Bounds(stall_s=10))
     result = Downloader(s3, tmp_path / "cache" / "s", cfg()).run(s3.list_files())
     assert digest(Path(result.path)) == digest(src)
 
@@ -96,7 +96,7 @@ def test_an_object_replaced_mid_download_restarts_from_a_fresh_listing(tmp_path:
     try:
         for relist in (False, True):
             client.put_object(Bucket="models", Key="swap/model.safetensors", Body=old)
-            s3 = S3Source("s3://models/swap", S3Config(endpoint_url=proxy.endpoint), request_timeout_s=10)
+            s3 = S3Source("s3://models/swap", S3Config(endpoint_url=proxy.endpoint), bounds=Bounds(stall_s=10))
             listed = s3.list_files()
             dest = tmp_path / f"relist-{relist}" / "m"
             # One range at a time, so ranges are still to be requested when the object changes.
@@ -223,7 +223,7 @@ def test_bytes_that_differ_from_the_etag_md5_are_refused(tmp_path: Path, s3_serv
         # Flipped on every read: the re-read from the origin sees it again (a transient flip heals: see
         # tests/reliability/test_origin_checksums.py).
         proxy.add(Fault(kind="corrupt", match="md5/model", after_bytes=1000, count=4))  # both reads of both ranges
-        s3 = S3Source("s3://models/md5", S3Config(endpoint_url=proxy.endpoint), request_timeout_s=10)
+        s3 = S3Source("s3://models/md5", S3Config(endpoint_url=proxy.endpoint), bounds=Bounds(stall_s=10))
         dest = tmp_path / "m"
         with pytest.raises(DownloadError, match="md5 mismatch") as info:
             Downloader(s3, dest, cfg()).run(s3.list_files())

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from node_init import DownloadConfig, DownloadError, DownloadMode, S3Config
+from node_init import Bounds, DownloadConfig, DownloadError, DownloadMode, HFConfig, S3Config
 from node_init.download import (
     Downloader,
     LocalSource,
@@ -23,7 +23,7 @@ from node_init.download import (
     list_source,
     select,
 )
-from node_init.testing import Fault, FaultProxy, S3Server, iter_files, write_model_files
+from node_init.testing import Fault, FaultProxy, HubServer, S3Server, iter_files, write_model_files
 from tests.conftest import REPO
 
 _ids = itertools.count()
@@ -48,7 +48,7 @@ def cfg(**over: object) -> DownloadConfig:
 
 
 def source(endpoint: str, uri: str) -> S3Source:
-    return S3Source(uri, S3Config(endpoint_url=endpoint), request_timeout_s=5)
+    return S3Source(uri, S3Config(endpoint_url=endpoint), bounds=Bounds(stall_s=5))
 
 
 def digest(path: Path) -> dict[str, str]:
@@ -118,6 +118,27 @@ def test_retry_after_injected_5xx_and_throttling(s3_model: tuple[str, Path], fau
     assert digest(tmp_path / "m") == digest(local)
 
 
+def test_a_retry_after_past_the_stall_bound_is_asked_again_sooner_not_failed_as_stalled(tmp_path: Path) -> None:
+    """A server asking to wait an hour, on a download whose stall bound is 1.5 s: the retry waits a third of the
+    stall bound (Bounds.retry_wait_s) and the download completes; waiting as asked, it would fail as stalled."""
+    server = HubServer().start()
+    try:
+        write_model_files(tmp_path / "m", {"model.safetensors": 300_000})
+        server.push_dir("org/slow", tmp_path / "m")
+        server.throttle("model.safetensors", count=1, retry_after=3600)
+        server.throttle("/tree/", count=1, retry_after=3600)  # the listing too
+        config = DownloadConfig(hf=HFConfig(endpoint_url=server.endpoint), stall_timeout_s=1.5, retries=2)
+        assert Bounds.of_download(config).retry_wait_s <= config.stall_timeout_s / 3
+        source, files = list_source("hf://org/slow", config)
+        result = Downloader(source, tmp_path / "dest", config).run(files)
+        assert "model.safetensors" in {f.key for f in files}
+        for f in files:
+            assert (Path(result.path) / f.key).read_bytes() == (tmp_path / "m" / f.key).read_bytes()
+        assert not server._throttled  # both were answered 429, and both asked again
+    finally:
+        server.stop()
+
+
 @pytest.mark.parametrize("kind", ["reset", "truncate"])
 def test_connection_reset_and_short_read_are_retried(s3_model: tuple[str, Path], fault_proxy: FaultProxy,
                                                      tmp_path: Path, kind: str) -> None:
@@ -132,7 +153,7 @@ def test_connection_reset_and_short_read_are_retried(s3_model: tuple[str, Path],
 def test_stalled_endpoint_fails_within_the_stall_bound(s3_model: tuple[str, Path], fault_proxy: FaultProxy,
                                                        tmp_path: Path) -> None:
     uri, local = s3_model
-    src = S3Source(uri, S3Config(endpoint_url=fault_proxy.endpoint), request_timeout_s=1.0)
+    src = S3Source(uri, S3Config(endpoint_url=fault_proxy.endpoint), bounds=Bounds(stall_s=1.0))
     fault_proxy.add(Fault(kind="stall", match="model-00001", after_bytes=10_000, count=100, seconds=60))
     start = time.monotonic()
     with pytest.raises(DownloadError) as info:
@@ -163,9 +184,9 @@ def test_two_processes_on_one_node_download_once(s3_server: S3Server, s3_model: 
     script = (
         "import sys, json\n"
         "from pathlib import Path\n"
-        "from node_init import DownloadConfig, S3Config\n"
+        "from node_init import Bounds, DownloadConfig, S3Config\n"
         "from node_init.download import Downloader, S3Source\n"
-        "src = S3Source(sys.argv[1], S3Config(endpoint_url=sys.argv[2]), request_timeout_s=10)\n"
+        "src = S3Source(sys.argv[1], S3Config(endpoint_url=sys.argv[2]), bounds=Bounds(stall_s=10))\n"
         "r = Downloader(src, Path(sys.argv[3]), DownloadConfig(part_size_mb=1, lock_timeout_s=60))"
         ".run(src.list_files())\n"
         "print(json.dumps({'fetched': len(r.fetched), 'bytes': r.bytes}))\n"
@@ -234,7 +255,7 @@ def test_node_environment_overrides_the_configured_endpoint(s3_server: S3Server,
                                                             tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     uri, local = s3_model
     monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server.endpoint)
-    src = S3Source(uri, S3Config(endpoint_url="http://127.0.0.1:9"), request_timeout_s=5)  # nothing listens there
+    src = S3Source(uri, S3Config(endpoint_url="http://127.0.0.1:9"), bounds=Bounds(stall_s=5))  # nothing listens there
     Downloader(src, tmp_path / "m", cfg()).run(src.list_files())
     assert digest(tmp_path / "m") == digest(local)
 

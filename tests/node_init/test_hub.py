@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from node_init import ConfigError, DownloadConfig, DownloadError, HFConfig, parse_config
+from node_init import Bounds, ConfigError, DownloadConfig, DownloadError, HFConfig, parse_config
 from node_init.download import Downloader, hub_or_path, list_source, pin_hub_source
 from node_init.testing import HubServer, write_model_files
 
@@ -95,7 +95,8 @@ def test_a_flipped_byte_under_true_headers_is_caught(hub: dict[str, Any], tmp_pa
 def test_a_branch_that_moves_mid_download_does_not_tear_the_snapshot(hub: dict[str, Any], tmp_path: Path) -> None:
     server = hub["server"]
     first = server.push("org/moving", {"config.json": b"{}", "w.safetensors": os.urandom(3 * MB)})
-    pinned = pin_hub_source("hf://org/moving", HFConfig(endpoint_url=server.endpoint), timeout_s=5, retries=0)
+    pinned = pin_hub_source("hf://org/moving", HFConfig(endpoint_url=server.endpoint),
+                            bounds=Bounds(stall_s=5, retries=0))
     assert pinned == f"hf://org/moving@{first}"
     config = cfg(hub)
     source, files = list_source(pinned, config)

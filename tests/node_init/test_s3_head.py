@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from node_init import Bounds
 from node_init.download import HeadFailed, s3_head
 
 
@@ -44,7 +45,7 @@ def test_the_head_is_signed_as_botocore_signs_it(capture: str) -> None:
     from botocore.config import Config
     from botocore.credentials import Credentials
 
-    head = s3_head(bucket="models", endpoint=capture, region="eu-west-1", timeout_s=5, retries=0,
+    head = s3_head(bucket="models", endpoint=capture, region="eu-west-1", bounds=Bounds(stall_s=5, retries=0),
                    auth={"access_key_id": "AKIDTEST", "secret_access_key": "s3cr3t/+key", "session_token": "tok"})
     headers = head("dir/a b+c.safetensors", 2, '"etag-1"')
     assert headers["x-amz-checksum-crc64nvme"] == "AAAAAAAAAAA="
@@ -65,7 +66,7 @@ def test_the_head_is_signed_as_botocore_signs_it(capture: str) -> None:
 
 def test_an_unsigned_head_and_an_error_status(capture: str) -> None:
     head = s3_head(bucket="models", endpoint=capture, region="us-east-1", auth={"skip_signature": True},
-                   timeout_s=5, retries=0)
+                   bounds=Bounds(stall_s=5, retries=0))
     head("w.bin", None, None)
     assert "authorization" not in _Capture.seen[-1][1]
     with pytest.raises(HeadFailed) as info:

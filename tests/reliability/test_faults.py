@@ -222,13 +222,13 @@ async def test_two_replicas_on_one_node_download_once(ray_cluster: RayCluster, s
 _DOWNLOAD = """
 import resource, signal, sys
 from pathlib import Path
-from node_init import DownloadConfig, S3Config
+from node_init import Bounds, DownloadConfig, S3Config
 from node_init.download import Downloader, S3Source
 limit = int(sys.argv[4])
 if limit:
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit fail with EFBIG
     resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
-src = S3Source(sys.argv[1], S3Config(endpoint_url=sys.argv[2]), request_timeout_s=10)
+src = S3Source(sys.argv[1], S3Config(endpoint_url=sys.argv[2]), bounds=Bounds(stall_s=10))
 try:
     result = Downloader(src, Path(sys.argv[3]), DownloadConfig(part_size_mb=1, retries=0)).run(src.list_files())
     print("OK", result.bytes, result.cached_bytes)
