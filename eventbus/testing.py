@@ -47,7 +47,7 @@ def snapshot(ctx: Any) -> Any:
 def _copy(value: Any) -> Any:
     try:
         return copy.deepcopy(value)
-    except Exception:
+    except Exception:  # a field no copy can hold (a placement group, a lock): kept as it is, as documented
         return value
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -11,6 +12,28 @@ import msgspec
 
 from ._errors import ConfigError
 from ._modes import STREAMING_LOAD_FORMATS, DownloadMode
+
+#: What the config cannot check itself, installed by the module that knows it (``node_init.download``,
+#: imported by the package root before any config is parsed): ``"source"``, a model source URI;
+#: ``"revision"``, a Hub revision; ``"load_format"``, the engine's, with its model source. Each raises
+#: ``ValueError`` saying what is wrong. The config holds no knowledge of source kinds, and imports none of
+#: their modules.
+_CHECKS: dict[str, Callable[..., None]] = {}
+
+_Check = Literal["source", "revision", "load_format"]
+
+
+def register_check(name: _Check, check: Callable[..., None]) -> None:
+    """Install the check the config runs on each ``name`` value it parses (``load_format``: given the
+    model source and the value)."""
+    _CHECKS[name] = check
+
+
+def _check(name: _Check, *values: object) -> None:
+    check = _CHECKS.get(name)
+    if check is None:  # node_init's root imports node_init.download: only a partial import gets here
+        raise RuntimeError(f"no {name} check installed: import node_init (not node_init._config alone)")
+    check(*values)
 
 
 class _Strict(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
@@ -357,26 +380,17 @@ def _validate(c: NodeInitConfig) -> None:
 def _validate_load_format(c: NodeInitConfig) -> None:
     """``load_format``: one vLLM 0.32 accepts; from the Hub, one whose files are known
     (``node_init.download.LOAD_FORMATS``: the snapshot holds only what it reads)."""
-    from .download._hub import hub_or_path
-    from .download._vllm_files import LOAD_FORMATS, check_load_format
-
     value = c.engine.kwargs.get("load_format")
     if value is None or not c.model_source:
         return
-    if not isinstance(value, str) or value.lower() not in LOAD_FORMATS:
-        raise ConfigError(f"{value!r} is not a load_format vLLM 0.32 accepts ({', '.join(LOAD_FORMATS)})",
-                          field="engine.kwargs.load_format")
-    if hub_or_path(c.model_source).startswith("hf://"):
-        try:
-            check_load_format(value)
-        except ValueError as exc:
-            raise ConfigError(str(exc), field="engine.kwargs.load_format") from None
+    try:
+        _check("load_format", c.model_source, value)  # download's: which formats it knows the files of
+    except ValueError as exc:
+        raise ConfigError(str(exc), field="engine.kwargs.load_format") from None
 
 
 def _validate_tokenizer(kwargs: dict[str, Any]) -> None:
     """``tokenizer`` / ``tokenizer_revision``: node init fetches a Hub tokenizer itself (``_tokenizer``)."""
-    from .download._hub import check_revision
-
     name, revision = kwargs.get("tokenizer"), kwargs.get("tokenizer_revision")
     if name is not None and not (isinstance(name, str) and name.strip()):
         raise ConfigError(f"must be a Hub id or a path, got {name!r}", field="engine.kwargs.tokenizer")
@@ -387,7 +401,7 @@ def _validate_tokenizer(kwargs: dict[str, Any]) -> None:
     try:
         if not isinstance(revision, str):
             raise ValueError(f"must be a branch, tag or commit, got {revision!r}")
-        check_revision(revision)
+        _check("revision", revision)
         if isinstance(name, str) and "@" in name.removeprefix("hf://"):
             raise ValueError(f"{name!r} names a revision already")
     except ValueError as exc:
@@ -419,10 +433,8 @@ def _validate_model_id(model_id: str) -> None:
 
 
 def _validate_source(uri: str, field: str = "model_source") -> None:
-    from .download import check_source  # the source registry: each kind checks its own URIs
-
     try:
-        check_source(uri)
+        _check("source", uri)  # the source registry's: each kind checks its own URIs
     except ValueError as exc:
         raise ConfigError(str(exc), field=field) from None
 

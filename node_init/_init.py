@@ -465,7 +465,7 @@ def pin_model_source(config: NodeInitConfig, *, share_tree: bool = True) -> Node
         DownloadError: the Hub could not resolve it (for a bare id: naming both readings).
     """
     from ._errors import DownloadError
-    from .cluster._hub_tree import share_tree as share
+    from .cluster import share_tree as share
     from .download import hub_or_path, hub_tree, is_remote_source, pin_hub_source, source_errors
 
     source = config.model_source or ""
@@ -490,13 +490,11 @@ def pin_model_source(config: NodeInitConfig, *, share_tree: bool = True) -> Node
 def _hub_pins(run: _Run) -> dict[str, str]:
     """For a Hub source: the config format and tokenizer mode vLLM decides on the whole repo, pinned in
     the engine arguments (the snapshot may lack the file that decided them; see ``_vllm_files``)."""
-    from .cluster._hub_tree import shared_tree
-    from .download import EngineFileArgs, hub_tree, source_errors
-    from .download._hub import offline
-    from .download._vllm_files import pinned_kwargs
+    from .cluster import shared_tree
+    from .download import EngineFileArgs, hub_tree, is_remote_source, pinned_kwargs, source_errors
 
     uri = run.config.model_source or ""
-    if not uri.startswith("hf://") or offline() or run.config.streaming:
+    if not uri.startswith("hf://") or not is_remote_source(uri) or run.config.streaming:
         return {}
     with source_errors(uri):
         tree = shared_tree(uri) or hub_tree(uri, run.config.download.hf, bounds=run.bounds)
@@ -569,7 +567,7 @@ async def _config_and_tokenizer(run: _Run) -> str:
     uri = config.model_source or ""
     if not is_remote(config):
         return local_model_path(config)  # a local source has them already
-    from .cluster._hub_tree import shared_tree
+    from .cluster import shared_tree
     from .download import (
         Downloader,
         HubSource,

@@ -164,3 +164,33 @@ def test_the_serve_import_path_users_name_is_above_the_flow() -> None:
 
     assert public.EventBusCallback.__module__ == "node_init.ray_serve._callback"
     assert public.OverlappedLLMServer.__module__ == "node_init.ray_serve._server"
+
+
+#: Private imports across node_init's own packages that are allowed, each with why (none today: what a
+#: test server or a subpackage needs of another is exported by that package).
+CROSS_PRIVATE_ALLOWED: dict[str, str] = {}
+
+
+def test_no_node_init_package_imports_another_ones_private_modules() -> None:
+    """Inside ``node_init``, a private module (``download._cache``) is imported only from within its own
+    package; ``cluster/``, ``testing/``, the flow and the config use ``node_init.download``'s names.
+    The package root's own private modules (``node_init._config``) are node_init's, shared by all of it."""
+    from tests.test_layers import REPO, imports, module_name, sources
+
+    offenders = []
+    for path in sources("node_init"):
+        importer = module_name(path)
+        for line, target in imports(path):
+            parts = target.split(".")
+            if parts[0] != "node_init":
+                continue
+            private = next((i for i, p in enumerate(parts) if i and p.startswith("_")), None)
+            if private is None:
+                continue
+            owner = ".".join(parts[:private])
+            if importer == owner or importer.startswith(owner + "."):
+                continue
+            where = path.relative_to(REPO).as_posix()
+            if f"{where} -> {target}" not in CROSS_PRIVATE_ALLOWED:
+                offenders.append(f"{where}:{line} -> {target}")
+    assert offenders == []

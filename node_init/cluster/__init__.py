@@ -38,6 +38,8 @@ from ._exchange import provisional as provisional
 from ._exchange import start_agent as start_agent
 from ._exchange import start_exchange as start_exchange
 from ._holders import forget_holdings as forget_holdings
+from ._hub_tree import share_tree as share_tree
+from ._hub_tree import shared_tree as shared_tree
 from ._node import Decision as Decision
 from ._node import local_model_path as local_model_path
 from ._node import node_download as node_download
@@ -60,6 +62,8 @@ from ._view import SourceView as SourceView
 from ._view import piece_sum as piece_sum
 
 __all__ = [
+    "share_tree",
+    "shared_tree",
     "AGENT_PREFIX",
     "EXCHANGE_NAME",
     "EXCHANGE_NAMESPACE",

@@ -24,8 +24,7 @@ import structlog
 
 from .._bounds import Bounds
 from .._config import DownloadConfig, NodeInitConfig
-from ..download import ModelCache, RemoteFile, Source, cache_root, model_dir_name
-from ..download._cache import range_sum
+from ..download import ModelCache, RemoteFile, Source, cache_root, model_dir_name, range_sum
 from ._exchange import MIN_SHARED_BYTES
 from ._share import SLICE
 from ._view import SourceView

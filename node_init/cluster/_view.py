@@ -16,8 +16,7 @@ from collections.abc import Iterator
 
 import structlog
 
-from ..download import RemoteFile, Source
-from ..download._checksums import RangeCrc, crc
+from ..download import RangeCrc, RemoteFile, Source, crc
 
 _log = structlog.get_logger("node_init.share")
 

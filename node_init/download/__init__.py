@@ -24,8 +24,10 @@ Example:
     >>> Downloader(source, cache_root(cfg) / model_dir_name("tiny"), cfg).run(wanted).path  # doctest: +SKIP
 """
 
+from ._azure import AZURE_API_VERSION as AZURE_API_VERSION
 from ._azure import AzureSource as AzureSource
 from ._azure import azure_parts as azure_parts
+from ._azure import azure_shared_key as azure_shared_key
 from ._cache import BlobEntry as BlobEntry
 from ._cache import ModelCache as ModelCache
 from ._cache import SnapshotHold as SnapshotHold
@@ -33,9 +35,11 @@ from ._cache import cache_root as cache_root
 from ._cache import file_digest as file_digest
 from ._cache import hold_snapshot as hold_snapshot
 from ._cache import model_dir_name as model_dir_name
+from ._cache import range_sum as range_sum
 from ._cache import read_rate as read_rate
 from ._cache import select as select
 from ._checksums import OriginChecksum as OriginChecksum
+from ._checksums import RangeCrc as RangeCrc
 from ._checksums import combine as combine_crcs
 from ._checksums import crc as crc
 from ._downloader import Downloader as Downloader
@@ -76,6 +80,7 @@ from ._vllm_files import LOAD_FORMATS as LOAD_FORMATS
 from ._vllm_files import EngineFileArgs as EngineFileArgs
 from ._vllm_files import Selection as Selection
 from ._vllm_files import check_load_format as check_load_format
+from ._vllm_files import pinned_kwargs as pinned_kwargs
 from ._vllm_files import select_files as select_files
 from ._vllm_files import select_tokenizer_files as select_tokenizer_files
 
@@ -84,14 +89,17 @@ __all__ = [
     "EngineFileArgs",
     "Selection",
     "check_load_format",
+    "pinned_kwargs",
     "select_files",
     "select_tokenizer_files",
+    "AZURE_API_VERSION",
     "SOURCES",
     "AzureSource",
     "GCSSource",
     "HeadFailed",
     "HubSource",
     "OriginChecksum",
+    "RangeCrc",
     "BlobEntry",
     "DownloadResult",
     "Downloader",
@@ -114,6 +122,7 @@ __all__ = [
     "fetch_tokenizer",
     "file_digest",
     "azure_parts",
+    "azure_shared_key",
     "hold_snapshot",
     "hub_or_path",
     "hub_tokenizer_uri",
@@ -126,6 +135,7 @@ __all__ = [
     "for_engine",
     "hub_tree",
     "parse_hub_uri",
+    "range_sum",
     "read_rate",
     "register_source",
     "s3_credentials",

@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 
 _log = structlog.get_logger("node_init.download")
 #: The Blob service version every request asks for (Azurite 3.35 serves it).
-API_VERSION = "2021-12-02"
+AZURE_API_VERSION = "2021-12-02"
 _SCOPE = "https://storage.azure.com/.default"
 
 
@@ -74,8 +74,9 @@ def check_azure(uri: str) -> None:
     check_prefix(uri, word="path")
 
 
-def shared_key(account: str, key: str, method: str, url: str, headers: dict[str, str]) -> str:
-    """The Shared Key signature of a Blob service request (its string-to-sign, HMAC-SHA256 with the key)."""
+def azure_shared_key(account: str, key: str, method: str, url: str, headers: dict[str, str]) -> str:
+    """The Shared Key signature of a Blob service request (its string-to-sign, HMAC-SHA256 with the key);
+    public for the test servers (:class:`~node_init.testing.AzuriteServer` signs its own setup calls)."""
     low = {k.lower(): v for k, v in headers.items()}
     fields = ["content-encoding", "content-language", "content-length", "content-md5", "content-type", "date",
               "if-modified-since", "if-match", "if-none-match", "if-unmodified-since", "range"]
@@ -190,7 +191,7 @@ class AzureSource:
                                            if pairs else "")
 
     def _headers(self, method: str, url: str, extra: dict[str, str]) -> dict[str, str]:
-        headers = {"x-ms-version": API_VERSION, "x-ms-date": email.utils.formatdate(usegmt=True), **extra}
+        headers = {"x-ms-version": AZURE_API_VERSION, "x-ms-date": email.utils.formatdate(usegmt=True), **extra}
         if self._kind == "key":
             headers["Authorization"] = f"SharedKey {self.account}:{self._shared_key(method, url, headers)}"
         elif self._kind == "aad":
@@ -198,7 +199,7 @@ class AzureSource:
         return headers
 
     def _shared_key(self, method: str, url: str, headers: dict[str, str]) -> str:
-        return shared_key(self.account, str(self._secret), method, url, headers)
+        return azure_shared_key(self.account, str(self._secret), method, url, headers)
 
     def _check(self, response: Any, what: str) -> None:
         check_status(response, what, denied=f"access denied to {self.uri} for {self.identity}",

@@ -8,9 +8,12 @@ import contextlib
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
+from .._config import register_check
 from .._errors import DownloadError, describe
+from ._hub import check_revision, hub_or_path
 from ._registry import SOURCES
 from ._source import RemoteFile, Source, SourceKind, UnsafeKeyError
+from ._vllm_files import LOAD_FORMATS, check_load_format
 
 if TYPE_CHECKING:
     from .._config import DownloadConfig
@@ -111,3 +114,23 @@ def list_source(uri: str, cfg: DownloadConfig, *, node_id: str | None = None) ->
     with source_errors(uri, node_id=node_id):
         source = open_source(uri, cfg)
         return source, source.list_files()
+
+
+def check_engine_load_format(source: str, value: object) -> None:
+    """The engine's ``load_format`` with a model source: one vLLM 0.32 accepts; from the Hub, one whose
+    files are known (:data:`LOAD_FORMATS`: the snapshot holds only what it reads).
+
+    Raises:
+        ValueError: saying what is wrong.
+    """
+    if not isinstance(value, str) or value.lower() not in LOAD_FORMATS:
+        raise ValueError(f"{value!r} is not a load_format vLLM 0.32 accepts ({', '.join(LOAD_FORMATS)})")
+    if hub_or_path(source).startswith("hf://"):
+        check_load_format(value)
+
+
+# The config checks every source URI, Hub revision and load format it parses with these (it imports no
+# source module).
+register_check("source", check_source)
+register_check("revision", check_revision)
+register_check("load_format", check_engine_load_format)

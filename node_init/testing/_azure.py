@@ -94,13 +94,13 @@ class AzuriteServer:
             self._dir = None
 
     def _call(self, method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None) -> int:
-        from ..download._azure import API_VERSION, shared_key
+        from ..download import AZURE_API_VERSION, azure_shared_key
 
         url = self.endpoint + path
         # urllib would add a form Content-Type to a PUT after the signature: name one that is signed.
-        h = {"x-ms-version": API_VERSION, "x-ms-date": email.utils.formatdate(usegmt=True),
+        h = {"x-ms-version": AZURE_API_VERSION, "x-ms-date": email.utils.formatdate(usegmt=True),
              "Content-Length": str(len(body)), "Content-Type": "application/octet-stream", **(headers or {})}
-        h["Authorization"] = f"SharedKey {ACCOUNT}:{shared_key(ACCOUNT, ACCOUNT_KEY, method, url, h)}"
+        h["Authorization"] = f"SharedKey {ACCOUNT}:{azure_shared_key(ACCOUNT, ACCOUNT_KEY, method, url, h)}"
         request = urllib.request.Request(url, data=body if method == "PUT" else None, method=method, headers=h)
         try:
             with urllib.request.urlopen(request, timeout=60) as response:
@@ -116,13 +116,13 @@ class AzuriteServer:
         import hmac
         from urllib.parse import urlencode
 
-        from ..download._azure import API_VERSION
+        from ..download import AZURE_API_VERSION
 
         expiry = (datetime.datetime.now(datetime.UTC) + datetime.timedelta(hours=hours)).strftime("%Y-%m-%dT%H:%M:%SZ")
-        text = "\n".join([permissions, "", expiry, f"/blob/{ACCOUNT}/{container}", "", "", "", API_VERSION, "c",
+        text = "\n".join([permissions, "", expiry, f"/blob/{ACCOUNT}/{container}", "", "", "", AZURE_API_VERSION, "c",
                           "", "", "", "", "", "", ""])
         sig = base64.b64encode(hmac.new(base64.b64decode(ACCOUNT_KEY), text.encode(), hashlib.sha256).digest())
-        return urlencode({"sv": API_VERSION, "se": expiry, "sr": "c", "sp": permissions, "sig": sig.decode()})
+        return urlencode({"sv": AZURE_API_VERSION, "se": expiry, "sr": "c", "sp": permissions, "sig": sig.decode()})
 
     def create_container(self, container: str, *, public: bool = False) -> None:
         """Create ``container`` (``public``: anonymous reads of its blobs and listings)."""
