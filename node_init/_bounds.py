@@ -4,7 +4,35 @@ The relations docs/failures.md states hold for every config the parser accepts, 
 test checks them: a wait on a peer is two thirds of the stall bound at most, so the source
 still has a third of it to send a range's first bytes; a node task ends within
 :attr:`Bounds.stop_s` of being asked; an init fails within ``init_timeout_s`` plus
-:attr:`Bounds.slack_s`.
+:attr:`Bounds.slack_s`; a retry never waits longer than :attr:`Bounds.retry_wait_s` (a third of
+the stall bound), so a server's long ``Retry-After`` is asked again sooner and never what fails a
+download as stalled. ``tests/test_waits.py`` fails on a number bounding a wait anywhere else in
+``node_init`` (polling intervals are named there, each with why).
+
+Third-party calls that wait, each given its bound and retry policy from here (the scan cannot see
+inside them):
+
+- obstore's ``S3Store`` (S3 listings and reads): ``timeout`` :attr:`~Bounds.request_s` for a
+  listing, :attr:`~Bounds.download_s` for a ranged GET (its bytes are bounded by the stall
+  watchdog), ``connect_timeout`` :attr:`~Bounds.connect_s`, ``retry_config`` no retries of its own.
+- urllib3's ``PoolManager`` (GCS, Azure and Hub requests, the signed S3 HEAD): ``Timeout(connect=
+  connect_s, read=request_s)``, a streamed body's read :attr:`~Bounds.silence_s`; ``retries=False``.
+- awscrt's SigV4 signing of a HEAD: its future is waited :attr:`~Bounds.request_s`.
+- boto3/botocore (the S3 HEAD under the AWS credential chain): ``Config(connect_timeout=connect_s,
+  read_timeout=request_s)``, one attempt (``total_max_attempts``); the chain's instance and container
+  metadata calls: ``metadata_service_timeout`` connect_s, ``metadata_service_num_attempts``
+  ``retries + 1``.
+- google-auth (``gs://`` credentials): its transport is urllib3 with ``Timeout(connect_s,
+  request_s)`` and no retries, given to ``google.auth.default`` and ``load_credentials_from_file``
+  and to every token refresh. google-auth keeps two waits of its own that no setting reaches: its
+  token endpoint's retry (three tries, backoff from 1 s) and the metadata server's check
+  (``GCE_METADATA_TIMEOUT``, 3 s a try, passed by google-auth itself).
+- azure-identity (``azure://`` without a key or SAS token): each credential's pipeline gets
+  ``connection_timeout`` connect_s, ``read_timeout`` request_s, ``retry_total`` retries,
+  ``retry_backoff_factor`` :data:`BACKOFF_FIRST_S`, ``retry_backoff_max`` retry_wait_s.
+- huggingface_hub: the Hub module sets its calls' timeouts and retries (``node_init.download``'s Hub).
+- filelock (a node's download lock): ``acquire(timeout=lock_s)``.
+- Ray (``ray.get``/``ray.wait`` in ``cluster/``): :meth:`Bounds.rpc` of the wait each call carries.
 """
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ from urllib.parse import parse_qsl, quote, urlparse
 
 import structlog
 
-from .._bounds import Bounds
+from .._bounds import BACKOFF_FIRST_S, Bounds
 from .._config import AzureConfig, reveal
 from ._checksums import OriginChecksum
 from ._http import HttpClient, check_status
@@ -113,11 +113,12 @@ class _AadToken:
             return f"Bearer {self._token.token}"
 
 
-def azure_credentials(cfg: AzureConfig, account: str) -> tuple[str, object, str]:
+def azure_credentials(cfg: AzureConfig, account: str, bounds: Bounds) -> tuple[str, object, str]:
     """``(kind, secret or token source, the identity in words)``, in Azure's order: anonymous; an
     account key (the config, ``AZURE_STORAGE_KEY``); a SAS token (the config,
     ``AZURE_STORAGE_SAS_TOKEN``); then ``azure-identity``: a service principal, workload identity,
-    the managed identity.
+    the managed identity. azure-identity's calls (the token endpoint, the managed identity's) are given
+    ``bounds``: connect and read bounds, our retry count and backoff (azure-core's pipeline settings).
 
     Raises:
         PermissionError: nothing found (the message says where it looked, never a secret).
@@ -147,10 +148,14 @@ def azure_credentials(cfg: AzureConfig, account: str) -> tuple[str, object, str]
                               "azure-identity is not installed to try a service principal, workload identity "
                               "or the managed identity (install the [azure] extra); set "
                               "download.azure.anonymous: true for a public container") from None
-    chain = [EnvironmentCredential()]
+    # azure-core's transport and retry settings, each credential's pipeline: never the library's defaults.
+    pipeline = {"connection_timeout": bounds.connect_s, "read_timeout": bounds.request_s,
+                "retry_total": bounds.retries, "retry_backoff_factor": BACKOFF_FIRST_S,
+                "retry_backoff_max": bounds.retry_wait_s}
+    chain = [EnvironmentCredential(**pipeline)]
     if env.get("AZURE_FEDERATED_TOKEN_FILE"):
-        chain.append(WorkloadIdentityCredential())
-    chain.append(ManagedIdentityCredential())
+        chain.append(WorkloadIdentityCredential(**pipeline))
+    chain.append(ManagedIdentityCredential(**pipeline))
     where = ("a service principal" if env.get("AZURE_CLIENT_SECRET") else "workload identity"
              if env.get("AZURE_FEDERATED_TOKEN_FILE") else "the managed identity")
     return "aad", _AadToken(ChainedTokenCredential(*chain), looked), \
@@ -174,7 +179,7 @@ class AzureSource:
         _, self.container, self.account, self.prefix = azure_parts(uri)
         self.uri, self.bounds = uri, bounds
         self.endpoint = (cfg.endpoint_url or f"https://{self.account}.blob.core.windows.net").rstrip("/")
-        self._kind, self._secret, self.identity = azure_credentials(cfg, self.account)
+        self._kind, self._secret, self.identity = azure_credentials(cfg, self.account, bounds)
         self._http = HttpClient(request_timeout_s=bounds.request_s, connect_s=bounds.connect_s,
                                 read_timeout_s=bounds.silence_s)
 

@@ -38,6 +38,9 @@ _log = structlog.get_logger("node_init.download")
 
 #: How often a change at the source restarts the download from a fresh listing before it fails.
 MAX_RESTARTS = 3
+#: Seconds between the watchdog's looks at the reads: each turn re-checks the cancel, the stall bound and
+#: the deadline (a polling interval; the bounds themselves are the config's, through Bounds).
+POLL_S = 0.2
 
 
 class DownloadResult(msgspec.Struct, frozen=True, kw_only=True):
@@ -374,7 +377,7 @@ class Downloader:
         deadline = time.monotonic() + self.cfg.timeout_s
         pending = set(futures)
         while pending:
-            done, pending = cf.wait(pending, timeout=0.2, return_when=cf.FIRST_EXCEPTION)
+            done, pending = cf.wait(pending, timeout=POLL_S, return_when=cf.FIRST_EXCEPTION)
             for fut in done:
                 if fut.exception() is not None:
                     raise fut.exception()  # type: ignore[misc]

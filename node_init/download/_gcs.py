@@ -4,7 +4,8 @@ Chosen over obstore here because the JSON API's listing returns, in one call per
 size, generation, ``crc32c`` and ``md5Hash``: the generation pins every ranged read
 (``?generation=N``: honoured by GCS and by fake-gcs-server, which ignores ``If-Match``), and the CRC32C
 checks every byte against what the origin states; obstore's listings carry neither. Requests go
-through urllib3 (a pool per source, streamed bodies); credentials as GCP tools find them.
+through urllib3 (a pool per source, streamed bodies); credentials as GCP tools find them, google-auth's
+own calls through urllib3 too (:func:`auth_transport`: the ``[gcp]`` extra needs no ``requests``).
 """
 
 from __future__ import annotations
@@ -72,25 +73,36 @@ def gcs_endpoint(cfg: GCSConfig) -> str:
     return (cfg.endpoint_url or GOOGLE_ENDPOINT).rstrip("/")
 
 
+def auth_transport(bounds: Bounds) -> Any:
+    """google-auth's transport for its own calls (token refresh, the metadata server's check): urllib3,
+    a core dependency, rather than ``requests``, with our connect and request bounds and no retries of
+    its own (google-auth's default transport has neither a bound nor our retry policy)."""
+    import google.auth.transport.urllib3
+    import urllib3
+
+    pool = urllib3.PoolManager(timeout=urllib3.Timeout(connect=bounds.connect_s, read=bounds.request_s),
+                               retries=False)
+    return google.auth.transport.urllib3.Request(pool)  # type: ignore[no-untyped-call]
+
+
 class _Token:
     """An OAuth2 access token from ``google-auth`` credentials, refreshed before it expires."""
 
-    def __init__(self, credentials: Any, where: str) -> None:
-        self.credentials, self.where = credentials, where
+    def __init__(self, credentials: Any, where: str, transport: Any) -> None:
+        self.credentials, self.where, self._transport = credentials, where, transport
         self._lock = threading.Lock()
 
     def header(self) -> dict[str, str]:
-        import google.auth.transport.requests
-
         with self._lock:
             if not self.credentials.valid:
-                self.credentials.refresh(google.auth.transport.requests.Request())
+                self.credentials.refresh(self._transport)
             return {"Authorization": f"Bearer {self.credentials.token}"}
 
 
-def gcs_credentials(cfg: GCSConfig, anonymous: bool) -> tuple[_Token | None, str]:
+def gcs_credentials(cfg: GCSConfig, anonymous: bool, bounds: Bounds) -> tuple[_Token | None, str]:
     """``(token or None, the identity in words)``, in GCP's order: anonymous; ``credentials_file``;
-    ``GOOGLE_APPLICATION_CREDENTIALS``; the application-default file; the metadata server.
+    ``GOOGLE_APPLICATION_CREDENTIALS``; the application-default file; the metadata server. google-auth's
+    calls go through :func:`auth_transport` (``bounds``).
 
     Raises:
         PermissionError: no credentials could be found or loaded (the message says where it looked).
@@ -104,13 +116,14 @@ def gcs_credentials(cfg: GCSConfig, anonymous: bool) -> tuple[_Token | None, str
         raise PermissionError("no GCS credentials: google-auth is not installed to read them (pip install "
                               "google-auth); set download.gcs.anonymous: true for a public bucket") from None
     path = cfg.credentials_file or os.environ.get("GOOGLE_APPLICATION_CREDENTIALS")
+    transport = auth_transport(bounds)
     try:
         if path:
             credentials, _ = google.auth.load_credentials_from_file(  # type: ignore[no-untyped-call]
-                os.path.expanduser(path), scopes=[_SCOPE])
+                os.path.expanduser(path), scopes=[_SCOPE], request=transport)
             where = f"the credentials file {path}"
         else:  # the application-default file, then the metadata server (on GCE/GKE only)
-            credentials, _ = google.auth.default(scopes=[_SCOPE])
+            credentials, _ = google.auth.default(scopes=[_SCOPE], request=transport)
             where = "application-default credentials"
     except (google.auth.exceptions.GoogleAuthError, OSError, ValueError) as exc:
         raise PermissionError(f"no GCS credentials: {type(exc).__name__}: {exc} (looked at "
@@ -118,7 +131,7 @@ def gcs_credentials(cfg: GCSConfig, anonymous: bool) -> tuple[_Token | None, str
                               "default file, the metadata server); set download.gcs.anonymous: true for a "
                               "public bucket") from None
     email = getattr(credentials, "service_account_email", None)
-    return _Token(credentials, where), f"{email or type(credentials).__name__} (from {where})"
+    return _Token(credentials, where, transport), f"{email or type(credentials).__name__} (from {where})"
 
 
 class GCSSource:
@@ -140,7 +153,7 @@ class GCSSource:
         self.uri, self.bucket, self.bounds = uri, bucket, bounds
         self.prefix = urlparse(uri).path.strip("/")
         self.endpoint = gcs_endpoint(cfg)
-        self._token, self.identity = gcs_credentials(cfg, anonymous)
+        self._token, self.identity = gcs_credentials(cfg, anonymous, bounds)
         self._http = HttpClient(request_timeout_s=bounds.request_s, connect_s=bounds.connect_s,
                                 read_timeout_s=bounds.silence_s)
 

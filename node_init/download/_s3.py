@@ -89,7 +89,8 @@ class S3Source:
         if endpoint:
             kwargs["endpoint"] = endpoint
             kwargs["virtual_hosted_style_request"] = False
-        auth, self.identity = s3_credentials(msgspec.structs.replace(cfg, anonymous=True) if anonymous else cfg)
+        auth, self.identity = s3_credentials(msgspec.structs.replace(cfg, anonymous=True) if anonymous else cfg,
+                                             bounds)
         kwargs.update(auth)
         self._bucket, self._endpoint, self._region, self._auth = bucket, endpoint, region, auth
 
@@ -254,14 +255,27 @@ def _etag_md5(etag: str) -> OriginChecksum | None:
     return OriginChecksum("md5", tag) if len(tag) == 32 and all(c in "0123456789abcdef" for c in tag) else None
 
 
-def s3_credentials(cfg: S3Config) -> tuple[dict[str, object], str]:
+def boto3_session(bounds: Bounds) -> Any:
+    """A boto3 session whose credential chain's metadata calls (instance roles, containers) are bounded
+    by ``bounds`` (connect bound, our retry count), not botocore's defaults."""
+    import boto3
+    import botocore.session
+
+    core = botocore.session.get_session()
+    core.set_config_variable("metadata_service_timeout", bounds.connect_s)
+    core.set_config_variable("metadata_service_num_attempts", bounds.retries + 1)
+    return boto3.Session(botocore_session=core)
+
+
+def s3_credentials(cfg: S3Config, bounds: Bounds) -> tuple[dict[str, object], str]:
     """How to sign S3 requests: ``(S3Store arguments, the identity in words)``.
 
     In order: ``anonymous: true`` (unsigned); keys in the node's environment
     (``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``/``AWS_SESSION_TOKEN``); keys in the config;
     else the standard AWS credential chain through boto3 (``AWS_PROFILE`` and the shared
     credentials/config files, SSO, web identity (EKS/IRSA), container and instance roles),
-    when boto3 is installed (the ``[aws]`` extra). Nothing found is an error saying where we looked.
+    when boto3 is installed (the ``[aws]`` extra); its instance and container metadata calls are given
+    ``bounds`` (connect bound, our retry count). Nothing found is an error saying where we looked.
 
     Raises:
         PermissionError: no credentials anywhere, and ``anonymous`` is not set.
@@ -280,7 +294,7 @@ def s3_credentials(cfg: S3Config) -> tuple[dict[str, object], str]:
                 auth["session_token"] = token
             return auth, f"access key id {key_id} (from {where})"
     try:
-        import boto3
+        import boto3  # noqa: F401 - the [aws] extra: its absence is said below
         from obstore.auth.boto3 import Boto3CredentialProvider
     except ImportError:
         raise PermissionError(
@@ -288,7 +302,7 @@ def s3_credentials(cfg: S3Config) -> tuple[dict[str, object], str]:
             "(download.s3.access_key_id), and boto3 is not installed to try the AWS credential chain "
             "(profiles, SSO, web identity, instance roles: install the [aws] extra); set "
             "download.s3.anonymous: true for a public bucket") from None
-    session = boto3.Session()
+    session = boto3_session(bounds)
     found = session.get_credentials()
     if found is None:
         raise PermissionError(
@@ -393,7 +407,6 @@ class _SignedHead:
 
 
 def _boto3_head(*, bucket: str, endpoint: str | None, region: str, bounds: Bounds) -> Head:
-    import boto3
     import botocore.config
     import botocore.exceptions
 
@@ -402,7 +415,7 @@ def _boto3_head(*, bucket: str, endpoint: str | None, region: str, bounds: Bound
         connect_timeout=bounds.connect_s, read_timeout=bounds.request_s,
         retries={"total_max_attempts": 1, "mode": "standard"}, max_pool_connections=16,
         s3={"addressing_style": "path"} if endpoint else None)
-    client = boto3.Session().client("s3", endpoint_url=endpoint, region_name=region, config=config)
+    client = boto3_session(bounds).client("s3", endpoint_url=endpoint, region_name=region, config=config)
 
     def head(key: str, part_number: int | None = None, if_match: str | None = None) -> Mapping[str, str]:
         extra: dict[str, Any] = {"PartNumber": part_number} if part_number else {}
