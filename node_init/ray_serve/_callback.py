@@ -25,6 +25,7 @@ from .._modes import DownloadMode
 from .._phases import Phase
 from .._publish import publish_before_download, publish_failure, publish_phase
 from .._wiring import node_bus, wire
+from ..download import hub_or_path
 from ..engine import prepare_vllm
 from ._config import node_init_config
 
@@ -113,8 +114,7 @@ class EventBusCallback(CallbackBase):
         self._start = time.monotonic()
         ctx = self._ours = _our_ctx(self.config, self.ctx, self.llm_config)
         source = self.config.model_source or ""
-        if source.startswith("hf://") or ("://" not in source and source.count("/") == 1 and
-                                          not source.startswith(("/", "~", "."))):
+        if source and hub_or_path(source).startswith("hf://"):  # the Hub's id grammar, as the flow reads it
             _log.info("the model is a Hugging Face Hub id: on stock ray.serve.llm Ray keeps control and vLLM "
                       "downloads it while the engine boots, unverified (OverlappedLLMServer downloads it first)",
                       source=source)
