@@ -112,13 +112,19 @@ def module_file(module: str) -> Path | None:
 
 
 def top_level_imports(path: Path) -> set[str]:
-    """The modules ``path`` imports when it is imported (module level, not under ``try``)."""
+    """The modules ``path`` needs when it is imported: its module-level imports, and those under a ``try``
+    whose ``except`` raises (google-auth's urllib3 transport: ``packaging`` or an ImportError); an import
+    under a ``try`` that goes on without it (``certifi = None``) is optional."""
     found: set[str] = set()
-    for node in ast.parse(path.read_text()).body:
+    body = list(ast.parse(path.read_text()).body)
+    while body:
+        node = body.pop()
         if isinstance(node, ast.Import):
             found |= {a.name for a in node.names}
         elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
             found.add(node.module)
+        elif isinstance(node, ast.Try) and any(isinstance(n, ast.Raise) for h in node.handlers for n in ast.walk(h)):
+            body.extend(node.body)
     return found
 
 
@@ -176,4 +182,7 @@ def test_the_check_sees_a_transport_the_extra_does_not_bring(module: str) -> Non
         pytest.skip(f"{module} is not installed here")
     needed = {distribution(m) for m in top_level_imports(path)} - {None}
     assert "requests" in needed and "requests" not in closure(core | extras["gcp"])
+    urllib3_transport = module_file("google.auth.transport.urllib3")
+    assert urllib3_transport is not None and "packaging" in {distribution(m) for m in
+                                                             top_level_imports(urllib3_transport)}
     assert installs("google-auth") == [core | extras["gcp"]]  # the one extra that declares it
