@@ -21,15 +21,15 @@ REPO = Path(__file__).resolve().parent.parent
 PACKAGES = ("eventbus", "node_init", "handlers")
 
 
-def module_name(path: Path) -> str:
-    parts = path.relative_to(REPO).with_suffix("").parts
+def module_name(path: Path, *, root: Path = REPO) -> str:
+    parts = path.relative_to(root).with_suffix("").parts
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def imports(path: Path) -> Iterator[tuple[int, str]]:
-    """``(line, absolute module)`` of every import in ``path``, at any depth (a lazy import is one too);
-    ``from a import b`` gives both ``a`` and ``a.b`` (``b`` may be a module)."""
-    name = module_name(path)
+def imports(path: Path, *, root: Path = REPO) -> Iterator[tuple[int, str]]:
+    """``(line, absolute module)`` of every import in ``path`` (a module under ``root``), at any depth (a
+    lazy import is one too); ``from a import b`` gives both ``a`` and ``a.b`` (``b`` may be a module)."""
+    name = module_name(path, root=root)
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
@@ -56,8 +56,8 @@ def sources(*roots: str) -> list[Path]:
 RAY_IN_DOWNLOAD: dict[str, str] = {}
 
 
-def _ray_uses(path: Path) -> list[str]:
-    found = [f"{path.name}:{line} imports {module}" for line, module in imports(path)
+def _ray_uses(path: Path, *, root: Path = REPO) -> list[str]:
+    found = [f"{path.name}:{line} imports {module}" for line, module in imports(path, root=root)
              if module == "ray" or module.startswith("ray.")]
     for node in ast.walk(ast.parse(path.read_text())):  # sys.modules.get("ray"): Ray used without an import
         if isinstance(node, ast.Constant) and node.value == "ray":
@@ -73,13 +73,11 @@ def test_download_imports_no_ray(path: Path) -> None:
 
 
 def test_the_ray_scan_sees_a_lazy_import(tmp_path: Path) -> None:
-    planted = REPO / "node_init" / "download" / "_planted_for_the_scan.py"
+    planted = tmp_path / "node_init" / "download" / "_planted.py"
+    planted.parent.mkdir(parents=True)
     planted.write_text("def f() -> None:\n    from ray.experimental import internal_kv\n")
-    try:
-        assert _ray_uses(planted) == ["_planted_for_the_scan.py:2 imports ray.experimental",
-                                      "_planted_for_the_scan.py:2 imports ray.experimental.internal_kv"]
-    finally:
-        planted.unlink()
+    assert _ray_uses(planted, root=tmp_path) == ["_planted.py:2 imports ray.experimental",
+                                                 "_planted.py:2 imports ray.experimental.internal_kv"]
 
 
 # -- no cycle between the config and download/ -----------------------------------------------------
@@ -140,7 +138,7 @@ def _own(func: ast.AST) -> Iterator[ast.AST]:
             todo.extend(ast.iter_child_nodes(node))
 
 
-def swallowed_silently(path: Path) -> list[str]:
+def swallowed_silently(path: Path, *, root: Path = REPO) -> list[str]:
     """``path:function:line`` of each broad except in ``path`` that swallows with no log and no comment
     (on the ``except`` line, or in the handler's first statement)."""
     text = path.read_text()
@@ -158,7 +156,7 @@ def swallowed_silently(path: Path) -> list[str]:
                 lines = range(handler.lineno, (handler.body[0].end_lineno or handler.lineno) + 1)
                 if not comments.intersection(lines):
                     name = getattr(func, "name", "<module>")
-                    found.append(f"{path.relative_to(REPO)}:{name}:{handler.lineno}")
+                    found.append(f"{path.relative_to(root).as_posix()}:{name}:{handler.lineno}")
     return sorted(set(found))
 
 
@@ -169,11 +167,8 @@ def test_every_broad_except_that_swallows_logs_or_says_why() -> None:
 
 
 def test_the_except_scan_finds_a_silent_one(tmp_path: Path) -> None:
-    planted = REPO / "node_init" / "_planted_for_the_scan.py"
+    planted = tmp_path / "planted.py"
     planted.write_text("def f() -> None:\n    try:\n        g()\n    except Exception:\n        pass\n\n\n"
                        "def h() -> None:\n    try:\n        g()\n    except Exception:  # g's failure is h's none\n"
                        "        pass\n")
-    try:
-        assert swallowed_silently(planted) == ["node_init/_planted_for_the_scan.py:f:4"]
-    finally:
-        planted.unlink()
+    assert swallowed_silently(planted, root=tmp_path) == ["planted.py:f:4"]

@@ -152,13 +152,15 @@ def test_every_number_bounding_a_wait_is_in_bounds() -> None:
     assert offenders() == [], "derive it in node_init/_bounds.py (Bounds), or list a polling interval in ALLOWED"
 
 
-def test_the_scan_fails_on_a_timeout_planted_in_a_source_module() -> None:
-    planted = ROOT / "download" / "_planted_for_the_wait_scan.py"
-    planted.write_text("def f(pool: object) -> None:\n    pool.request('GET', '/', timeout=30)\n")
-    try:
-        assert "node_init/download/_planted_for_the_wait_scan.py:2 timeout" in offenders()
-    finally:
-        planted.unlink()
+def test_the_scan_fails_on_a_timeout_planted_in_a_source_module(tmp_path: Path) -> None:
+    """A copy of the GCS source with ``timeout=30`` given to its listing request is an offender."""
+    source = (ROOT / "download" / "_gcs.py").read_text()
+    call = "headers=self._headers(), preload_content=True)"  # the listing's request
+    assert call in source
+    planted = tmp_path / "_gcs.py"
+    planted.write_text(source.replace(call, call[:-1] + ", timeout=30)", 1))
+    assert list(findings(ROOT / "download" / "_gcs.py")) == []
+    assert [name for _, name in findings(planted)] == ["timeout"]
 
 
 def test_every_allowed_entry_is_still_there() -> None:
