@@ -2,15 +2,31 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
+import psutil
 import pytest
+
+from tests._procs import (
+    SESSION_MARK,
+    SESSION_VAR,
+    alive,
+    descendants,
+    describe,
+    listeners,
+    marked,
+    opened_ports,
+    wait_gone,
+)
 
 if TYPE_CHECKING:
     from node_init.testing import AzuriteServer, FaultProxy, GCSServer, S3Server
@@ -27,6 +43,12 @@ os.environ["GCE_METADATA_HOST"] = os.environ["GCE_METADATA_IP"] = "127.0.0.1:9"
 # endpoint these name, a closed port, never the instance metadata address.
 os.environ["IDENTITY_ENDPOINT"] = "http://127.0.0.1:9/msi/token"
 os.environ["IDENTITY_HEADER"] = "test"
+# Every process the session starts inherits this mark, so one left running is found at the end even
+# after its parent ended and it was re-parented (see ``_nothing_left_behind``).
+os.environ[SESSION_VAR] = SESSION_MARK
+# How long the session's end waits for what the suite started to end: a Ray worker notices its raylet's
+# end on its own next check, a second or two later.
+LEFT_BEHIND_GRACE_S = 30.0
 
 
 def pytest_report_header() -> str:
@@ -57,6 +79,55 @@ class RayCluster:
     @property
     def head(self) -> SimNode:
         return self.nodes[0]
+
+
+def _left_behind(ports: set[int]) -> list[str]:
+    """Processes the session started that still run (descendants of this process, or carrying the
+    session's mark), and ``ports`` or sockets of this process still listening."""
+    me = psutil.Process()
+    procs = {p.pid: p for p in [*me.children(recursive=True), *marked(SESSION_VAR, SESSION_MARK)]
+             if alive(p)}
+    found = [f"process {describe(p)}" for p in procs.values()]
+    for port in sorted(ports):
+        found += [f"port {port}: {holder}" for holder in listeners(port)]
+    found += [f"port {c.laddr.port}: this test process ({c.laddr.ip})"
+              for c in me.net_connections(kind="tcp") if c.status == psutil.CONN_LISTEN and c.laddr.port not in ports]
+    return found
+
+
+def _ray_processes(cluster: Any) -> list[psutil.Process]:
+    """Every process of a ``ray.cluster_utils.Cluster``'s nodes (GCS, raylets, their workers)."""
+    roots = []
+    for node in [cluster.head_node, *cluster.worker_nodes]:
+        for infos in (node.all_processes.values() if node is not None else ()):
+            for info in infos:
+                with contextlib.suppress(psutil.Error):
+                    roots.append(psutil.Process(info.process.pid))
+    return descendants(roots)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _nothing_left_behind() -> Iterator[None]:
+    """The suite leaves no process and no listening port behind.
+
+    Set up before every other session fixture, so torn down after them (the Ray cluster and the store
+    servers have stopped by then): whatever the session started and still runs, and the ports it opened
+    (Serve's 8000, the store servers') still listening after a bounded grace, fail the session by name,
+    and are then killed so they do not outlive it.
+    """
+    # A port some other program held before the session is not the suite's doing.
+    taken_before = {port for port in opened_ports if listeners(port)}
+    yield
+    ports = opened_ports - taken_before
+    deadline = time.monotonic() + LEFT_BEHIND_GRACE_S
+    while (found := _left_behind(ports)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    if found:
+        for proc in [*psutil.Process().children(recursive=True), *marked(SESSION_VAR, SESSION_MARK)]:
+            with contextlib.suppress(psutil.Error):
+                proc.kill()
+        raise AssertionError(f"the test session left behind, {LEFT_BEHIND_GRACE_S:g}s after its last test "
+                             "(now killed):\n  " + "\n  ".join(found))
 
 
 @pytest.fixture
@@ -111,8 +182,13 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayCluster
     try:
         yield RayCluster(cluster.address, nodes, cluster, root)
     finally:
+        ours = _ray_processes(cluster)
         ray.shutdown()
         cluster.shutdown()
+        # Its raylets are gone; their workers end on their own next check. Every one of them, before the
+        # session's end looks for what was left behind.
+        left = wait_gone(ours, LEFT_BEHIND_GRACE_S)
+        assert not left, "Ray's processes outlived the cluster's shutdown: " + "; ".join(describe(p) for p in left)
 
 
 @pytest.fixture(scope="session")
@@ -121,6 +197,7 @@ def s3_server() -> Iterator[S3Server]:
     from node_init.testing import S3Server
 
     server = S3Server().start()
+    opened_ports.add(int(urlsplit(server.endpoint).port or 0))
     try:
         yield server
     finally:
@@ -133,6 +210,7 @@ def gcs_server() -> Iterator[GCSServer]:
     from node_init.testing import GCSServer
 
     server = GCSServer().start()
+    opened_ports.add(int(urlsplit(server.endpoint).port or 0))
     try:
         yield server
     finally:
@@ -145,6 +223,7 @@ def azure_server() -> Iterator[AzuriteServer]:
     from node_init.testing import AzuriteServer
 
     server = AzuriteServer().start()
+    opened_ports.add(int(urlsplit(server.root).port or 0))
     try:
         yield server
     finally:

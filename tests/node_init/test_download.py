@@ -24,6 +24,7 @@ from node_init.download import (
     select,
 )
 from node_init.testing import Fault, FaultProxy, HubServer, S3Server, iter_files, write_model_files
+from tests._procs import Tree
 from tests.conftest import REPO
 
 _ids = itertools.count()
@@ -192,14 +193,16 @@ def test_two_processes_on_one_node_download_once(s3_server: S3Server, s3_model: 
         "print(json.dumps({'fetched': len(r.fetched), 'bytes': r.bytes}))\n"
     )
     env = {**os.environ, "PYTHONPATH": str(REPO)}
+    trees = []
     try:
-        procs = [subprocess.Popen([sys.executable, "-c", script, uri, proxy.endpoint, str(tmp_path / "m")],
-                                  stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, text=True)
-                 for _ in range(2)]
-        outs = [p.communicate(timeout=60)[0] for p in procs]
+        trees = [Tree([sys.executable, "-c", script, uri, proxy.endpoint, str(tmp_path / "m")],
+                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, text=True) for _ in range(2)]
+        outs = [t.proc.communicate(timeout=60)[0] for t in trees]
     finally:
+        for tree in trees:  # both ended (and let go of the lock) before the cache is checked
+            tree.stop()
         proxy.stop()
-    assert all(p.returncode == 0 for p in procs)
+    assert all(t.proc.returncode == 0 for t in trees)
     import json
 
     results = sorted((json.loads(o.strip().splitlines()[-1]) for o in outs), key=lambda r: r["bytes"])

@@ -25,6 +25,7 @@ from node_init import (
     PhaseError,
     initialize_node,
 )
+from tests import _procs as procs
 from tests._configs import node_config
 from tests.conftest import RayCluster
 
@@ -234,7 +235,6 @@ def test_the_cli_shows_node_side_lines_and_every_event(ray_cluster: RayCluster, 
                                                         tmp_path: Path) -> None:
     """``node-init run``: a BeforeDownload handler's log lines on the nodes come out in the CLI's own
     output, with their node id, and its timeline holds each node's BeforeDownload outcome, vetoes included."""
-    import subprocess
     import sys
 
     import yaml
@@ -246,8 +246,8 @@ def test_the_cli_shows_node_side_lines_and_every_event(ray_cluster: RayCluster, 
         "placement": {"bundles": [{"CPU": 1}] * 3, "strategy": "STRICT_SPREAD"},
         "engine": {"kind": "none"}, "download": {"share": "off"},
     }))
-    out = subprocess.run([str(Path(sys.executable).parent / "node-init"), "run", str(config), "--address",
-                          ray_cluster.address, "--json-logs"], capture_output=True, text=True, timeout=180)
+    out = procs.run([str(Path(sys.executable).parent / "node-init"), "run", str(config), "--address",
+                     ray_cluster.address, "--json-logs"], timeout=180)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     lines = [json.loads(line) for line in out.stderr.splitlines() if line.startswith("{")]
     hellos = [line for line in lines if line.get("event") == "hello from the node"]

@@ -10,13 +10,13 @@ from __future__ import annotations
 import contextlib
 import copy
 import os
+import queue
 import re
 import shlex
 import shutil
-import signal
-import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -29,6 +29,8 @@ import yaml
 from handlers.event_log import read_events
 from node_init import AfterInit
 from node_init.testing import FaultProxy, S3Server, build_tiny_llama
+from tests import _procs as procs
+from tests._procs import Tree, opened_ports, wait_port_free
 
 pytestmark = [pytest.mark.engine, pytest.mark.ray]
 REPO = Path(__file__).resolve().parents[2]
@@ -51,19 +53,29 @@ def commands(example: Path) -> tuple[list[str], list[str], list[str] | None]:
 
 @contextlib.contextmanager
 def store_server_as_written(argv: list[str] | None) -> Iterator[None]:
-    """The example's ``node-init <store>-server`` command, in the background, while the block runs."""
+    """The example's ``node-init <store>-server`` command, in the background, while the block runs; after
+    it, the server and everything it started have ended and its port is free (the next example's server
+    takes the same port)."""
     if argv is None:
         yield
         return
-    proc = subprocess.Popen(tool(argv), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    server = Tree(tool(argv), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # Read on a thread: the first line within a bound, and the rest drained so the server never blocks
+    # on a full pipe.
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in server.proc.stdout or ()], daemon=True).start()
+    port = None
     try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()  # "serving s3://... at http://127.0.0.1:9000 ..." once it is up
-        assert line.startswith("serving "), line + proc.stdout.read()[-2000:]
+        try:
+            line = lines.get(timeout=120)  # "serving s3://... at http://127.0.0.1:9000 ..." once it is up
+        except queue.Empty:
+            line = "(nothing within 120 s)"
+        assert line.startswith("serving "), line + "".join(list(lines.queue))[-2000:]
+        port = int(re.search(r" at http://[\w.]+:(\d+)", line)[1])  # type: ignore[index]
+        opened_ports.add(port)
         yield
     finally:
-        proc.send_signal(signal.SIGINT)
-        proc.wait(30)
+        server.stop(port=port)
 
 
 def tool(argv: list[str]) -> list[str]:
@@ -77,8 +89,7 @@ def serve_run(argv: list[str], address: str, config: Path | None = None) -> subp
     args[2:2] = ["--non-blocking", "--address", address]
     if config is not None:
         args[-1] = str(config)
-    return subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=120, check=False,
-                          env={**os.environ, "RAY_ADDRESS": address})
+    return procs.run(args, cwd=REPO, timeout=120, env={**os.environ, "RAY_ADDRESS": address})
 
 
 def app_of(example: Path) -> dict[str, Any]:
@@ -152,8 +163,7 @@ def cluster_address(ray_cluster: Any) -> Iterator[str]:
     from ray import serve
 
     serve.shutdown()
-    with socket.socket() as s:
-        assert s.connect_ex(("127.0.0.1", PORT)) != 0, f"port {PORT} (Serve's default) is taken on this machine"
+    wait_port_free(PORT)  # the overlapped example's own Ray may have held it until just now
     try:
         yield str(ray_cluster.address)
     finally:
@@ -166,6 +176,7 @@ def test_the_overlapped_example_runs_exactly_as_its_comment_says(ray_cluster: An
     from ray import serve
 
     serve.shutdown()  # the session's Serve would hold port 8000
+    wait_port_free(PORT)
     example = REPO / "examples" / "serve_overlapped.yaml"
     lines = [line.lstrip("# ").strip() for line in example.read_text().splitlines() if line.startswith("#")]
     (written,) = [line for line in lines if re.match(r"^(\w+=\S+ )*serve run ", line)]
@@ -182,11 +193,14 @@ def test_the_overlapped_example_runs_exactly_as_its_comment_says(ray_cluster: An
     subprocess.run(tool(build), cwd=REPO, check=True, timeout=120, capture_output=True)
     model = app_of(example)["args"]["llm_configs"][0]["model_loading_config"]["model_id"]
     with store_server_as_written(server):
-        proc = subprocess.Popen(tool(["serve", "run", *shlex.split(command)]), cwd=REPO, env=env,
-                                stdout=(tmp_path / "serve.log").open("w"), stderr=subprocess.STDOUT)
+        # Its own session, as from a terminal: Ctrl-C reaches its process group, and every process of the
+        # Ray it starts is waited for (and the port for) before the next test takes port 8000.
+        with (tmp_path / "serve.log").open("w") as out:
+            run = Tree(tool(["serve", "run", *shlex.split(command)]), cwd=REPO, env=env, stdout=out,
+                       stderr=subprocess.STDOUT)
         try:
             deadline = time.monotonic() + BOUND_S
-            while time.monotonic() < deadline and proc.poll() is None:
+            while time.monotonic() < deadline and run.proc.poll() is None:
                 try:
                     with urllib.request.urlopen(f"http://127.0.0.1:{PORT}/v1/models", timeout=5) as resp:
                         if model in resp.read().decode():
@@ -194,14 +208,10 @@ def test_the_overlapped_example_runs_exactly_as_its_comment_says(ray_cluster: An
                 except OSError:
                     pass
                 time.sleep(2)
-            assert proc.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
+            assert run.proc.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
             ask(PORT, model)
         finally:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            run.stop(port=PORT)
     log = (tmp_path / "serve.log").read_text()
     assert "overlap=True" in log or '"overlap": true' in log, log[-3000:]
 

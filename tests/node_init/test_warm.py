@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -16,13 +15,14 @@ import pytest
 
 from node_init.engine import model_architectures
 from node_init.testing import build_tiny_llama
+from tests import _procs as procs
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def _python(code: str, tmp_path: Path, timeout: float = 300) -> str:
     env = {**os.environ, "VLLM_CACHE_ROOT": str(tmp_path / "vllm-cache"), "PYTHONPATH": str(REPO)}
-    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=timeout)
+    proc = procs.run([sys.executable, "-c", code], env=env, timeout=timeout)  # vLLM's own subprocesses ended too
     assert proc.returncode == 0, proc.stderr[-4000:]
     return proc.stdout
 
