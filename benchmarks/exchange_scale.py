@@ -2,7 +2,7 @@
 
 The exchange runs as it does on a cluster, in process and on looptime's virtual clock: the real
 :class:`~node_init.cluster.ExchangeHub` assigns the ranges (one ``join`` per node), and each node's
-agent (a real :class:`~node_init.cluster.Exchange` in agent mode, as each node's
+agent (a real :class:`~node_init.cluster.AgentState`, as each node's
 :class:`~node_init.cluster.ExchangeAgent` runs it) hands out the ranges its node owns. Simulated
 nodes move references only, no bytes: each joins with every range of the model and its provisional
 claim, offers its share piece by piece to its own agent (the default piece: a quarter of the 16 MiB
@@ -45,7 +45,7 @@ from _common import markdown_table, write_outputs
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from node_init.cluster import Exchange, ExchangeHub, needs_digest, piece_size, pieces_of, provisional
+from node_init.cluster import AgentState, ExchangeHub, HubState, needs_digest, piece_size, pieces_of, provisional
 
 Unit = tuple[str, str, int, int]  # a range: (key, version tag, start, end)
 
@@ -104,8 +104,8 @@ class _Published:
 class _Hub(ExchangeHub):
     """The hub, its answer published as on Ray (pickled once, handed out by reference)."""
 
-    def _make(self, piece: int) -> Exchange:
-        return Exchange(piece, publish=lambda answer: (pickle.dumps(answer), _Published(answer))[1])
+    def _make(self, piece: int) -> HubState:
+        return HubState(piece, publish=lambda answer: (pickle.dumps(answer), _Published(answer))[1])
 
 
 async def one_init(nodes: int, model_bytes: int, *, agents_simulated: int | None = None) -> dict[str, Any]:
@@ -115,7 +115,7 @@ async def one_init(nodes: int, model_bytes: int, *, agents_simulated: int | None
     key = ("init", piece, 3600.0)
     guess = provisional(units, names)
     digest = needs_digest(units)
-    hub = Counted(_Hub())
+    hub = Counted(_Hub(idle_s=600.0, call_s=30.0))  # download.share_hub_idle_s's default, Bounds.actor_call_s
 
     # The hub's part: every node joins (what the hub does in a healthy init, all of it).
     claims = {name: [u for u, o in guess.items() if o == name] for name in names}  # each node's own work
@@ -135,7 +135,7 @@ async def one_init(nodes: int, model_bytes: int, *, agents_simulated: int | None
 
     # The agents' part: each node's agent hands out what its node owns.
     served = names if agents_simulated is None else names[:agents_simulated]
-    agents = {name: Counted(Exchange(piece, agent=True)) for name in served}
+    agents = {name: Counted(AgentState(piece)) for name in served}
     cpu0 = time.process_time()
     for name, agent in agents.items():
         await agent.exchange.adopt(pickle.loads(published), name)

@@ -84,6 +84,13 @@ BACKOFF_MAX_S = 8.0
 #: same, the error.
 RETRY_AFTER_MAX_S = 60.0
 
+# --- The exchange's waits (node_init/cluster/; docs/exchange.md names each) ---
+#: Times a node takes one piece of a peer's range before it reads the rest from the source: the
+#: first take, the new owner's offer once a lost piece's range was taken over, and one more if that
+#: owner's object is lost too. Each take waits within what is left of :attr:`Bounds.peer_wait_s`.
+TAKE_ATTEMPTS = 3
+# --- end of the exchange's waits ---
+
 
 @attrs.frozen
 class Bounds:
@@ -194,6 +201,12 @@ class Bounds:
         """An init fails within ``init_s`` plus this: the node tasks' stop, a cancelled task's
         drain, and the teardown of what the init started (each its own bound)."""
         return STOP_S + CANCEL_DRAIN_S + TEARDOWN_S
+
+    @property
+    def actor_call_s(self) -> float:
+        """An exchange call that waits for nothing itself (a lost piece's note, a rehome, a new hub
+        asking an older one whether it is idle): Ray's own latency only."""
+        return self.rpc(0)
 
     def rpc(self, wait_s: float) -> float:
         """The bound on a Ray call that itself waits ``wait_s``."""

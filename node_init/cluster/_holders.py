@@ -12,7 +12,6 @@ origin's, and a holder whose bytes differ is named (:class:`~node_init.cluster._
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import threading
 import time
@@ -25,7 +24,7 @@ import structlog
 from .._bounds import Bounds
 from .._config import DownloadConfig, NodeInitConfig
 from ..download import ModelCache, RemoteFile, Source, cache_root, model_dir_name, range_sum
-from ._exchange import MIN_SHARED_BYTES
+from ._protocol import MIN_SHARED_BYTES
 from ._share import SLICE
 from ._view import SourceView
 
@@ -182,8 +181,10 @@ class HolderSource(SourceView):
             data = ray.get(ref, timeout=timeout)
         except (ray.exceptions.RayError, TimeoutError) as exc:
             if isinstance(exc, TimeoutError):  # still running: stop it (never force: that kills a worker)
-                with contextlib.suppress(Exception):
+                try:
                     ray.cancel(ref)
+                except Exception as cancel:  # it ended meanwhile, or its node is gone: nothing to stop
+                    _log.debug("holder read not cancelled", holder=holder[:12], error=type(cancel).__name__)
             if isinstance(getattr(exc, "cause", None), HeldRangeDiffers):
                 self.blame(holder, file, start, str(exc.cause))  # type: ignore[union-attr]
                 return None

@@ -42,7 +42,7 @@ from ._hub_tree import shared_tree
 
 if TYPE_CHECKING:
     from ._holders import HolderSource
-    from ._share import SharedSource
+    from ._peer import SharedSource
 
 _log = structlog.get_logger("node_init.node")
 
@@ -246,8 +246,10 @@ def _join(exchange: Any, node_id: str, todo: list[RemoteFile], config: NodeInitC
     """
     import ray
 
-    from ._exchange import needs_digest, provisional, start_agent
-    from ._share import SharedSource, units_of
+    from ._assign import needs_digest, provisional
+    from ._handles import start_agent
+    from ._peer import SharedSource
+    from ._share import units_of
 
     units = units_of(todo, config.download.part_size_mb * 1024 * 1024)
     guess = provisional(units, nodes)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import threading
 import time
 import uuid
@@ -57,7 +56,8 @@ def _stop_requested(key: str) -> bool:
 
     try:
         return bool(internal_kv._internal_kv_exists(key, namespace=STOP_NAMESPACE))
-    except Exception:  # the GCS is unreachable: the task ends on its own or with its worker
+    except Exception as exc:  # the GCS is unreachable: the task ends on its own or with its worker
+        _log.debug("cannot read the stop key", error=describe(exc))
         return False
 
 
@@ -266,7 +266,8 @@ async def run_on_nodes(
                 raise error from None
             deaths.append(error)  # the others refetch its share and finish first
             try:
-                await exchange.gone(node_id)
+                with anyio.move_on_after(bounds.actor_call_s):  # a hub that hangs: its nodes' own waits end theirs
+                    await exchange.gone(node_id)
             except ray.exceptions.RayError as gone:  # no exchange: the others already read from the source
                 _log.info("exchange unreachable", node_id=node_id, error=describe(gone))
         finally:
@@ -280,11 +281,13 @@ async def run_on_nodes(
     except BaseExceptionGroup as group:
         raise first_error(group) from None
     finally:
-        with contextlib.suppress(Exception):
+        try:
             from ray.experimental import internal_kv
 
             for node_id in set(nodes) - lingering:
                 internal_kv._internal_kv_del(stops + node_id, namespace=STOP_NAMESPACE)
+        except Exception as exc:  # the GCS is unreachable: the stop keys go with the cluster
+            _log.debug("stop keys not removed", error=describe(exc))
     if deaths:
         raise deaths[0]
     return [reports[n] for n in nodes]
@@ -314,9 +317,12 @@ async def _cancel(gen: Any, stop_key: str) -> bool:
     from ray.experimental import internal_kv
 
     async def drain(bound: float) -> bool:
-        with anyio.move_on_after(bound) as scope, contextlib.suppress(Exception):
-            async for ref in gen:  # its items, then its end (or its error)
-                await ref
+        with anyio.move_on_after(bound) as scope:
+            try:
+                async for ref in gen:  # its items, then its end (or its error)
+                    await ref
+            except Exception as exc:  # its error ends it too: the caller already has (or reports) it
+                _log.debug("stopped node task ended with an error", error=describe(exc))
         return not scope.cancelled_caught
 
     with anyio.CancelScope(shield=True), anyio.move_on_after(STOP_S + CANCEL_DRAIN_S):

@@ -10,7 +10,16 @@ import anyio
 import looptime
 import pytest
 
-from node_init.cluster import Agent, Assignment, Exchange, ExchangeAgent, ExchangeHub, InitExchange, needs_digest
+from node_init.cluster import (
+    Agent,
+    AgentState,
+    Assignment,
+    Exchange,
+    ExchangeAgent,
+    ExchangeHub,
+    InitExchange,
+    needs_digest,
+)
 
 
 @pytest.fixture
@@ -26,6 +35,8 @@ async def timed(wait: Any) -> tuple[Any, float]:
 
 
 PIECE = 256 * 1024
+IDLE_S = 600.0  # download.share_hub_idle_s's default: an actor's life with no init
+CALL_S = 30.0  # Bounds.actor_call_s: a new hub's call to an older one
 UNIT = ("w.bin", "e", 0, 3 * PIECE + 10)  # four pieces, the last one short
 
 
@@ -313,8 +324,8 @@ async def test_the_hub_keeps_inits_apart_and_drops_each_when_closed_or_abandoned
     """One hub serves every init: a node's call may make an init's state before the replica's
     open lands; a closed init's late call is refused (the node reads from the source); an init
     nobody called for its bound (its replica died) is dropped by a later init's call."""
-    hub = ExchangeHub()
-    await hub.open("one", PIECE, 60.0)
+    hub = ExchangeHub(IDLE_S, CALL_S)
+    await hub.open("one", PIECE, 60.0, IDLE_S)
     await hub.expect(("two", PIECE, 0.05), ["a", "b"])
     assert await hub.inits() == ["one", "two"]
     await hub.expect(("one", PIECE, 60.0), ["a"])
@@ -324,7 +335,7 @@ async def test_the_hub_keeps_inits_apart_and_drops_each_when_closed_or_abandoned
     with pytest.raises(LookupError, match="one is closed"):
         await hub.gone(("one", PIECE, 60.0), "a")
     await anyio.sleep(0.1)
-    await hub.open("three", PIECE, 60.0)
+    await hub.open("three", PIECE, 60.0, IDLE_S)
     assert await hub.inits() == ["three"]
 
 
@@ -377,7 +388,7 @@ class _Hub(ExchangeHub):
     """The hub with its exit recorded instead of ending the process (no Ray here)."""
 
     def __init__(self) -> None:
-        super().__init__()
+        super().__init__(IDLE_S, CALL_S)
         self.exited_at: float | None = None
 
     def _exit(self) -> None:
@@ -433,7 +444,7 @@ async def test_the_held_bytes_the_hub_reports_follow_every_offer_and_take() -> N
     assert sum(d for n, d in changes if n == "a") == 0 and ex.held() == {}
 
 
-async def split(nodes: tuple[str, ...] = ("a", "b", "c")) -> tuple[Exchange, dict[str, Exchange], Assignment]:
+async def split(nodes: tuple[str, ...] = ("a", "b", "c")) -> tuple[Exchange, dict[str, AgentState], Assignment]:
     """The exchange as a cluster runs it: the hub's assigns UNIT, and each node's agent adopts the answer."""
     hub = Exchange(PIECE)
     await hub.expect(list(nodes))
@@ -446,7 +457,7 @@ async def split(nodes: tuple[str, ...] = ("a", "b", "c")) -> tuple[Exchange, dic
         for node in nodes:
             tg.start_soon(join, node)
     assert all(a is answers[0] for a in answers)  # one answer, made once, for every node
-    agents = {node: Exchange(PIECE, agent=True) for node in nodes}
+    agents = {node: AgentState(PIECE) for node in nodes}
     for node, agent in agents.items():
         await agent.adopt(answers[0], node)
     return hub, agents, answers[0]
@@ -511,13 +522,13 @@ async def test_a_node_that_joined_too_late_is_in_no_group_and_takes_nothing() ->
 async def test_nodes_that_need_the_same_ranges_send_them_once() -> None:
     """The hub reads a node's ranges only if no node sent the same ones before (by digest), however
     many join at once."""
-    hub = ExchangeHub()
+    hub = ExchangeHub(IDLE_S, CALL_S)
     key = ("init", PIECE, 60.0)
     await hub.expect(key, ["a", "b"])
     digest = needs_digest([UNIT])
 
-    class Unread:  # what the hub would read the ranges from, were it to
-        def __await__(self) -> Any:
+    class Unread:  # the ranges, which the hub would read were it to
+        def __iter__(self) -> Any:
             raise AssertionError("read twice")
 
     async with anyio.create_task_group() as tg:  # at once: b waits for a's read rather than read its own

@@ -18,6 +18,7 @@ import pytest
 from eventbus import EventBus
 from node_init import (
     BeforeInit,
+    Bounds,
     DownloadError,
     DownloadMode,
     DownloadProgress,
@@ -300,9 +301,10 @@ async def test_a_node_lost_with_its_agent_has_each_range_replaced_once_through_t
         ray_cluster: RayCluster, s3_server: S3Server, shared_model: dict[str, Any], tmp_path: Path) -> None:
     """A whole node is removed once it has offered part of its share (its task frozen first, so it
     cannot finish meanwhile): its task, its objects and its exchange agent go with it. The first
-    survivor to find the agent gone is told by the hub to read each of its ranges and hand them out from its own agent; the other survivor takes them there, so
-    the lost share crosses the origin link once more, not once per survivor. The init fails typed,
-    naming the lost node; the survivors' caches are whole."""
+    survivor to find the agent gone is told by the hub to read each of its ranges and hand them out
+    from its own agent; the other survivor takes them there, so the lost share crosses the origin
+    link once more, not once per survivor. The init fails typed, naming the lost node; the
+    survivors' caches are whole."""
     doomed = ray_cluster.cluster.add_node(num_cpus=1, resources={"doomed": 1}, env_vars={
         "NODE_INIT_CACHE_DIR": str(tmp_path / "doomed"), "NODE_NAME": "doomed"})
     ray_cluster.cluster.wait_for_nodes()
@@ -671,7 +673,7 @@ async def test_the_hub_ends_when_idle_and_a_new_hub_removes_idle_older_ones(ray_
            for name, inits in ((idle, []), (busy, ["an-init"]))]
     try:
         await asyncio.gather(*(h.inits.remote() for h in old))
-        exchange = start_exchange(1, 60.0, idle_s=2.0)
+        exchange = start_exchange(1, 60.0, idle_s=2.0, call_s=Bounds().actor_call_s)
         hub = exchange.hub
         await until(lambda: not alive(idle), 30)
         assert alive(busy) and await hub.removed_hubs.remote() == [idle]
@@ -679,7 +681,7 @@ async def test_the_hub_ends_when_idle_and_a_new_hub_removes_idle_older_ones(ray_
         assert await hub.inits.remote() == [exchange.init]
         exchange.close()
         assert 1.5 <= await until(lambda: not alive(EXCHANGE_NAME), 30) <= 15
-        again = start_exchange(1, 60.0)  # the next shared init starts a new hub
+        again = start_exchange(1, 60.0, Bounds().hub_idle_s, Bounds().actor_call_s)  # the next init: a new hub
         await until(lambda: ray.get(again.hub.inits.remote(), timeout=30) == [again.init], 30)
         again.close()
     finally:
