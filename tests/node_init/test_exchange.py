@@ -536,3 +536,37 @@ async def test_nodes_that_need_the_same_ranges_send_them_once() -> None:
         tg.start_soon(hub.join, key, "b", digest, [Unread()], 5.0, [], ["agent-b"])
     [answer] = await hub.join(key, "a", digest, [[UNIT]], 5.0, [UNIT], ["agent-a"])
     assert answer.owners == {UNIT: "a"} and answer.agents == {"a": "agent-a", "b": "agent-b"}
+
+
+def documented(section: str) -> set[str]:
+    """The messages a section of docs/exchange.md lists: the first cell of each table row, in backticks."""
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[2] / "docs" / "exchange.md").read_text()
+    body = text.split(f"## {section}\n", 1)[1].split("\n## ", 1)[0]
+    return {m.group(1) for m in re.finditer(r"^\| `(\w+)` \|", body, re.MULTILINE)}
+
+
+def calls_of(actor: type) -> set[str]:
+    import inspect
+
+    return {n for n, f in inspect.getmembers(actor, inspect.iscoroutinefunction) if not n.startswith("_")}
+
+
+@pytest.mark.parametrize(("section", "actor"), [("Messages to the hub", ExchangeHub),
+                                                 ("Messages to an agent", ExchangeAgent)])
+def test_the_exchange_document_lists_every_call_of_each_actor_and_no_other(section: str, actor: type) -> None:
+    assert documented(section) == calls_of(actor)
+
+
+def test_answers_are_typed_and_a_take_s_default_budget_is_the_peer_wait() -> None:
+    """Answers compare equal to their wire values in any process (a copy of the enum sent by value
+    too); a take given no budget waits the two silences a node's Bounds.peer_wait_s is."""
+    from node_init import Bounds
+    from node_init.cluster import TAKE_SILENCES, Answer
+
+    assert {a.value for a in Answer} == {"ok", "refused", "full", "stopped", "own", "yours", "retry"}
+    assert Answer("own") is Answer.OWN and Answer.OWN == "own"
+    bounds = Bounds()
+    assert bounds.peer_wait_s == TAKE_SILENCES * bounds.silence_s
