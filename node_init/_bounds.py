@@ -85,6 +85,14 @@ BACKOFF_MAX_S = 8.0
 RETRY_AFTER_MAX_S = 60.0
 
 # --- The exchange's waits (node_init/cluster/; docs/exchange.md names each) ---
+# The exchange's actors are sent to Ray by value and never import node_init: they import these
+# numbers, which travel with them as values.
+#: A take's whole wait, in owner silences (:attr:`Bounds.peer_wait_s`): the range's owner gets one
+#: silence, and a node that took the range over while the taker waited gets one more.
+TAKE_SILENCES = 2
+#: Seconds between an exchange actor's looks at its inits (expiry, idleness) and between a node's
+#: reports of the bytes it holds for its peers: a polling interval, each look re-checks its own bound.
+WATCH_EVERY_S = 1.0
 #: Times a node takes one piece of a peer's range before it reads the rest from the source: the
 #: first take, the new owner's offer once a lost piece's range was taken over, and one more if that
 #: owner's object is lost too. Each take waits within what is left of :attr:`Bounds.peer_wait_s`.
@@ -163,7 +171,7 @@ class Bounds:
     def peer_wait_s(self) -> float:
         """A node's wait for one piece of a peer's range, all told (two silences, two thirds of
         the stall bound): however often the range changes hands, the source keeps a third."""
-        return 2 * self.silence_s
+        return TAKE_SILENCES * self.silence_s
 
     @property
     def retry_s(self) -> float:

@@ -50,7 +50,6 @@ from ._protocol import EXCHANGE_NAME as EXCHANGE_NAME
 from ._protocol import EXCHANGE_NAMESPACE as EXCHANGE_NAMESPACE
 from ._protocol import EXCHANGE_PREFIX as EXCHANGE_PREFIX
 from ._protocol import PROTOCOL as PROTOCOL
-from ._protocol import TAKE_SILENCES as TAKE_SILENCES
 from ._protocol import Answer as Answer
 from ._protocol import piece_size as piece_size
 from ._protocol import pieces_of as pieces_of
@@ -76,7 +75,6 @@ __all__ = [
     "EXCHANGE_PREFIX",
     "PROTOCOL",
     "STOP_NAMESPACE",
-    "TAKE_SILENCES",
     "Agent",
     "AgentState",
     "Answer",

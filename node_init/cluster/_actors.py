@@ -9,9 +9,10 @@
 
 A Ray actor takes a worker process of its own, about a second and 1.4 CPU-seconds here: the first
 init that shares pays it (the hub while placement runs, an agent while the nodes join), later ones
-(new replicas, scale-ups, restarts) do not; each exits once idle. Standard library only, sent to
-Ray by value: the actors' processes start without importing ``node_init`` (about 0.75 s of CPU);
-they log through the standard library (Ray keeps an actor's log with its worker's).
+(new replicas, scale-ups, restarts) do not; each exits once idle. Sent to Ray by value, the actors'
+processes start without importing ``node_init`` (about 0.75 s of CPU): these modules import the
+standard library and numbers from ``_bounds`` (which travel as values), and log through the standard
+library (Ray keeps an actor's log with its worker's).
 """
 
 from __future__ import annotations
@@ -22,10 +23,11 @@ import inspect
 import logging
 from typing import Any, Generic, TypeVar
 
+from .._bounds import WATCH_EVERY_S
 from ._agent_state import AgentState
 from ._assign import Assignment
 from ._hub_state import HubState
-from ._protocol import EXCHANGE_NAMESPACE, EXCHANGE_PREFIX, PROTOCOL, WATCH_EVERY_S, Answer, InitKey, Unit
+from ._protocol import EXCHANGE_NAMESPACE, EXCHANGE_PREFIX, PROTOCOL, Answer, InitKey, Unit
 
 _log = logging.getLogger("node_init.exchange")
 S = TypeVar("S", HubState, AgentState)

@@ -4,7 +4,8 @@ The owner offers each range in pieces (:func:`~node_init.cluster.piece_size`) as
 the source, so its peers pull a range while it still downloads; a consumer takes a range's pieces in
 order. Silence is judged here, where the owner's offers arrive. Only object references (the bytes
 stay where they were put) and bookkeeping are held; every wait has a bound and returns ``None`` or
-``False`` at it, after which the caller uses the source. Standard library only (sent by value).
+``False`` at it, after which the caller uses the source. Sent by value: the standard library, and
+numbers from ``_bounds`` (``TAKE_SILENCES``).
 """
 
 from __future__ import annotations
@@ -13,8 +14,9 @@ import asyncio
 from collections.abc import Callable
 from typing import Any, ClassVar
 
+from .._bounds import TAKE_SILENCES
 from ._assign import Assignment
-from ._protocol import TAKE_SILENCES, Answer, Piece, Unit, piece_bytes, pieces_of
+from ._protocol import Answer, Piece, Unit, piece_bytes, pieces_of
 from ._state import State
 
 

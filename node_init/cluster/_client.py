@@ -14,13 +14,13 @@ from typing import Any
 import attrs
 import structlog
 
-from .._bounds import Bounds
+from .._bounds import WATCH_EVERY_S, Bounds
 from .._config import DownloadConfig
 from ..download import Source
 from ._call import Unanswered, answering, call
 from ._handles import Agent
 from ._metrics import set_held
-from ._protocol import WATCH_EVERY_S, Answer, Unit, piece_size, pieces_of
+from ._protocol import Answer, Unit, piece_size, pieces_of
 from ._view import SourceView
 
 _log = structlog.get_logger("node_init.share")

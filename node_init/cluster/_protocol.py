@@ -1,8 +1,8 @@
 """The exchange's vocabulary: its version and actor names, what a range and a piece are, and the
 answers its calls give (:class:`Answer`). docs/exchange.md describes every message.
 
-Standard library only: this module is sent to Ray by value with the actors (their processes start
-without importing ``node_init``).
+Sent to Ray by value with the actors, whose processes start without importing ``node_init``: the
+actors' modules import the standard library, and numbers from ``_bounds`` (which travel as values).
 """
 
 from __future__ import annotations
@@ -26,13 +26,6 @@ EXCHANGE_PREFIX = "node-init-exchange-"
 AGENT_PREFIX = "node-init-agent-"
 EXCHANGE_NAME = f"{EXCHANGE_PREFIX}{PROTOCOL}"
 EXCHANGE_NAMESPACE = "node_init"
-#: Seconds between an actor's looks at its inits (expiry, idleness): a polling interval, each look
-#: re-checks its own bound (``idle_s``, an init's ``bound_s``).
-WATCH_EVERY_S = 1.0
-#: A take's whole wait, in owner silences, when the caller gives none (``Bounds.peer_wait_s`` is
-#: the same two silences, which nodes pass): the range's owner gets one silence, and a node that
-#: took it over while this one waited gets one more.
-TAKE_SILENCES = 2
 
 
 class Answer(enum.StrEnum):
