@@ -93,6 +93,12 @@ TAKE_SILENCES = 2
 #: Seconds between an exchange actor's looks at its inits (expiry, idleness) and between a node's
 #: reports of the bytes it holds for its peers: a polling interval, each look re-checks its own bound.
 WATCH_EVERY_S = 1.0
+#: An exchange actor looks at its idleness at least this many times per ``idle_s`` (and at most
+#: :data:`WATCH_EVERY_S` apart), so it exits within a quarter of its idle bound past it.
+IDLE_LOOKS = 4
+#: Seconds between a node task's looks for its ``Decision`` until it is sent (then
+#: :data:`PROGRESS_EVERY_S`): a polling interval, the replica may boot the engine on that decision.
+DECISION_POLL_S = 0.02
 #: Times a node takes one piece of a peer's range before it reads the rest from the source: the
 #: first take, the new owner's offer once a lost piece's range was taken over, and one more if that
 #: owner's object is lost too. Each take waits within what is left of :attr:`Bounds.peer_wait_s`.

@@ -51,19 +51,6 @@ ALLOWED: dict[str, str] = {
         "botocore's own retries off (one attempt): the HEAD is retried by with_retries, bounded by Bounds",
 }
 
-_EXCHANGE = "moved by the exchange split"
-#: Waits in cluster/ set outside Bounds that the exchange's split (issue 36, part 1) moves into it.
-CLUSTER_PENDING: dict[str, str] = {
-    "node_init/cluster/_exchange.py:OLD_HUB_CALL_S": _EXCHANGE,
-    "node_init/cluster/_exchange.py:WATCH_EVERY_S": _EXCHANGE,
-    "node_init/cluster/_exchange.py:idle_s": _EXCHANGE,
-    "node_init/cluster/_exchange.py:budget": _EXCHANGE,
-    "node_init/cluster/_exchange.py:sleep": _EXCHANGE,
-    "node_init/cluster/_share.py:range": _EXCHANGE,
-    "node_init/cluster/_remote.py:join": _EXCHANGE,
-}
-
-
 def _num(node: ast.AST | None) -> bool:
     """``node`` is a number other than 0, or arithmetic on one (``600.0``, ``2 * timeout``, ``x or 30``,
     ``min(10.0, stall)``, ``a if b else 0.02``); a number inside another call (``round(x, 3)``,
@@ -143,7 +130,7 @@ def offenders() -> list[str]:
     for path in modules():
         rel = path.relative_to(REPO).as_posix()
         for line, name in findings(path):
-            if f"{rel}:{name}" not in ALLOWED and f"{rel}:{name}" not in CLUSTER_PENDING:
+            if f"{rel}:{name}" not in ALLOWED:
                 found.append(f"{rel}:{line} {name}")
     return found
 

@@ -23,7 +23,7 @@ import inspect
 import logging
 from typing import Any, Generic, TypeVar
 
-from .._bounds import WATCH_EVERY_S
+from .._bounds import IDLE_LOOKS, WATCH_EVERY_S
 from ._agent_state import AgentState
 from ._assign import Assignment
 from ._hub_state import HubState
@@ -83,7 +83,7 @@ class _Keeper(Generic[S]):
         except Exception:  # what it does first (removing older hubs) is never worth the actor
             _log.warning("exchange actor: start-up step failed", exc_info=True)
         while True:
-            await asyncio.sleep(min(self._idle_s / 4, WATCH_EVERY_S))
+            await asyncio.sleep(min(self._idle_s / IDLE_LOOKS, WATCH_EVERY_S))
             now = loop.time()
             self._expire(now)
             if self._inits:

@@ -13,7 +13,7 @@ import anyio.to_thread
 import msgspec
 import structlog
 
-from .._bounds import CANCEL_DRAIN_S, PROGRESS_EVERY_S, STOP_S, THREAD_JOIN_S, Bounds
+from .._bounds import CANCEL_DRAIN_S, DECISION_POLL_S, PROGRESS_EVERY_S, STOP_S, THREAD_JOIN_S, Bounds
 from .._config import NodeInitConfig
 from .._ctx import CallbackCtx
 from .._errors import DownloadError, NodeInitError, PhaseError, describe, first_error
@@ -127,7 +127,7 @@ def _node_task(config: NodeInitConfig, snapshot: dict[str, Any], local_node_id: 
         check_at = time.monotonic() + PROGRESS_EVERY_S
         while worker.is_alive():
             # Poll fast until the decision is out: the replica may boot the engine on it.
-            worker.join(PROGRESS_EVERY_S if sent_decision else 0.02)
+            worker.join(PROGRESS_EVERY_S if sent_decision else DECISION_POLL_S)
             yield from _logs(node_id, lines)
             if not sent_decision and decisions:
                 sent_decision = True
