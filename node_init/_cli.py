@@ -4,115 +4,71 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import enum
 import logging
 import os
 import signal
 import sys
+import textwrap
 import time
+import traceback
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
-import msgspec
+import structlog
 
-from eventbus import Event, EventBus
+from eventbus import EventBus
 
 from ._config import NodeInitConfig, load_config, parse_config
 from ._errors import NodeInitError
-from ._events import DownloadProgress
-from ._init import InitResult, initialize_node
-from ._logging import configure_logging
+from ._init import initialize_node
+from ._logging import configure_logging, output_to
+from ._timeline import Story, Timeline, render_reports
+
+_log = structlog.get_logger("node_init.cli")
 
 
-class Timeline:
-    """Records every event with its time; prints per-node progress bars (at most twice a second)."""
+class ExitCode(enum.IntEnum):
+    """What ``node-init`` exits with (``node-init --help`` lists them)."""
 
-    def __init__(self, out: Any = sys.stderr) -> None:
-        self.start = time.monotonic()
-        self.events: list[tuple[float, Event]] = []
-        self.out = out
-        self._bars: dict[str, tuple[int, int]] = {}
-        self._last_print = 0.0
-
-    def attach(self, bus: EventBus) -> None:
-        # Highest priority: record before any handler can fail the publish.
-        bus.subscribe(Event, self.record, priority=1_000_000)
-
-    def record(self, event: Event, ctx: object) -> None:
-        now = time.monotonic() - self.start
-        if isinstance(event, DownloadProgress):
-            self._bars[event.node_id] = (event.bytes_done, event.bytes_total)
-            if now - self._last_print > 0.5 or event.bytes_done == event.bytes_total:
-                self._last_print = now
-                self._draw()
-            if self.events and isinstance(self.events[-1][1], DownloadProgress) and \
-                    self.events[-1][1].node_id == event.node_id:
-                self.events[-1] = (now, event)  # keep one progress line per node run
-                return
-        self.events.append((now, event))
-
-    def _draw(self) -> None:
-        for node_id, (done, total) in self._bars.items():
-            frac = done / total if total else 1.0
-            bar = "#" * int(frac * 30)
-            print(f"  download {node_id[:12]} [{bar:<30}] {done / 1e6:8.1f}/{total / 1e6:.1f} MB",
-                  file=self.out, flush=True)
-
-    def render(self) -> str:
-        lines = ["timeline (s since start):"]
-        for t, event in self.events:
-            fields = {k: v for k, v in msgspec.structs.asdict(event).items()
-                      if k not in ("reports", "files", "engine_kwargs")}
-            text = ", ".join(f"{k}={_short(v)}" for k, v in fields.items())
-            lines.append(f"  {t:7.3f}  {type(event).__name__:<17} {text}")
-        return "\n".join(lines)
+    OK = 0
+    INIT_FAILED = 1
+    REFUSED = 2
 
 
-def _short(value: Any) -> str:
-    if isinstance(value, str) and len(value) > 40:
-        return "..." + value[-37:]
-    if isinstance(value, dict):
-        return "{" + ", ".join(f"{k}: {round(v, 3) if isinstance(v, float) else _short(v)}"
-                               for k, v in value.items()) + "}"
-    return repr(value) if isinstance(value, str) else str(value)
+#: What each exit code means, as ``node-init --help`` says it.
+EXIT_MEANINGS: dict[ExitCode, str] = {
+    ExitCode.OK: "done (a store server: stopped by Ctrl-C or SIGTERM)",
+    ExitCode.INIT_FAILED: "node init ran and failed (the timeline and the typed error are printed), or the "
+                          "command failed unexpectedly (a traceback is printed)",
+    ExitCode.REFUSED: "nothing was started: a wrong command line (argparse's usage error) or config (the "
+                      "error names the field), or what a store server needs is missing (the [test] extra, "
+                      "Azurite, a model in DIR)",
+}
 
 
-def render_reports(result: InitResult) -> str:
-    lines = [f"model path: {result.model_path}", "nodes:"]
-    for r in result.reports:
-        checked: dict[str, int] = {}
-        for how in r.verified.values():
-            checked[how] = checked.get(how, 0) + 1
-        lines.append(
-            f"  {r.node_id[:16]}  mode={r.mode.value:<19} fetched={len(r.files)} files "
-            f"{r.bytes / 1e6:.1f} MB  cached={r.cached_bytes / 1e6:.1f} MB  {r.seconds:.2f}s"
-            f"{'  VETOED' if r.vetoed else ''}  custom_data={r.custom_data}"
-            + (f"  checked={','.join(f'{k}:{n}' for k, n in sorted(checked.items()))}" if checked else "")
-            + (f"  rereads={len(r.rereads)}" if r.rereads else "")
-            + (f"  bad_nodes={ {n[:12]: c for n, c in r.bad_nodes.items()} }" if r.bad_nodes else "")
-        )
-    lines.append("timings: " + ", ".join(f"{k}={v:.3f}s" for k, v in result.timings.items()))
-    return "\n".join(lines)
-
-
-async def _run(config: NodeInitConfig, prompt: str | None) -> int:
-    bus = EventBus()
-    timeline = Timeline()
-    timeline.attach(bus)
+async def _run(config: NodeInitConfig, prompt: str | None, out: TextIO, bus: EventBus, timeline: Timeline,
+               story: Story | None = None) -> int:
+    """Node init, its timeline and reports on ``out``, then ``prompt`` completed if an engine is up."""
     try:
         result = await initialize_node(config, bus=bus)
     except NodeInitError as exc:
-        print(timeline.render(), file=sys.stdout)
-        print(f"\nnode init failed: {type(exc).__name__}: {exc}", file=sys.stdout)
-        return 1
+        print(timeline.render(), file=out)
+        print(f"\nnode init failed: {type(exc).__name__}: {exc}", file=out)
+        return ExitCode.INIT_FAILED
     try:
-        print(timeline.render())
-        print(render_reports(result))
+        text = None
         if result.engine is not None and prompt:
+            if story is not None:
+                story.say("complete", f"{prompt!r}, 16 tokens at most")
             text = await result.engine.complete(prompt, max_tokens=16)
-            print(f"completion for {prompt!r}: {text!r}")
+        print(timeline.render(), file=out)
+        print(render_reports(result), file=out)
+        if text is not None:
+            print(f"completion for {prompt!r}: {text!r}", file=out)
     finally:
         await result.close()
-    return 0
+    return ExitCode.OK
 
 
 def _start_ray(address: str | None) -> None:
@@ -123,29 +79,6 @@ def _start_ray(address: str | None) -> None:
                  logging_level=logging.WARNING, configure_logging=False)
 
 
-def _vllm_logs_to_file(path: Path) -> None:
-    """The demo shows our timeline and reports: vLLM's own lines go to ``path`` (named on stderr).
-
-    ``VLLM_LOGGING_CONFIG_PATH`` is read by vLLM in every process it starts (EngineCore, workers),
-    so they all append to the same file.
-    """
-    import json
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("")
-    config = {
-        "version": 1, "disable_existing_loggers": False,
-        "formatters": {"plain": {"format": "%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s"}},
-        "handlers": {"file": {"class": "logging.FileHandler", "filename": str(path), "mode": "a",
-                              "formatter": "plain"}},
-        "loggers": {"vllm": {"handlers": ["file"], "level": "INFO", "propagate": False}},
-    }
-    config_path = path.with_suffix(".logging.json")
-    config_path.write_text(json.dumps(config))
-    os.environ["VLLM_LOGGING_CONFIG_PATH"] = str(config_path)
-    print(f"vLLM's own log: {path}", file=sys.stderr)
-
-
 def _store_server(kind: str, model: Path, port: int, rate_mb_s: float | None) -> int:
     """A local S3, GCS or Azure server with ``model`` uploaded, for the examples (loopback only, no
     credentials of yours): moto, fake-gcs-server or Azurite, behind a proxy on ``port`` where the
@@ -154,10 +87,10 @@ def _store_server(kind: str, model: Path, port: int, rate_mb_s: float | None) ->
         from .testing import AZURITE_KEY, AzuriteServer, FaultProxy, GCSServer, HubServer, S3Server
     except ImportError as exc:
         print(f"node-init {kind}-server needs the [test] extra: {exc}", file=sys.stderr)
-        return 2
+        return ExitCode.REFUSED
     if not (model / "config.json").is_file():
         print(f"node-init {kind}-server: {model} holds no model (node-init build-model {model})", file=sys.stderr)
-        return 2
+        return ExitCode.REFUSED
     # Ctrl-C, or a kill, stops it (a shell's background job starts with SIGINT ignored: take it back).
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, signal.default_int_handler)
@@ -182,7 +115,7 @@ def _store_server(kind: str, model: Path, port: int, rate_mb_s: float | None) ->
                      f"account key {AZURITE_KEY[:8]}...)")
     except FileNotFoundError as exc:  # Azurite not installed
         print(f"node-init {kind}-server: {exc}", file=sys.stderr)
-        return 2
+        return ExitCode.REFUSED
     if kind == "hub":
         server.push_dir(f"node-init/{model.name}", model)
     else:
@@ -196,20 +129,14 @@ def _store_server(kind: str, model: Path, port: int, rate_mb_s: float | None) ->
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
-        return 0
+        return ExitCode.OK
     finally:
         if proxy:
             proxy.stop()
         server.stop()
 
 
-def _demo(workdir: Path, engine: bool) -> dict[str, Any]:
-    from .testing import build_tiny_llama
-
-    source = workdir / "source" / "tiny-llama"
-    if not (source / "model.safetensors").exists():
-        print(f"building a tiny Llama in {source}", file=sys.stderr)
-        build_tiny_llama(source, tie_word_embeddings=True)
+def _demo_config(source: Path, workdir: Path, engine: bool) -> dict[str, Any]:
     return {
         "model_id": "tiny-llama",
         "model_source": str(source),
@@ -223,62 +150,122 @@ def _demo(workdir: Path, engine: bool) -> dict[str, Any]:
     }
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``node-init`` command."""
-    parser = argparse.ArgumentParser(prog="node-init", description=__doc__)
+def _demo(workdir: Path, *, engine: bool, json_logs: bool) -> int:
+    """``node-init demo``: a line per phase on the terminal (or our JSON logs), everything else in a file."""
+    log_file = workdir / "demo.log"
+    # From here on, whatever vLLM, Ray, torch or a warning write (in this process or a child) goes to the
+    # file; our own lines go to the terminal through these.
+    out, err = output_to(log_file)
+    start = time.monotonic()
+    configure_logging(json=True, out=err if json_logs else None)  # else: JSON lines in the log file
+    story = None if json_logs else Story(err, start)
+
+    def say(phase: str, text: str, **fields: Any) -> None:
+        if story is not None:
+            story.say(phase, text)
+        else:
+            _log.info(text, phase=phase, **fields)
+
+    if story is not None:
+        print("node-init demo: node init of a tiny Llama on a local Ray"
+              + (", then one completion" if engine else " (no engine)"), file=err, flush=True)
+    try:
+        say("logs", f"vLLM's, Ray's and torch's output, and our JSON logs: {log_file}", path=str(log_file))
+        events = os.environ.setdefault("NODE_INIT_EVENT_LOG", str(workdir / "events.jsonl"))
+        say("events", f"handlers.event_log writes {events}", path=events)
+        source = workdir / "source" / "tiny-llama"
+        if not (source / "model.safetensors").exists():
+            from .testing import build_tiny_llama
+
+            say("model", f"building a tiny Llama in {source}", path=str(source))
+            build_tiny_llama(source, tie_word_embeddings=True)
+        config = parse_config(_demo_config(source, workdir, engine))
+        # Workers inherit PYTHONPATH from the Ray we start, so our handlers import on every node.
+        os.environ["PYTHONPATH"] = os.pathsep.join(
+            p for p in [str(Path(__file__).resolve().parent.parent), os.environ.get("PYTHONPATH", "")] if p
+        )
+        say("ray", "starting a local Ray")
+        _start_ray("local")  # the model is a local folder: a Ray of its own, whatever RAY_ADDRESS says
+        bus = EventBus()
+        timeline = Timeline(err, bars=False)
+        timeline.attach(bus)
+        if story is not None:
+            story.attach(bus, config)
+        return asyncio.run(_run(config, "the quick brown fox" if engine else None, out, bus, timeline, story))
+    except Exception:  # ours, since every other program's output goes to the log file
+        traceback.print_exc(file=err)
+        print(f"node-init demo failed; the other programs' output is in {log_file}", file=err)
+        return ExitCode.INIT_FAILED
+
+
+def _parser() -> argparse.ArgumentParser:
+    exit_codes = "\n".join(textwrap.fill(meaning, 79, initial_indent=f"  {int(code)}  ", subsequent_indent="     ")
+                           for code, meaning in EXIT_MEANINGS.items())
+    parser = argparse.ArgumentParser(prog="node-init", description="Run node initialization from a config file "
+                                     "and print what happened; a demo; local store servers for the examples.",
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog=f"exit codes:\n{exit_codes}")
     sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="run node init from a YAML, JSON or TOML config")
-    run.add_argument("config")
-    run.add_argument("--address", help="Ray address to join (default: start a local Ray)")
-    run.add_argument("--prompt", help="complete this prompt once the engine is up")
-    demo = sub.add_parser("demo", help="node init on a tiny model built locally, on a local Ray")
-    demo.add_argument("--workdir", default=".demo", type=Path)
-    demo.add_argument("--no-engine", action="store_true", help="stop after the downloads")
-    for p in (run, demo):
-        p.add_argument("--json-logs", action="store_true", help="JSON log lines (default on a non-TTY)")
+    run = sub.add_parser("run", help="run node init from a YAML, JSON or TOML config, on Ray, and print its "
+                                     "timeline and per-node reports")
+    run.add_argument("config", help="the config file (.yaml, .yml, .json or .toml)")
+    run.add_argument("--address", help="Ray address to join (default: RAY_ADDRESS if set, else the Ray that "
+                                       "`ray start` started on this machine, else a new local Ray; "
+                                       "'local' always starts a new one)")
+    run.add_argument("--prompt", help="once the engine is up, complete this prompt (16 tokens at most) and print "
+                                      "it (without it, run only initializes and exits)")
+    run.add_argument("--json-logs", action="store_true",
+                     help="our log lines as JSON on stderr (default: JSON when stderr is not a terminal)")
+    demo = sub.add_parser("demo", help="node init of a tiny model built locally, on a Ray of its own, then one "
+                                       "completion: a line per phase, then the timeline and the completion")
+    demo.add_argument("--workdir", default=".demo", type=Path,
+                      help="where the model, its cache, the event log and demo.log go (default: .demo)")
+    demo.add_argument("--no-engine", action="store_true", help="stop after the downloads (no engine, no completion)")
+    demo.add_argument("--json-logs", action="store_true",
+                      help="our structured logs as JSON lines on stderr instead of the phase lines (default: "
+                           "they go to WORKDIR/demo.log, with every other program's output)")
     for kind, what, port in (("s3", "s3://models/<DIR's name> from a local S3 server (moto)", 9000),
                              ("gcs", "gs://models/<DIR's name> from a local GCS server (fake-gcs-server)", 9100),
                              ("azure", "azure://models@devstoreaccount1.blob.core.windows.net/<DIR's name> from "
                                        "Azurite (installed by make setup)", 10100),
                              ("hub", "the Hugging Face Hub repo node-init/<DIR's name> from a local Hub", 9200)):
         server = sub.add_parser(f"{kind}-server", help=f"serve DIR as {what} on 127.0.0.1 (the [test] extra), "
-                                                       "until interrupted")
-        server.add_argument("dir", type=Path)
-        server.add_argument("--port", type=int, default=port)
+                                                       "until Ctrl-C or SIGTERM")
+        server.add_argument("dir", type=Path, help="a model directory (node-init build-model DIR writes one)")
+        server.add_argument("--port", type=int, default=port,
+                            help=f"the port of the endpoint it prints (default: {port})")
         server.add_argument("--rate-mb-s", type=float, help="cap the link (MB/s) with a proxy in front of it")
-    build = sub.add_parser("build-model", help="write a tiny random Llama (with a tokenizer) to DIR")
+    build = sub.add_parser("build-model", help="write a tiny random Llama (with a tokenizer) to DIR and print DIR")
     build.add_argument("dir", type=Path)
     build.add_argument("--tied", action="store_true", help="tie the input and output embeddings")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``node-init`` command."""
+    args = _parser().parse_args(argv)
     if args.command == "build-model":
         from .testing import build_tiny_llama
 
         print(build_tiny_llama(args.dir, tie_word_embeddings=args.tied))
-        return 0
+        return ExitCode.OK
     if args.command.endswith("-server"):
         return _store_server(args.command.removesuffix("-server"), args.dir, args.port, args.rate_mb_s)
-    configure_logging(json=True if args.json_logs else None)
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-    if args.command == "run":
-        config_path, data, prompt, address = args.config, None, args.prompt, args.address
-    else:
-        config_path, prompt, address = None, "the quick brown fox", None
-        data = _demo(args.workdir.resolve(), engine=not args.no_engine)
-        _vllm_logs_to_file(args.workdir.resolve() / "vllm.log")
-        events = os.environ.setdefault("NODE_INIT_EVENT_LOG", str(args.workdir.resolve() / "events.jsonl"))
-        print(f"event log (handlers.event_log): {events}", file=sys.stderr)
-        # Workers inherit PYTHONPATH from the Ray we start, so our handlers import on every node.
-        os.environ["PYTHONPATH"] = os.pathsep.join(
-            p for p in [str(Path(__file__).resolve().parent.parent), os.environ.get("PYTHONPATH", "")] if p
-        )
+    if args.command == "demo":
+        return _demo(args.workdir.resolve(), engine=not args.no_engine, json_logs=args.json_logs)
+    configure_logging(json=True if args.json_logs else None)
     try:
         # Every mistake the config can show is found before Ray starts.
-        config = load_config(config_path) if config_path else parse_config(data)
-        _start_ray(address)
-        return asyncio.run(_run(config, prompt))
+        config = load_config(args.config)
+        _start_ray(args.address)
+        bus = EventBus()
+        timeline = Timeline()
+        timeline.attach(bus)
+        return asyncio.run(_run(config, args.prompt, sys.stdout, bus, timeline))
     except NodeInitError as exc:
         print(f"node-init: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 2
+        return ExitCode.REFUSED
 
 
 if __name__ == "__main__":
