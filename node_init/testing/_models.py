@@ -137,3 +137,42 @@ def build_tiny_llama(
         tensors["lm_head.weight"] = w(vocab, hidden_size)
     save_file(tensors, str(root / "model.safetensors"), metadata={"format": "pt"})
     return root
+
+
+def build_tiny_sentence_transformer(path: str | os.PathLike[str], *, pooling: str = "mean", dense_out: int = 64,
+                                    seed: int = 0) -> Path:
+    """:func:`build_tiny_llama` laid out as a sentence-transformers embedding model on the Hub.
+
+    ``modules.json`` names the Transformer (the root), a Pooling module in ``1_Pooling`` with
+    ``pooling`` (``mean`` or ``cls``: not the tiny Llama's last-token default), a Dense module in
+    ``2_Dense`` (a random ``hidden -> dense_out`` linear layer with its ``config.json`` and
+    ``model.safetensors``) and a Normalize module in ``3_Normalize``; vLLM reads all of them.
+    """
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    root = build_tiny_llama(path, seed=seed)
+    hidden = int(json.loads((root / "config.json").read_text())["hidden_size"])
+    modules = [
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+        {"idx": 2, "name": "2", "path": "2_Dense", "type": "sentence_transformers.models.Dense"},
+        {"idx": 3, "name": "3", "path": "3_Normalize", "type": "sentence_transformers.models.Normalize"},
+    ]
+    (root / "modules.json").write_text(json.dumps(modules, indent=1))
+    (root / "1_Pooling").mkdir(exist_ok=True)
+    modes = ("cls_token", "mean_tokens", "max_tokens", "lasttoken")
+    wanted = {"cls": "cls_token", "mean": "mean_tokens"}[pooling]
+    (root / "1_Pooling" / "config.json").write_text(json.dumps(
+        {"word_embedding_dimension": hidden, **{f"pooling_mode_{m}": m == wanted for m in modes}}))
+    (root / "2_Dense").mkdir(exist_ok=True)
+    (root / "2_Dense" / "config.json").write_text(json.dumps(
+        {"in_features": hidden, "out_features": dense_out, "bias": True,
+         "activation_function": "torch.nn.modules.linear.Identity"}))
+    rng = np.random.default_rng(seed + 1)
+    save_file({"linear.weight": (rng.standard_normal((dense_out, hidden)) * 0.1).astype(np.float32),
+               "linear.bias": (rng.standard_normal(dense_out) * 0.1).astype(np.float32)},
+              str(root / "2_Dense" / "model.safetensors"), metadata={"format": "pt"})
+    (root / "3_Normalize").mkdir(exist_ok=True)
+    (root / "config_sentence_transformers.json").write_text(json.dumps({"similarity_fn_name": "cosine"}))
+    return root

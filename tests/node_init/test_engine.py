@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -183,7 +184,14 @@ async def test_a_hub_model_boots_from_the_snapshot_with_the_hub_gone(ray_cluster
 
     local = build_tiny_llama(tmp_path / "tiny", tie_word_embeddings=False)
     hub = HubServer().start()
-    hub.push_dir("org/tiny-hub", local)
+    # The repo also carries other frameworks' checkpoints, which vLLM never reads: none is fetched.
+    repo = tmp_path / "repo"
+    shutil.copytree(local, repo)
+    junk = ("tf_model.h5", "flax_model.msgpack", "rust_model.ot", "onnx/model.onnx", "original/consolidated.00.pth")
+    for key in junk:
+        (repo / key).parent.mkdir(exist_ok=True)
+        (repo / key).write_bytes(os.urandom(1000))
+    hub.push_dir("org/tiny-hub", repo)
     tokenizer = {p.name: p.read_bytes() for p in local.iterdir() if not p.name.endswith(".safetensors")}
     tok_commit = hub.push("org/tiny-tok", tokenizer, branch="v1")
     hub.push("org/tiny-tok", {"config.json": b"{}"})  # main: no tokenizer at all
@@ -211,6 +219,7 @@ async def test_a_hub_model_boots_from_the_snapshot_with_the_hub_gone(ray_cluster
         (report,) = result.reports
         assert report.verified["model.safetensors"] == "sha256" and report.verified["config.json"] == "git-sha1"
         assert all((Path(result.model_path) / p.name).read_bytes() == p.read_bytes() for p in local.iterdir())
+        assert sorted(report.files) == sorted(p.name for p in local.iterdir())  # none of the junk
         # The tokenizer: v1's commit, its files only (no weights), and the engine's tokenizer is that copy.
         tok_dir = Path(kwargs["tokenizer"])
         assert kwargs["tokenizer_revision"] is None and tok_dir.is_dir() and tok_commit in str(hub.requests)
