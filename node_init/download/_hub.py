@@ -8,12 +8,28 @@ arguments (:func:`for_engine`, ``_vllm_files.select_files``); each file is read 
 ``{endpoint}/{repo}/resolve/{commit}/{path}`` and checked against the Hub's digest as it streams: the
 SHA-256 of an LFS file, the git blob SHA-1 of a small one. ``HF_HUB_OFFLINE=1`` reads this node's
 Hugging Face cache instead, as before.
-Requests go through urllib3; the endpoint is ``HF_ENDPOINT`` or ``download.hf.endpoint_url``; the
-token ``download.hf.token``, ``HF_TOKEN``, or the file the Hugging Face CLI writes.
+Which calls are ``huggingface_hub``'s and which are ours, call by call:
+
+- **Resolving a revision** (``/api/models/{repo}/revision/{rev}``): theirs, ``HfApi.model_info`` with
+  an explicit ``timeout`` (the request bound) and no retry of its own, inside our :func:`with_retries`
+  (429 and 5xx, ``Retry-After`` capped by the bounds); its errors are mapped to ours.
+- **Listing the tree** (``/api/models/{repo}/tree/{commit}``): ours. ``HfApi.list_repo_tree`` takes
+  no timeout, and pages through its own backoff, which retries a 429 with an uncapped ``Retry-After``:
+  neither can be bounded from outside.
+- **Reading files**: ours, ranged, parallel, and checked against the Hub's digest as they stream (the
+  Hub's own client checks sizes only, and was 1.7x-3.7x slower than ours here: benchmarks/README.md).
+- **The token**: ours (``download.hf.token``, ``HF_TOKEN``, the CLI's token file), read at call time.
+  ``huggingface_hub.get_token`` may call the network (an OIDC exchange under ``HF_OIDC_RESOURCE``, a
+  refresh of an OAuth token), with no bound we can set; ``HfApi`` is given our token, or ``False`` so it
+  looks for none itself.
+- **The endpoint and offline mode**: ``HF_ENDPOINT`` (else ``download.hf.endpoint_url``), ``HF_HUB_OFFLINE``
+  and ``TRANSFORMERS_OFFLINE`` are read at call time (the library fixes its constants at import).
 """
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import json
 import os
 import re
@@ -30,7 +46,7 @@ from .._config import HFConfig, reveal
 from ._checksums import OriginChecksum
 from ._http import HttpClient, check_status
 from ._local import LocalSource
-from ._retry import with_retries
+from ._retry import Transient, retry_after, with_retries
 from ._source import RemoteFile, Source, SourceKind, check_key
 from ._vllm_files import EngineFileArgs, Selection, select_files
 
@@ -45,6 +61,15 @@ _REPO_ID = re.compile(r"^(?:[\w\-.]+/)?[\w\-.]{1,96}$")
 #: A git revision we accept: a branch, a tag or a commit (no spaces, ``..``, ``~^:?*[\``, ``@{``).
 _REVISION = re.compile(r"^(?!.*\.\.)(?!.*@\{)(?!/)(?!.*/$)(?!.*\.lock$)[^\s~^:?*\[\\\x00-\x1f\x7f]{1,255}$")
 COMMIT = re.compile(r"^[0-9a-f]{40}$")
+
+
+def _transport_errors() -> tuple[type[BaseException], ...]:
+    """``huggingface_hub``'s HTTP client's transport errors (``httpx2`` in 2.x, ``httpx`` before)."""
+    found: list[type[BaseException]] = []
+    for name in ("httpx2", "httpx"):
+        with contextlib.suppress(ImportError, AttributeError):
+            found.append(importlib.import_module(name).TransportError)
+    return tuple(found)
 
 
 def is_hub_id(text: str) -> bool:
@@ -77,8 +102,10 @@ def check_revision(revision: str) -> None:
 
 
 def offline() -> bool:
-    """``HF_HUB_OFFLINE`` set: every Hub form reads this node's Hugging Face cache, as ``huggingface_hub`` does."""
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+    """``HF_HUB_OFFLINE`` (else ``TRANSFORMERS_OFFLINE``) set, read now: every Hub form reads this node's
+    Hugging Face cache, as ``huggingface_hub`` does."""
+    value = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or ""
+    return value.strip().lower() in ("1", "true", "yes", "on")
 
 
 def hub_endpoint(cfg: HFConfig) -> str:
@@ -146,13 +173,46 @@ class HubClient:
                             source=f"hf://{repo}")
 
     def commit(self, repo: str, revision: str) -> str:
-        """The commit ``revision`` (a branch, tag or commit) of ``repo`` names now."""
-        info = self.api(f"/api/models/{repo}/revision/{quote(revision, safe='')}", repo,
-                        f"resolving {repo}@{revision}")
-        sha = str(info.get("sha") or "")
+        """The commit ``revision`` (a branch, tag or commit) of ``repo`` names now: ``huggingface_hub``'s
+        ``HfApi.model_info``, bounded by its explicit timeout and retried by :func:`with_retries`."""
+        from huggingface_hub import HfApi
+        from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
+
+        # The endpoint and token are ours, read now (the library fixes HF_ENDPOINT at import, and its own
+        # token discovery may call the network); token=False stops it looking for one.
+        api = HfApi(endpoint=self.endpoint, token=self._token or False, library_name="node-init")
+        what = f"resolving {repo}@{revision}"
+
+        def call() -> str:
+            try:
+                return str(api.model_info(repo, revision=revision, timeout=self.bounds.request_s).sha or "")
+            except HfHubHTTPError as exc:
+                raise self.their_error(exc, what, repo) from None
+            except OfflineModeIsEnabled as exc:
+                raise ValueError(f"{what}: huggingface_hub was imported with HF_HUB_OFFLINE set ({exc})") from None
+            except _transport_errors() as exc:  # connect or read timeout, reset: worth a retry
+                raise Transient(f"{what}: {type(exc).__name__}: {exc}") from None
+
+        sha = with_retries(call, retries=self.bounds.retries, wait_s=self.bounds.retry_wait_s, what=what,
+                           source=f"hf://{repo}")
         if not COMMIT.match(sha):
             raise ValueError(f"the Hub gave no commit for {repo}@{revision}")
         return sha
+
+    def their_error(self, exc: Any, what: str, repo: str) -> Exception:
+        """A ``huggingface_hub`` HTTP error as ours, as :meth:`check` maps a status."""
+        response = exc.response
+        status, headers = int(response.status_code), response.headers
+        code = str(headers.get("X-Error-Code", ""))
+        said = f"status {status} {code}".strip()
+        if status in (401, 403) or code == "GatedRepo" or (status == 404 and code == "RepoNotFound"
+                                                            and not self._token):
+            return PermissionError(f"{what}: {repo} is gated, private or missing; token: {self.token_from} ({said})")
+        if status == 404:
+            return FileNotFoundError(f"{what}: not found on {self.endpoint} ({said})")
+        if status == 429 or status >= 500:
+            return Transient(f"{what}: status {status}", retry_after=retry_after(headers))
+        return ValueError(f"{what}: {said}")
 
     def tree(self, repo: str, commit: str) -> list[dict[str, Any]]:
         """Every file of ``repo`` at ``commit`` (path, size, git oid, LFS sha256)."""

@@ -343,3 +343,46 @@ async def test_the_files_follow_before_init_and_a_late_change_is_refused_naming_
         assert isinstance(info.value, ConfigError) and info.value.field == "ctx.extra_init_kwargs.load_format"
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize(("files", "words"), [
+    ({".gitattributes": b"*.safetensors filter=lfs"}, "no weight files vLLM would load"),
+    ({"model.safetensors": b"w" * 100}, "no config.json"),
+    ({"config.json": b"{}", "model-1.safetensors": b"w",
+      "model.safetensors.index.json": json.dumps({"weight_map": {"a": "model-1.safetensors",
+                                                                 "b": "model-2.safetensors"}}).encode()},
+     "model.safetensors.index.json names model-2.safetensors, which the repo does not hold"),
+], ids=["gitattributes-only", "weights-only", "index-names-a-missing-shard"])
+def test_a_repo_vllm_could_not_load_is_a_typed_error_naming_why(hub: dict[str, Any], files: dict[str, bytes],
+                                                                  words: str) -> None:
+    repo = f"org/broken-{len(files)}-{sorted(files)[0].strip('.')}"
+    hub["server"].push(repo, files)
+    with pytest.raises(DownloadError, match=words) as info:
+        list_source(f"hf://{repo}", cfg(hub, retries=0))
+    assert info.value.source.startswith(f"hf://{repo}")
+
+
+def test_a_429_on_the_revision_call_is_retried_by_our_loop(hub: dict[str, Any]) -> None:
+    """The commit is resolved through huggingface_hub's model_info, which does not retry: ours does."""
+    server = hub["server"]
+    server.throttle("/revision/", count=2, retry_after=0.2)
+    source, _ = list_source("hf://org/tiny", cfg(hub))
+    assert source.uri == f"hf://org/tiny@{hub['commit']}" and not server._throttled
+    server.throttle("/revision/", count=10, retry_after=0.1)
+    with pytest.raises(DownloadError, match="429"):
+        list_source("hf://org/tiny", cfg(hub, retries=1))
+    server._throttled.clear()
+
+
+@pytest.mark.parametrize("var", ["HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"])
+def test_offline_and_the_endpoint_are_read_at_call_time(var: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from node_init.download import is_remote_source, open_source
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9/")
+    source = open_source("hf://org/x@" + "0" * 40, DownloadConfig(hf=HFConfig(endpoint_url="http://elsewhere:1")))
+    assert source.client.endpoint == "http://127.0.0.1:9"  # type: ignore[attr-defined]
+    assert is_remote_source("hf://org/x")
+    monkeypatch.setenv(var, "1")
+    assert not is_remote_source("hf://org/x")  # offline: this node's Hugging Face cache
