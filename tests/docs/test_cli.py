@@ -10,7 +10,7 @@ from importlib.metadata import entry_points
 
 import pytest
 
-from ._markdown import DOCS, code_spans, table_rows
+from ._markdown import DOCS, code_spans, section, table_rows
 
 PAGE = DOCS / "cli.md"
 
@@ -95,3 +95,12 @@ def test_every_flag_and_its_default_is_documented(sub: str) -> None:
     known = {flag for flag, _ in _options(sub)}
     assert documented <= known, f"{sub}: cli.md documents {sorted(documented - known)}, which --help does not have"
     assert all(f in _help(sub) for f in known if f.startswith("--"))
+
+
+def test_every_exit_code_the_help_lists_is_documented() -> None:
+    text = _help()
+    assert "exit codes:" in text, "node-init --help lists no exit codes"
+    listed = set(re.findall(r"^\s+(\d+)\s+\S", text.split("exit codes:", 1)[1], re.M))
+    table = section(PAGE.read_text(), "## Exit codes")
+    documented = {c[0] for c in table_rows(table) if c[0].isdigit()}
+    assert listed == documented, f"--help lists exit codes {sorted(listed)}, cli.md {sorted(documented)}"
