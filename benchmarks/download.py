@@ -358,7 +358,9 @@ def hub(repeats: int = 3, cap_mb_s: float = 50.0) -> None:
 
     rows = []
     cases = {"1 x 256 MB": ({"model.safetensors": 256 * MB}, "*.safetensors"),
-             "500 x 10 KB": ({f"part-{i:04d}.json": 10_000 for i in range(500)}, "part-*.json")}
+             # A 1 KB weight file too: a Hub snapshot holds what vLLM reads, and it reads no repo without weights.
+             "500 x 10 KB": ({**{f"part-{i:04d}.json": 10_000 for i in range(500)}, "model.safetensors": 1000},
+                             "part-*.json")}
     for cap in (cap_mb_s, None):
         server = HubServer(rate_mb_s=cap).start()
         try:
