@@ -17,7 +17,7 @@ Which calls are ``huggingface_hub``'s and which are ours, call by call:
   no timeout, and pages through its own backoff, which retries a 429 with an uncapped ``Retry-After``:
   neither can be bounded from outside.
 - **Reading files**: ours, ranged, parallel, and checked against the Hub's digest as they stream (the
-  Hub's own client checks sizes only, and was 1.7x-3.7x slower than ours here: benchmarks/README.md).
+  Hub's own client checks sizes only, and adds a HEAD per file; timings in benchmarks/README.md).
 - **The token**: ours (``download.hf.token``, ``HF_TOKEN``, the CLI's token file), read at call time.
   ``huggingface_hub.get_token`` may call the network (an OIDC exchange under ``HF_OIDC_RESOURCE``, a
   refresh of an OAuth token), with no bound we can set; ``HfApi`` is given our token, or ``False`` so it
