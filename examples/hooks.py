@@ -29,8 +29,8 @@ def on_node(event: BeforeDownload, ctx: CallbackCtx) -> None:
 @handlers.on(BeforeEngineInit)
 def engine_arguments(event: BeforeEngineInit, ctx: CallbackCtx) -> None:
     # The engine's arguments are decided here, in the replica, once the nodes have decided: whatever a
-    # handler puts in ctx.extra_init_kwargs is merged over engine_kwargs and reaches vLLM (with
-    # OverlappedLLMServer; on stock ray.serve.llm set them in BeforeInit). Here: a context length
+    # handler puts in ctx.extra_init_kwargs is merged over engine_kwargs and reaches vLLM (on both Serve
+    # paths: stock ray.serve.llm publishes this before Ray builds its engine config). Here: a context length
     # from the environment, e.g. a shorter one on a small node.
     limit = os.environ.get("EXAMPLE_MAX_MODEL_LEN")
     if limit:
@@ -49,9 +49,9 @@ def finished(event: AfterInit, ctx: CallbackCtx) -> None:
 class CustomDownload:
     """The original design note's class-style example: worker nodes fetch only the tokenizer.
 
-    With ``OverlappedLLMServer`` it runs on each node before that node's download. On stock
-    ``ray.serve.llm`` Ray has bound the mode by then (the hook is observe-only): use
-    :class:`WorkersFetchTokenizerOnly` there.
+    It runs on each node before that node's download, on both Serve paths (with
+    ``callback_kwargs: {node_init: ray}`` Ray has bound the mode by then: use
+    :class:`WorkersFetchTokenizerOnly` there).
     """
 
     def on_before_download(self, ctx: CallbackCtx) -> None:
@@ -59,7 +59,7 @@ class CustomDownload:
 
 
 class WorkersFetchTokenizerOnly:
-    """The same choice made in ``on_before_init``, which stock ``ray.serve.llm`` honours."""
+    """The same choice made in ``on_before_init``, which ``node_init: ray`` (Ray's own download) honours too."""
 
     def on_before_init(self, ctx: CallbackCtx) -> None:
         ctx.worker_node_download_model = "TOKENIZER_ONLY"

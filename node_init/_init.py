@@ -66,6 +66,9 @@ class InitResult:
         owns_placement_group: Whether node init created it (and :meth:`close` removes it).
         snapshot_hold: A shared lock on the cache snapshot the engine reads, so no later
             download on this node collects it; :meth:`close` releases it.
+        engine_kwargs: The engine arguments node init settled (the config's, what handlers set in
+            ``ctx.extra_init_kwargs``, a Hub tokenizer's local copy): what a caller that boots the
+            engine itself (``hand_off``) gives it.
     """
 
     model_path: str
@@ -76,6 +79,7 @@ class InitResult:
     placement_group: Any = None
     owns_placement_group: bool = False
     snapshot_hold: SnapshotHold | None = None
+    engine_kwargs: dict[str, Any] = attrs.field(factory=dict)
 
     async def close(self) -> None:
         """Shut the engine down, release its snapshot, remove a placement group node init created."""
@@ -91,8 +95,9 @@ class _Run:
     """State of one initialization (so failure handling can undo exactly what was done)."""
 
     def __init__(self, config: NodeInitConfig, bus: EventBus, ctx: CallbackCtx,
-                 builder: EngineBuilder | None = None) -> None:
+                 builder: EngineBuilder | None = None, hand_off: bool = False) -> None:
         self.config = config
+        self.hand_off = hand_off  # the caller boots the engine (see ``initialize_node``)
         self.bounds = Bounds.of(config)
         self.deadline = time.time() + config.init_timeout_s  # told to the node tasks (they stop past it)
         self.builder = builder
@@ -167,6 +172,8 @@ async def initialize_node(
     bus: EventBus | None = None,
     ray_llm_config: Any = None,
     engine_builder: EngineBuilder | None = None,
+    ctx: CallbackCtx | None = None,
+    hand_off: bool = False,
 ) -> InitResult:
     """Initialize this replica's node(s): hooks, placement group, downloads, engine.
 
@@ -180,6 +187,13 @@ async def initialize_node(
         ray_llm_config: Ray's ``LLMConfig`` on the Serve paths (``ctx.ray_llm_config``).
         engine_builder: Builds the ``AsyncLLM`` from engine arguments (the Serve
             integration passes one that keeps Ray's engine config).
+        ctx: The ctx to start from (its ``llm_config`` must be ``config``); a fresh one if ``None``.
+            The stock Serve path seeds it from Ray's ctx (its placement group, runtime env).
+        hand_off: Everything up to the engine, which the caller boots itself (stock Ray Serve):
+            ``BeforeEngineInit`` is published (a veto is a :class:`PhaseError` naming the handlers,
+            since the caller boots regardless), a tokenizer in another Hub repo is fetched, the
+            snapshot stays held (:meth:`InitResult.close` releases it) and
+            ``InitResult.engine_kwargs`` holds the arguments to boot with. No engine is started.
 
     Returns:
         The :class:`InitResult`.
@@ -190,14 +204,17 @@ async def initialize_node(
             subclasses); ``InitFailed`` was published first, and nothing is
             left running.
     """
-    if config.engine.kind == "vllm":
+    if config.engine.kind == "vllm" and not hand_off:
         from .engine import start_import
 
         # Importing vLLM waits on nothing a hook decides: it runs while placement, node tasks and hooks do.
         start_import()
     bus = wire(config, bus)
-    ctx = CallbackCtx.for_config(config, ray_llm_config)
-    run = _Run(config, bus, ctx, engine_builder)
+    if ctx is None:
+        ctx = CallbackCtx.for_config(config, ray_llm_config)
+    elif ctx.llm_config is not config:
+        raise ValueError("initialize_node: ctx.llm_config must be the config being initialized")
+    run = _Run(config, bus, ctx, engine_builder, hand_off)
     log = _log
     start = time.monotonic()
     # Restored on return, so the caller's own log context stays theirs.
@@ -254,12 +271,12 @@ async def _flow(run: _Run, start: float, log: Any) -> InitResult:
         # Nothing runs in the group we made once init ends without an engine: give it back now.
         await remove_placement_group(run.pg)
         run.pg, run.owns_pg = None, False
-    if run.engine is None and run.hold is not None:
+    if run.engine is None and run.hold is not None and not run.hand_off:
         run.hold.release()  # no engine reads it
         run.hold = None
     return InitResult(model_path=model_path, reports=run.reports, timings=run.timings, engine=run.engine,
                       ctx=run.ctx, placement_group=run.pg, owns_placement_group=run.owns_pg,
-                      snapshot_hold=run.hold)
+                      snapshot_hold=run.hold, engine_kwargs=_engine_kwargs(run))
 
 
 def _download_skipped(config: NodeInitConfig, vetoed: bool) -> str:
@@ -296,7 +313,7 @@ async def _hub_tokenizer(run: _Run) -> None:
 
     kwargs = {**run.config.engine.kwargs, **run.ctx.extra_init_kwargs}
     uri = hub_tokenizer_uri(kwargs)
-    if uri is None or run.config.engine.kind == "none":  # no engine here to point at it
+    if uri is None or (run.config.engine.kind == "none" and not run.hand_off):  # no engine to point at it
         return
     t = time.monotonic()
     run.tokenizer, mode = await anyio.to_thread.run_sync(fetch_tokenizer, uri, run.config.download, kwargs)
@@ -324,6 +341,12 @@ async def _before_engine_init(run: _Run, model_path: str) -> bool:
                 raise ConfigError(f"a BeforeEngineInit handler changed {key} from {run.file_args[key]!r} to "
                                   f"{now[key]!r}, but the Hub snapshot holds the files vLLM reads for the first: "
                                   "set it in BeforeInit (or in the config)", field=f"ctx.extra_init_kwargs.{key}")
+    if run.hand_off:
+        if outcome.vetoed:
+            raise PhaseError(f"BeforeEngineInit was vetoed by {', '.join(outcome.vetoed_by)}, but here the engine "
+                             "boots regardless (stock ray.serve.llm starts it after node init; OverlappedLLMServer "
+                             "can skip it)", phase=Phase.BEFORE_ENGINE_INIT)
+        return False  # the caller boots it
     return run.config.engine.kind != "none" and not outcome.vetoed
 
 

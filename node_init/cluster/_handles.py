@@ -165,6 +165,7 @@ def start_exchange(part_size_mb: int, bound_s: float, idle_s: float, call_s: flo
         call_s: A new hub's bound on asking an older one whether it is idle (``Bounds.actor_call_s``).
     """
     import ray
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
     from ._actors import ExchangeHub
 
@@ -172,6 +173,8 @@ def start_exchange(part_size_mb: int, bound_s: float, idle_s: float, call_s: flo
     hub: Any = ray.remote(ExchangeHub).options(
         name=EXCHANGE_NAME, namespace=EXCHANGE_NAMESPACE, lifetime="detached", get_if_exists=True,
         num_cpus=0, max_restarts=-1, max_concurrency=10_000, resources={"node:__internal_head__": 0.001},
+        # Outside any group: a Serve replica's group captures its children, and no bundle is the head's.
+        scheduling_strategy=PlacementGroupSchedulingStrategy(placement_group=None),  # type: ignore[arg-type]
     ).remote(idle_s, call_s)
     exchange = InitExchange(hub, uuid.uuid4().hex, piece_size(part_size_mb * 1024 * 1024), bound_s)
     hub.open.remote(exchange.init, exchange.piece, bound_s, idle_s)

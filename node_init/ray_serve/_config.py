@@ -7,7 +7,7 @@ Both Serve paths (the stock callback and our server class) carry our settings in
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import structlog
 from ray.serve.exceptions import RayServeException
@@ -21,18 +21,45 @@ _log = structlog.get_logger("node_init.ray_serve")
 #: The import path of our stock-path callback, as configs name it.
 CALLBACK_CLASS = "node_init.ray_serve:EventBusCallback"
 _FILE = "LLMConfig.callback_config.callback_kwargs"
+#: The ``callback_kwargs`` key choosing who runs node init on the stock path (not a NodeInitConfig field).
+NODE_INIT_KEY = "node_init"
+NodeInitBy = Literal["ours", "ray"]
+
+
+def node_init_by(kwargs: dict[str, Any]) -> NodeInitBy:
+    """Who runs node init under :class:`~node_init.ray_serve.EventBusCallback` on stock ``ray.serve.llm``:
+    ``ours`` (the default: our placement, per-node tasks and downloader, Ray's own download never runs)
+    or ``ray`` (Ray's ``initialize_node`` downloads; our hooks only observe).
+
+    Raises:
+        ConfigError: any other value, naming the field.
+    """
+    value = kwargs.get(NODE_INIT_KEY, "ours")
+    if value not in ("ours", "ray"):
+        raise ConfigError(f"must be 'ours' or 'ray', got {value!r}", file=_FILE, field=NODE_INIT_KEY)
+    return "ray" if value == "ray" else "ours"
 
 
 def node_init_config(llm_config: Any, kwargs: dict[str, Any]) -> NodeInitConfig:
     """Our config from a Ray ``LLMConfig`` and the ``callback_kwargs`` that carry our settings.
 
+    ``model_loading_config.model_source`` in any of Ray's forms becomes ours (a ``CloudMirrorConfig``
+    sets ``model_source`` and ``extra_files``); with no source, a ``model_id`` that is a Hugging Face
+    Hub id is the source, as Ray reads it.
+
     Raises:
         ConfigError: naming the field of ``callback_kwargs`` that is wrong.
     """
-    data: dict[str, Any] = {"placement": None, **kwargs, "model_id": llm_config.model_id}
+    from ..download._hub import hub_or_path
+
+    node_init_by(kwargs)
+    ours = {k: v for k, v in kwargs.items() if k != NODE_INIT_KEY}
+    data: dict[str, Any] = {"placement": None, **ours, "model_id": llm_config.model_id}
     source = llm_config.model_loading_config.model_source
     if source is not None and "model_source" not in kwargs:
         data["model_source"] = source  # a string, or Ray's CloudMirrorConfig (bucket_uri, extra_files)
+    elif source is None and "model_source" not in kwargs and hub_or_path(llm_config.model_id).startswith("hf://"):
+        data["model_source"] = llm_config.model_id  # Ray downloads model_id from the Hub: so do we
     engine = dict(data.get("engine") or {})
     engine.setdefault("kind", "vllm")
     engine["kwargs"] = {**dict(llm_config.engine_kwargs), **dict(engine.get("kwargs") or {})}
