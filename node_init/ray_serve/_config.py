@@ -50,7 +50,7 @@ def node_init_config(llm_config: Any, kwargs: dict[str, Any]) -> NodeInitConfig:
     Raises:
         ConfigError: naming the field of ``callback_kwargs`` that is wrong.
     """
-    from ..download._hub import hub_or_path
+    from ..download import hub_or_path
 
     node_init_by(kwargs)
     ours = {k: v for k, v in kwargs.items() if k != NODE_INIT_KEY}
