@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -81,12 +82,23 @@ class RayCluster:
         return self.nodes[0]
 
 
+def _interpreter_helper(proc: psutil.Process, me: psutil.Process) -> bool:
+    """multiprocessing's resource tracker or fork server of this process (vLLM's engines start one): it
+    belongs to the interpreter, and ends when this process does (its pipe closes)."""
+    try:
+        cmdline = " ".join(proc.cmdline())
+        return proc.ppid() == me.pid and re.search(r"from multiprocessing\.(resource_tracker|forkserver) import main",
+                                                   cmdline) is not None
+    except psutil.Error:
+        return False
+
+
 def _left_behind(ports: set[int]) -> list[str]:
     """Processes the session started that still run (descendants of this process, or carrying the
     session's mark), and ``ports`` or sockets of this process still listening."""
     me = psutil.Process()
     procs = {p.pid: p for p in [*me.children(recursive=True), *marked(SESSION_VAR, SESSION_MARK)]
-             if alive(p)}
+             if alive(p) and not _interpreter_helper(p, me)}
     found = [f"process {describe(p)}" for p in procs.values()]
     for port in sorted(ports):
         found += [f"port {port}: {holder}" for holder in listeners(port)]
@@ -123,9 +135,11 @@ def _nothing_left_behind() -> Iterator[None]:
     while (found := _left_behind(ports)) and time.monotonic() < deadline:
         time.sleep(0.5)
     if found:
-        for proc in [*psutil.Process().children(recursive=True), *marked(SESSION_VAR, SESSION_MARK)]:
-            with contextlib.suppress(psutil.Error):
-                proc.kill()
+        me = psutil.Process()
+        for proc in [*me.children(recursive=True), *marked(SESSION_VAR, SESSION_MARK)]:
+            if not _interpreter_helper(proc, me):
+                with contextlib.suppress(psutil.Error):
+                    proc.kill()
         raise AssertionError(f"the test session left behind, {LEFT_BEHIND_GRACE_S:g}s after its last test "
                              "(now killed):\n  " + "\n  ".join(found))
 
