@@ -27,7 +27,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/node-init demo
+	@$(VENV)/bin/node-init demo
 
 test: $(STAMP) $(AZURITE)
 	$(PY) -m pytest

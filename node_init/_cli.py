@@ -219,7 +219,8 @@ def _parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="node init of a tiny model built locally, on a Ray of its own, then one "
                                        "completion: a line per phase, then the timeline and the completion")
     demo.add_argument("--workdir", default=".demo", type=Path,
-                      help="where the model, its cache, the event log and demo.log go (default: .demo)")
+                      help="where the model, its cache, demo.log and the event log (unless NODE_INIT_EVENT_LOG "
+                           "names one) go (default: .demo)")
     demo.add_argument("--no-engine", action="store_true", help="stop after the downloads (no engine, no completion)")
     demo.add_argument("--json-logs", action="store_true",
                       help="our structured logs as JSON lines on stderr instead of the phase lines (default: "
