@@ -89,10 +89,10 @@ def descendants(procs: Iterable[psutil.Process]) -> list[psutil.Process]:
     return list(found.values())
 
 
-def listeners(port: int) -> list[str]:
-    """What listens on TCP ``port`` of this machine: ``pid N (command line)`` or, where the holder is
-    another user's, the address alone."""
-    held = []
+def holders(port: int) -> list[tuple[int | None, str]]:
+    """What listens on TCP ``port`` of this machine: (pid, ``pid N (command line) on ADDRESS``); the pid is
+    ``None`` where the holder is another user's (or the table is refused: then a connect tells)."""
+    held: list[tuple[int | None, str]] = []
     try:
         conns = psutil.net_connections(kind="tcp")
     except psutil.Error:  # some systems refuse the whole table; fall back to a connect below
@@ -101,15 +101,21 @@ def listeners(port: int) -> list[str]:
         if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port:
             where = f"{conn.laddr.ip}:{port}"
             try:
-                held.append(f"{describe(psutil.Process(conn.pid))} on {where}" if conn.pid else f"a process on {where}")
+                held.append((conn.pid, f"{describe(psutil.Process(conn.pid))} on {where}") if conn.pid
+                            else (None, f"a process on {where}"))
             except psutil.Error:  # it ended meanwhile
                 continue
     if not held:
         with socket.socket() as s:
             s.settimeout(2)
             if s.connect_ex(("127.0.0.1", port)) == 0:
-                held.append(f"an unknown process on 127.0.0.1:{port}")
+                held.append((None, f"an unknown process on 127.0.0.1:{port}"))
     return held
+
+
+def listeners(port: int) -> list[str]:
+    """What listens on TCP ``port`` of this machine, each as ``pid N (command line) on ADDRESS``."""
+    return [what for _, what in holders(port)]
 
 
 def wait_port_free(port: int, bound_s: float = PORT_S) -> None:

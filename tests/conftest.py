@@ -23,7 +23,7 @@ from tests._procs import (
     alive,
     descendants,
     describe,
-    listeners,
+    holders,
     marked,
     opened_ports,
     wait_gone,
@@ -95,13 +95,14 @@ def _interpreter_helper(proc: psutil.Process, me: psutil.Process) -> bool:
 
 def _left_behind(ports: set[int]) -> list[str]:
     """Processes the session started that still run (descendants of this process, or carrying the
-    session's mark), and ``ports`` or sockets of this process still listening."""
+    session's mark), ``ports`` one of them (or this process) still listens on, and any other socket
+    this process still listens on. A port another program holds is not the suite's doing."""
     me = psutil.Process()
     procs = {p.pid: p for p in [*me.children(recursive=True), *marked(SESSION_VAR, SESSION_MARK)]
              if alive(p) and not _interpreter_helper(p, me)}
     found = [f"process {describe(p)}" for p in procs.values()]
     for port in sorted(ports):
-        found += [f"port {port}: {holder}" for holder in listeners(port)]
+        found += [f"port {port}: {what}" for pid, what in holders(port) if pid in procs or pid == me.pid]
     found += [f"port {c.laddr.port}: this test process ({c.laddr.ip})"
               for c in me.net_connections(kind="tcp") if c.status == psutil.CONN_LISTEN and c.laddr.port not in ports]
     return found
@@ -127,12 +128,9 @@ def _nothing_left_behind() -> Iterator[None]:
     (Serve's 8000, the store servers') still listening after a bounded grace, fail the session by name,
     and are then killed so they do not outlive it.
     """
-    # A port some other program held before the session is not the suite's doing.
-    taken_before = {port for port in opened_ports if listeners(port)}
     yield
-    ports = opened_ports - taken_before
     deadline = time.monotonic() + LEFT_BEHIND_GRACE_S
-    while (found := _left_behind(ports)) and time.monotonic() < deadline:
+    while (found := _left_behind(opened_ports)) and time.monotonic() < deadline:
         time.sleep(0.5)
     if found:
         me = psutil.Process()
