@@ -8,7 +8,10 @@ One model on a loopback S3-compatible endpoint behind a bandwidth-capping proxy,
 - (c) ``on``: ours, ``overlap: on`` (boot on dummy weights while downloading, then hand the weights over);
 - (d) ``auto``: ours, ``overlap: auto``;
 - (e) ``runai``: ``load_format="runai_streamer"``: a plain ``AsyncLLM`` boot that streams the weights
-  from the same endpoint while it loads them, no download (Ray maps it to download mode ``NONE``).
+  from the same endpoint while it loads them, no download (Ray maps it to download mode ``NONE``);
+- (f) ``callback``: stock ``ray.serve.llm`` with ``EventBusCallback`` alone: Ray's ``VLLMEngine.start``
+  order on a real ``LLMConfig`` (our node init in ``on_before_node_init``, Ray's download off, the hooks
+  as Ray runs them), then the plain boot Ray's engine does on the engine config's ``hf_model_id``.
 
 Two kinds of node: ``fresh`` (every cache empty: ``HOME``, ``XDG_CACHE_HOME``, ``VLLM_CACHE_ROOT``, ``HF_HOME``,
 torch's and triton's cache dirs, ours) and ``warm`` (vLLM's caches as a boot of another model left them,
@@ -51,8 +54,8 @@ from typing import Any
 from _common import RESULTS, markdown_table, median, write_outputs
 
 REPO = Path(__file__).resolve().parent.parent
-WAYS = ("ray", "off", "on", "auto", "runai")
-LETTER = dict(zip(WAYS, "abcde", strict=True))
+WAYS = ("ray", "off", "on", "auto", "runai", "callback")
+LETTER = dict(zip(WAYS, "abcdef", strict=True))
 ENGINE = {"dtype": "float32", "max_model_len": 256, "enforce_eager": True}
 PROMPT = "The capital of France is"
 SETTLE_S = 3.0
@@ -103,6 +106,8 @@ def worker(way: str, uri: str, endpoint: str) -> None:
         out = asyncio.run(_plain_boot(uri, dict(ENGINE), time.time()))
     elif way == "runai":
         out = asyncio.run(_plain_boot(uri, {**ENGINE, "load_format": "runai_streamer"}, time.time()))
+    elif way == "callback":
+        out = asyncio.run(_callback_way(uri, endpoint))
     else:
         out = asyncio.run(_our_way(way, uri, endpoint))
     print("RESULT " + json.dumps(out), flush=True)
@@ -145,6 +150,29 @@ async def _ray_way(uri: str) -> dict[str, Any]:
         download_model=NodeModelDownloadable.MODEL_AND_TOKENIZER, download_extra_files=False)
     out = await _plain_boot(str(path), dict(ENGINE), t0)
     return {**out, "download_start": t0, "download_end": out["boot_start"]}
+
+
+async def _callback_way(uri: str, endpoint: str) -> dict[str, Any]:
+    """Ray's ``VLLMEngine.start`` up to the engine, with our callback; then Ray's boot on its engine config."""
+    t0 = time.time()  # before the import: ray.serve.llm imports vLLM, which the other ways import at boot
+    from ray.serve.llm import LLMConfig
+
+    config = LLMConfig(
+        model_loading_config={"model_id": "bench", "model_source": uri}, engine_kwargs=dict(ENGINE),
+        accelerator_config={"kind": "cpu"}, placement_group_config={"bundles": [{"CPU": 1}]},
+        callback_config={"callback_class": "node_init.ray_serve:EventBusCallback",
+                         "callback_kwargs": {"download": {"s3": {"endpoint_url": endpoint}, "timeout_s": 600}}})
+    callback: Any = config.get_or_create_callback()
+    await callback.run_callback("on_before_node_init")
+    assert not callback.ctx.run_init_node  # Ray's own download never runs
+    await callback.run_callback("on_after_node_init")
+    engine_config: Any = config.get_engine_config()
+    kwargs = {k: v for k, v in config.engine_kwargs.items()}
+    out = await _plain_boot(str(engine_config.actual_hf_model_id), kwargs, t0)
+    timings = callback.result.timings
+    download_start = t0 + timings.get("before_init", 0.0) + timings.get("placement", 0.0)
+    await callback.result.close()
+    return {**out, "download_start": download_start, "download_end": download_start + timings.get("download", 0.0)}
 
 
 async def _our_way(way: str, uri: str, endpoint: str) -> dict[str, Any]:
@@ -379,18 +407,19 @@ def _ratio(row: dict[str, Any], a: str, b: str) -> str:
 
 def tables(rows: list[dict[str, Any]]) -> str:
     header = ["model", "node", "link MB/s", *[f"({LETTER[w]}) {w} s" for w in WAYS], "(a)/(d)", "(e)/(d)",
-              "(d)/best(a,e)", "repeats", "date"]
+              "(d)/best(a,e)", "(a)/(f)", "repeats", "date"]
     body = []
     for r in rows:
         best = min(r[w]["total"] for w in ("ray", "runai") if w in r)
         body.append([r["model"], r["node"], r["rate"] or "uncapped",
                      *[f"{r[w]['total']:.2f}" if w in r else "-" for w in WAYS],
                      _ratio(r, "ray", "auto"), _ratio(r, "runai", "auto"),
-                     f"{r['auto']['total'] / best:.2f}x" if "auto" in r else "-", r["repeats"], r["date"]])
+                     f"{r['auto']['total'] / best:.2f}x" if "auto" in r else "-", _ratio(r, "ray", "callback"),
+                     r["repeats"], r["date"]])
     names = ["import", *[n for n, _ in STEPS], "ready", "hand-off"]
     steps_rows = []
     for r in rows:
-        for w in ("ray", "auto", "runai"):
+        for w in ("ray", "auto", "runai", "callback"):
             if w not in r:
                 continue
             st = r[w]["steps"]
