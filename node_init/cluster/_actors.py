@@ -145,7 +145,7 @@ class ExchangeHub(_Keeper[HubState]):
         return HubState(piece, publish=_put)
 
     async def _started(self) -> None:
-        self.removed = await self._remove_older()
+        await self._remove_older()
 
     def _drop(self, init: str) -> None:
         state = self._inits.get(init)
@@ -163,14 +163,14 @@ class ExchangeHub(_Keeper[HubState]):
         self._idle_s = idle_s
         self._get(init, piece, bound_s)
 
-    async def _remove_older(self) -> list[str]:
-        """End every idle hub of an older protocol version in this cluster; their names."""
+    async def _remove_older(self) -> None:
+        """End every idle hub of an older protocol version in this cluster, recording each in
+        ``removed`` as it goes (before it ends, so whoever sees an older hub gone finds it there)."""
         import ray
         from ray.util import list_named_actors
 
-        removed: list[str] = []
         if not ray.is_initialized():  # a hub outside Ray (tests): no other hubs, and no Ray to start
-            return removed
+            return
         for entry in await asyncio.to_thread(list_named_actors, True):
             name, version = entry["name"], entry["name"].removeprefix(EXCHANGE_PREFIX)
             if entry["namespace"] != EXCHANGE_NAMESPACE or not version.isdigit() or int(version) >= PROTOCOL:
@@ -181,12 +181,11 @@ class ExchangeHub(_Keeper[HubState]):
             except AttributeError:  # before version 5 a hub cannot end itself: ask, then end it here
                 if await asyncio.wait_for(old.inits.remote(), self._call_s):
                     continue
+                self.removed.append(name)
                 ray.kill(old, no_restart=True)
             else:
-                if not await asyncio.wait_for(ask.remote(), self._call_s):
-                    continue
-            removed.append(name)
-        return removed
+                if await asyncio.wait_for(ask.remote(), self._call_s):
+                    self.removed.append(name)
 
     # One method per call a node makes of the hub (a type checker sees each: no dispatch by name).
     # ``key`` is the init's (id, piece size, idle bound): the first call of an init makes its state.
