@@ -164,8 +164,10 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayCluster
     )
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     root = tmp_path_factory.mktemp("nodes")
-    # Logical CPUs: each Serve LLM replica takes 2 on one node (bundle + actor), each ingress 1.
-    specs = [("head", 8), ("node1", 1), ("node2", 1)]
+    # Logical CPUs: each Serve LLM replica takes 2 on one node (bundle + actor), each ingress 1. The
+    # Serve module holds two applications while a third deploys (3 + 3 + 3 on the head: the stock one's
+    # other bundles fill node1 and node2), so the head has room for all three.
+    specs = [("head", 10), ("node1", 1), ("node2", 1)]
     cluster = Cluster(
         initialize_head=True,
         head_node_args={
