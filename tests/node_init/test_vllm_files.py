@@ -57,7 +57,12 @@ def snapshot(root: Path, selection: Selection, dest: Path) -> Path:
 @pytest.fixture(scope="module")
 def vllm_decides() -> Iterator[Callable[..., tuple[list[str], str, str]]]:
     """``(weights, config format, tokenizer mode)`` vLLM decides for a directory, by its own functions."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a local directory: nothing to ask a Hub
+    # A local directory: nothing to ask a Hub. Only for this module: the variable is read at call time
+    # by the Hub source, and left set it would make every later Hub test in the session read the cache.
+    import huggingface_hub.constants  # noqa: F401  (imported first: the library fixes them at import)
+
+    patch = pytest.MonkeyPatch()
+    patch.setenv("HF_HUB_OFFLINE", "1")
     from vllm.config.load import LoadConfig
     from vllm.model_executor.model_loader.default_loader import DefaultModelLoader
     from vllm.tokenizers.registry import resolve_tokenizer_args
@@ -86,7 +91,10 @@ def vllm_decides() -> Iterator[Callable[..., tuple[list[str], str, str]]]:
         mode, *_ = resolve_tokenizer_args(str(path), tokenizer_mode=kwargs.get("tokenizer_mode", "auto"))
         return sorted(os.path.relpath(f, path) for f in files), seen[0], mode
 
-    yield decide
+    try:
+        yield decide
+    finally:
+        patch.undo()
 
 
 @pytest.mark.parametrize("load_format", ["auto", "safetensors", "mistral", "hf"])
