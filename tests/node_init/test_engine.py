@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import anyio
 import psutil
 import pytest
 
@@ -197,7 +198,13 @@ async def test_a_hub_model_boots_from_the_snapshot_with_the_hub_gone(ray_cluster
     hub.push("org/tiny-tok", {"config.json": b"{}"})  # main: no tokenizer at all
     bus = EventBus()
 
-    def hub_down(event: BeforeEngineInit, ctx: CallbackCtx) -> None:
+    async def hub_down(event: BeforeEngineInit, ctx: CallbackCtx) -> None:
+        # Published while the node downloads: the Hub goes down once the snapshot holds every file (else
+        # this races the last reads), so only the engine's boot runs without it.
+        wanted = {p.name for p in local.iterdir()}
+        with anyio.fail_after(60):
+            while not wanted <= {p.name for p in Path(event.model_path).glob("*")}:
+                await anyio.sleep(0.05)
         hub.stop()
         seen.append(len(hub.requests))
         kwargs.update(event.engine_kwargs)
