@@ -41,6 +41,8 @@ MAX_RESTARTS = 3
 #: Seconds between the watchdog's looks at the reads: each turn re-checks the cancel, the stall bound and
 #: the deadline (a polling interval; the bounds themselves are the config's, through Bounds).
 POLL_S = 0.2
+#: A watchdog turn this many polling intervals late means the process itself did not run meanwhile.
+UNWATCHED_GAP = 5
 
 
 class DownloadResult(msgspec.Struct, frozen=True, kw_only=True):
@@ -374,7 +376,8 @@ class Downloader:
         return self._error(f"cannot write to the cache{full}: {describe(exc)}", file=key, cause=exc, bad_bytes=True)
 
     def _wait(self, futures: list[cf.Future[None]]) -> None:
-        deadline = time.monotonic() + self.cfg.timeout_s
+        deadline = watched_from = looked = time.monotonic()
+        deadline += self.cfg.timeout_s
         pending = set(futures)
         while pending:
             done, pending = cf.wait(pending, timeout=POLL_S, return_when=cf.FIRST_EXCEPTION)
@@ -382,12 +385,18 @@ class Downloader:
                 if fut.exception() is not None:
                     raise fut.exception()  # type: ignore[misc]
             now = time.monotonic()
+            if now - looked > UNWATCHED_GAP * POLL_S:
+                # This process did not run (stopped, or starved of CPU): the link's silence is measured
+                # only while the process could read, or a node resumed after a pause fails as stalled
+                # on bytes waiting in its sockets.
+                watched_from = now
+            looked = now
             if self.cancel.is_set() and pending:
                 raise self._error("cancelled")
             if now > deadline:
                 raise self._error(f"timed out after {self.cfg.timeout_s}s "
                                   f"({self.progress.done}/{self.progress.total} bytes)")
-            if now - self.progress.last_change > self.cfg.stall_timeout_s:
+            if now - max(self.progress.last_change, watched_from) > self.cfg.stall_timeout_s:
                 with self._inflight_lock:
                     stalled = sorted(k for k, n in self._inflight.items() if n)
                 raise self._error(f"stalled: no bytes for {self.cfg.stall_timeout_s}s "

@@ -228,9 +228,11 @@ limit = int(sys.argv[4])
 if limit:
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit fail with EFBIG
     resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
-src = S3Source(sys.argv[1], S3Config(endpoint_url=sys.argv[2]), bounds=Bounds(stall_s=10))
+stall = float(sys.argv[5])
+src = S3Source(sys.argv[1], S3Config(endpoint_url=sys.argv[2]), bounds=Bounds(stall_s=stall))
 try:
-    result = Downloader(src, Path(sys.argv[3]), DownloadConfig(part_size_mb=1, retries=0)).run(src.list_files())
+    config = DownloadConfig(part_size_mb=1, retries=0, stall_timeout_s=stall)
+    result = Downloader(src, Path(sys.argv[3]), config).run(src.list_files())
     print("OK", result.bytes, result.cached_bytes)
 except Exception as exc:
     print(type(exc).__name__, exc)
@@ -238,9 +240,11 @@ except Exception as exc:
 """
 
 
-def run_downloader(uri: str, endpoint: str, dest: Path, fsize_limit: int = 0) -> subprocess.Popen[str]:
+def run_downloader(uri: str, endpoint: str, dest: Path, fsize_limit: int = 0,
+                   stall_s: float = 10) -> subprocess.Popen[str]:
     env = {**os.environ, "PYTHONPATH": str(REPO), "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
-    return subprocess.Popen([sys.executable, "-c", _DOWNLOAD, uri, endpoint, str(dest), str(fsize_limit)],
+    return subprocess.Popen([sys.executable, "-c", _DOWNLOAD, uri, endpoint, str(dest), str(fsize_limit),
+                             str(stall_s)],
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
 
 
@@ -267,6 +271,30 @@ def test_downloader_killed_mid_file_then_run_again(s3_server: S3Server, model: d
     _, fetched, _cached = out.strip().splitlines()[-1].split()
     assert int(fetched) < sum(WEIGHTS.values())  # resumed from the ranges written, not redone
     assert digest(dest) == want and list(partial.iterdir()) == []
+
+
+def test_a_downloader_paused_past_the_stall_bound_finishes_when_it_resumes(s3_server: S3Server,
+                                                                          model: dict[str, Any],
+                                                                          tmp_path: Path) -> None:
+    """A node whose process is stopped (SIGSTOP: a hung host, a debugger, a starved VM) for longer than
+    the stall bound, then resumed, finishes: the link was never silent while it could read, so the
+    stall bound does not count the pause."""
+    proxy = FaultProxy(s3_server.endpoint, rate_mb_s=1.0).start()
+    dest = tmp_path / "m"
+    partial = tmp_path / ".node-init" / "m" / "partial"
+    try:
+        proc = run_downloader(model["uri"], proxy.endpoint, dest, stall_s=2)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not list(partial.glob("*.state")):
+            time.sleep(0.05)  # until a range is written: the pause comes mid-download
+        proc.send_signal(signal.SIGSTOP)
+        time.sleep(5)  # 2.5 stall bounds
+        proc.send_signal(signal.SIGCONT)
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        proxy.stop()
+    assert proc.returncode == 0, out
+    assert digest(dest) == digest(model["local"])
 
 
 def test_disk_refusing_writes_is_a_download_error_and_nothing_partial(s3_server: S3Server,
