@@ -204,10 +204,11 @@ async def initialize_node(
             subclasses); ``InitFailed`` was published first, and nothing is
             left running.
     """
-    if config.engine.kind == "vllm" and not hand_off:
+    if config.engine.kind == "vllm":
         from .engine import start_import
 
-        # Importing vLLM waits on nothing a hook decides: it runs while placement, node tasks and hooks do.
+        # Importing vLLM waits on nothing a hook decides: it runs while placement, node tasks and hooks do
+        # (handed off too: Ray's engine module imported vLLM's top, not the engine core and model registry).
         start_import()
     bus = wire(config, bus)
     if ctx is None:

@@ -327,10 +327,10 @@ async def test_a_node_lost_with_its_agent_has_each_range_replaced_once_through_t
 
     survivors = [n for n in ray_cluster.nodes if n.name in ("node1", "node2")]
     try:
-        # A stall bound of 30 s: the wait this test rules out (for the lost node to take what the
-        # survivors offered) is that long, far from the few seconds the init takes to fail without it.
+        # The default stall bound (60 s): the wait this test rules out (for the lost node to take what
+        # the survivors offered) is that long, far from the few seconds the init takes to fail without it.
         cfg = msgspec.structs.replace(config(shared_model, proxy.endpoint, ("tests.node_init.hooks:pid_file",),
-                                             share="auto", stall_timeout_s=30), placement=PlacementConfig(
+                                             share="auto", stall_timeout_s=60), placement=PlacementConfig(
             bundles=[{"node1": 1.0}, {"node2": 1.0}, {"doomed": 1.0}], strategy="STRICT_SPREAD", ready_timeout_s=30))
         with anyio.fail_after(120), pytest.raises(DownloadError) as info:
             await init_during(remove_once_it_offered, cfg, bus)
@@ -339,9 +339,9 @@ async def test_a_node_lost_with_its_agent_has_each_range_replaced_once_through_t
     after_s = anyio.current_time() - removed[0]
     assert info.value.node_id == doomed.node_id
     # The survivors did not wait, at the end, for the lost node to take what they offered (the hub told
-    # their agents it is gone): that wait is stall_timeout_s (30 s), on top of about 5 s here (12 s seen
+    # their agents it is gone): that wait is stall_timeout_s (60 s), on top of about 5 s here (12 s seen
     # on a loaded machine).
-    assert after_s < 20, after_s
+    assert after_s < 40, after_s
     sizes = shared_model["sizes"]
     total, small = sum(sizes.values()), sum(s for s in sizes.values() if s < 256 * 1024)
     share = (total - small) // 3  # six 1 MiB ranges, two each

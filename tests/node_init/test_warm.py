@@ -81,7 +81,9 @@ print(json.dumps({{"first": first, "again": again, "same": same}}))
 
 
 @pytest.mark.engine
-def test_the_import_starts_before_the_first_hook(tmp_path: Path) -> None:
+@pytest.mark.parametrize("hand_off", [False, True], ids=["ours", "handed_off"])
+def test_the_import_starts_before_the_first_hook(tmp_path: Path, hand_off: bool) -> None:
+    """Also when the caller boots the engine itself (the stock path): the import overlaps the download."""
     model = build_tiny_llama(tmp_path / "tiny")
     out = _python(f"""
 import anyio, json
@@ -99,11 +101,11 @@ def before_init(event, ctx):
 
 @bus.on(BeforeEngineInit)
 def before_engine(event, ctx):
-    return False  # and no engine: only when the import started matters here
+    return {hand_off}  # and no engine (handed off: none is booted): only when the import started matters
 
 config = parse_config({{"model_id": "tiny", "model_source": {str(model)!r}, "placement": None,
                        "engine": {{"kind": "vllm"}}}})
-anyio.run(lambda: initialize_node(config, bus=bus), backend="asyncio")
+anyio.run(lambda: initialize_node(config, bus=bus, hand_off={hand_off}), backend="asyncio")
 print(json.dumps(seen))
 """, tmp_path)
     assert json.loads(out.strip().splitlines()[-1]) == {"import_started": True}

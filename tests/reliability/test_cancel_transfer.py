@@ -8,7 +8,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from node_init import initialize_node, parse_config
+from node_init import Bounds, initialize_node, parse_config
 from node_init.testing import FaultProxy, S3Server, write_model_files
 from tests.conftest import RayCluster
 
@@ -40,7 +40,8 @@ async def test_a_cancelled_init_stops_the_links_traffic(ray_cluster: RayCluster,
             await initialize_node(config)
         assert scope.cancelled_caught, "the download finished before the cancel: make the model larger"
         cancelled_at, sent_at_cancel = time.monotonic(), proxy.bytes_sent
-        assert cancels == [] and cancelled_at - started < 4 + 3
+        # Returned within the node task's own stop bound (it is asked to stop, then cancelled past stop_s).
+        assert cancels == [] and cancelled_at - started < 4 + Bounds().stop_s
         assert sent_at_cancel > MB  # it was moving
         await anyio.sleep(1.0)
         settled = proxy.bytes_sent

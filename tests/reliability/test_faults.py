@@ -231,7 +231,9 @@ if limit:
 stall = float(sys.argv[5])
 src = S3Source(sys.argv[1], S3Config(endpoint_url=sys.argv[2]), bounds=Bounds(stall_s=stall))
 try:
-    config = DownloadConfig(part_size_mb=1, retries=0, stall_timeout_s=stall)
+    # Two ranges at a time: a weight file of several ranges is part-written (its .state on disk) for
+    # seconds, not for the instant between ranges that all finish together.
+    config = DownloadConfig(part_size_mb=1, retries=0, stall_timeout_s=stall, concurrency=2)
     result = Downloader(src, Path(sys.argv[3]), config).run(src.list_files())
     print("OK", result.bytes, result.cached_bytes)
 except Exception as exc:
