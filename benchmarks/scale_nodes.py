@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import shutil
 import sys
 import tempfile
@@ -25,29 +24,12 @@ from pathlib import Path
 from typing import Any
 
 from _common import RESULTS, markdown_table, median, write_outputs
+from _origin_link import QUIET_S, origin_link_cluster, quiet_cluster
 
 REPO = Path(__file__).resolve().parent.parent
 NODES = (1, 2, 4)
 LINKS = ("per-node", "shared")
 SHARES = ("off", "auto")
-
-
-#: Seconds of quiet before each measured init (after the last one's bundles are back).
-QUIET_S = 1.0
-
-
-def quiet_cluster() -> None:
-    """Wait until the previous init's placement group has given every node's bundle back, then
-    :data:`QUIET_S`: each row starts on an idle cluster, so the last row's teardown (the group's
-    removal, which delays a new group's scheduling by up to ~1 s here, its workers and objects
-    going) is not measured into the next row, for either flow."""
-    import ray
-
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and not all(
-            ray.available_resources().get(f"n{i}", 0) >= 1 for i in range(max(NODES))):
-        time.sleep(0.02)
-    time.sleep(QUIET_S)
 
 
 async def one_init(n: int, share: str, run: str, root: Path) -> dict[str, Any]:
@@ -63,7 +45,7 @@ async def one_init(n: int, share: str, run: str, root: Path) -> dict[str, Any]:
         "download": {"timeout_s": 600, "share": share,
                      "s3": {"access_key_id": "testing", "secret_access_key": "testing"}},
     })
-    quiet_cluster()
+    quiet_cluster(max(NODES))
     t0 = time.monotonic()
     result = await initialize_node(config)
     total = time.monotonic() - t0
@@ -100,7 +82,7 @@ async def kill_one(cluster: Any, doomed: Any, root: Path, source: Path) -> dict[
     forget_holdings("s3://bench/synthetic-100mb")
     bus, seen = EventBus(), []
     bus.subscribe(DownloadProgress, lambda e, c: seen.append(e))
-    quiet_cluster()
+    quiet_cluster(max(NODES))
 
     async def remove_when_it_has_bytes() -> None:
         while not any(e.node_id == doomed.node_id and e.bytes_done >= KILL_AT_MB * 1e6 for e in seen):
@@ -129,66 +111,46 @@ async def kill_one(cluster: Any, doomed: Any, root: Path, source: Path) -> dict[
 
 def main(args: argparse.Namespace) -> None:
     sys.path.insert(0, str(REPO))
-    import ray
-    from ray.cluster_utils import Cluster
+    from node_init.testing import write_model_files
 
-    from node_init.testing import FaultProxy, S3Server, write_model_files
-
-    server = S3Server().start()
     local = Path(tempfile.mkdtemp(prefix="scale-src-"))
     write_model_files(local, {f"model-0000{i}-of-00004.safetensors": 25 << 20 for i in range(1, 5)})
-    server.upload_dir(local, "bench", "synthetic-100mb")
     size = sum(p.stat().st_size for p in local.iterdir())
-    shared = FaultProxy(server.endpoint).start()
-    proxies = [FaultProxy(shared.endpoint).start() for _ in range(max(NODES))]
     rate = args.rate * 1e6
     root = Path(tempfile.mkdtemp(prefix="scale-nodes-"))
-    os.environ["PYTHONPATH"] = str(REPO)
-    os.environ["RAY_AUTH_MODE"] = "disabled"
-
-    def env(i: int) -> dict[str, str]:
-        return {"NODE_INIT_CACHE_DIR": str(root / f"n{i}"), "AWS_ENDPOINT_URL": proxies[i].endpoint}
-
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "resources": {"n0": 1},
-                                                            "env_vars": env(0), "include_dashboard": False})
-    added = [cluster.add_node(num_cpus=1, resources={f"n{i}": 1}, env_vars=env(i)) for i in range(1, max(NODES))]
-    cluster.wait_for_nodes()
-    ray.init(address=cluster.address, log_to_driver=False)
     cases = [(link, share, n) for link in LINKS for share in SHARES for n in NODES]
-    for n in NODES:  # warm-up, discarded: a Ray worker on every node, as on a cluster that served before
-        asyncio.run(one_init(n, "off", "warm-up", root))
     samples: dict[tuple[str, str, int], list[dict[str, Any]]] = {c: [] for c in cases}
     try:
-        # The cluster's first shared init starts the exchange hub and agents (actors: worker processes);
-        # the rows below are later inits, which find it running. Measured on its own, per-node links.
-        for p in proxies:
-            p.rate = rate
-        first = asyncio.run(one_init(max(NODES), "auto", "first-shared", root))
-        print(f"first shared init (starts the exchange hub), per-node link: {first['total']:.2f}s", flush=True)
-        for run in range(args.repeats):
-            for link, share, n in cases if run % 2 == 0 else list(reversed(cases)):  # interleaved
-                for p in proxies:
-                    p.rate = rate if link == "per-node" else None
-                shared.rate = rate if link == "shared" else None
-                before = shared.bytes_sent
-                sample = asyncio.run(one_init(n, share, f"{link}-{run}", root))
-                sample["origin_bytes"] = shared.bytes_sent - before
-                samples[(link, share, n)].append(sample)
-                print(f"{link} link, share {share}, {n} node(s): {sample['total']:.2f}s, "
-                      f"origin {sample['origin_bytes'] / 1e6:.0f} MB", flush=True)
-        for p in proxies:
-            p.rate = None
-        shared.rate = rate
-        before = shared.bytes_sent
-        killed = asyncio.run(kill_one(cluster, added[-1], root, local))
-        killed["origin_bytes"] = shared.bytes_sent - before
-        print(f"node killed mid-exchange: {killed}", flush=True)
+        with origin_link_cluster(max(NODES), lambda i: {"NODE_INIT_CACHE_DIR": str(root / f"n{i}")}) as cl:
+            cl.server.upload_dir(local, "bench", "synthetic-100mb")
+            shared, proxies = cl.shared, cl.proxies
+            for n in NODES:  # warm-up, discarded: a Ray worker on every node, as on a cluster that served before
+                asyncio.run(one_init(n, "off", "warm-up", root))
+            # The cluster's first shared init starts the exchange hub and agents (actors: worker processes);
+            # the rows below are later inits, which find it running. Measured on its own, per-node links.
+            for p in proxies:
+                p.rate = rate
+            first = asyncio.run(one_init(max(NODES), "auto", "first-shared", root))
+            print(f"first shared init (starts the exchange hub), per-node link: {first['total']:.2f}s", flush=True)
+            for run in range(args.repeats):
+                for link, share, n in cases if run % 2 == 0 else list(reversed(cases)):  # interleaved
+                    for p in proxies:
+                        p.rate = rate if link == "per-node" else None
+                    shared.rate = rate if link == "shared" else None
+                    before = shared.bytes_sent
+                    sample = asyncio.run(one_init(n, share, f"{link}-{run}", root))
+                    sample["origin_bytes"] = shared.bytes_sent - before
+                    samples[(link, share, n)].append(sample)
+                    print(f"{link} link, share {share}, {n} node(s): {sample['total']:.2f}s, "
+                          f"origin {sample['origin_bytes'] / 1e6:.0f} MB", flush=True)
+            for p in proxies:
+                p.rate = None
+            shared.rate = rate
+            before = shared.bytes_sent
+            killed = asyncio.run(kill_one(cl.cluster, cl.added[-1], root, local))
+            killed["origin_bytes"] = shared.bytes_sent - before
+            print(f"node killed mid-exchange: {killed}", flush=True)
     finally:
-        ray.shutdown()
-        cluster.shutdown()
-        for p in [*proxies, shared]:
-            p.stop()
-        server.stop()
         for d in (local, root):  # four node caches of the model each: gigabytes over the rows
             shutil.rmtree(d, ignore_errors=True)
     rows = [{"link": link, "share": share, "nodes": n,
