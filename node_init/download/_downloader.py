@@ -6,8 +6,10 @@ its partial file as bytes arrive (a stall is no bytes at all for ``stall_timeout
 hashed while it arrives: where a single-part ETag states an MD5, the whole file's MD5 (in order),
 which must match; otherwise an XXH3-64 per range (in parallel, no second read) for the cache's
 content digest. A whole file becomes a blob; the files of one listing become an immutable snapshot
-(:mod:`node_init.download._cache`). A file that changes at the source mid-download restarts
-the whole set from a fresh listing, so a snapshot is always one version.
+(:mod:`node_init.download._cache`). A file whose bytes differ from the origin's checksum is read
+again from the origin alone, while the other files' reads go on (none of their bytes is read
+twice). A file that changes at the source mid-download restarts the whole set from a fresh
+listing, so a snapshot is always one version.
 """
 
 from __future__ import annotations
@@ -77,6 +79,12 @@ class Progress:
     def set_total(self, total: int) -> None:
         with self._lock:
             self.total = total
+            self.last_change = time.monotonic()
+
+    def grow(self, n: int) -> None:
+        """``n`` more bytes to fetch (a file read again)."""
+        with self._lock:
+            self.total += n
             self.last_change = time.monotonic()
 
     def restart(self, total: int) -> None:
@@ -187,6 +195,12 @@ class Downloader:
         self._part = cfg.part_size_mb * 1024 * 1024
         self._inflight: dict[str, int] = {}  # key -> ranges being read, to name a stalled file
         self._inflight_lock = threading.Lock()
+        # One attempt's reads: files can be added while it runs (a file read again from the origin).
+        self._tasks_lock = threading.Lock()
+        self._pool: _DaemonPool | None = None
+        self._futures: list[cf.Future[None]] = []
+        self._states: list[_FileState] = []
+        self._rereads: list[str] = []  # files read again after a checksum mismatch, over every attempt
 
     def _error(self, message: str, *, file: str | None = None, cause: BaseException | None = None,
                bad_bytes: bool = False, mismatch: bool = False) -> DownloadError:
@@ -262,7 +276,7 @@ class Downloader:
         except OSError as exc:
             raise self._error(f"cannot use the cache at {cache.store}: {describe(exc)}", cause=exc) from exc
         restarts = 0
-        reread: list[str] = []  # files read again after a checksum mismatch
+        self._rereads = []
         fetched: dict[str, None] = {}  # every file read, over every attempt
         moved = 0  # bytes read over every attempt
         cached_bytes: int | None = None  # what the cache held before the first
@@ -279,16 +293,6 @@ class Downloader:
                 self._fetch_all(cache, todo)
                 moved += self.progress.done
                 break
-            except DownloadError as exc:
-                moved += self.progress.done
-                # Bytes that differ from the origin's checksum are read again from the origin, once
-                # per file (a flip on the way heals); twice is the error, and nothing of it is kept.
-                if not exc.checksum_mismatch or exc.file is None or exc.file in reread:
-                    raise
-                reread.append(exc.file)
-                self._from_origin.add(exc.file)
-                _log.warning("checksum mismatch: reading the file again from the origin", node_id=self.node_id,
-                             source=self.source.uri, file=exc.file, error=str(exc))
             except SourceChanged as exc:
                 moved += self.progress.done
                 if relist is None or restarts >= MAX_RESTARTS:
@@ -311,20 +315,20 @@ class Downloader:
         if moved >= 8 * 1024 * 1024 and seconds > 0:
             record_rate(self.dest.parent, self.source.uri, moved / 1e6 / seconds)
         _log.info("download finished", node_id=self.node_id, files=len(fetched), bytes=moved,
-                  seconds=round(seconds, 3), snapshot=path.name, rereads=len(reread))
+                  seconds=round(seconds, 3), snapshot=path.name, rereads=len(self._rereads))
         entries = cache.entries()
         verified = {f.key: entries[cache.blob_name(f)].verified if cache.blob_name(f) in entries else "size"
                     for f in files}
         return DownloadResult(path=str(path), fetched=tuple(fetched), bytes=moved, cached_bytes=cached_bytes or 0,
-                              seconds=seconds, verified=verified, rereads=tuple(reread))
+                              seconds=seconds, verified=verified, rereads=tuple(self._rereads))
 
     def _fetch_all(self, cache: ModelCache, todo: list[RemoteFile]) -> None:
         self._abort.clear()
         # A local copy is bound by syscalls and the GIL, not by latency: no more threads than cores.
         workers = min(self.cfg.concurrency, os.cpu_count() or 2) if self.source.local else self.cfg.concurrency
-        pool = _DaemonPool(workers, "node-init-dl")
-        states: list[_FileState] = []
-        futures: list[cf.Future[None]] = []
+        pool = self._pool = _DaemonPool(workers, "node-init-dl")
+        states = self._states = []
+        self._futures = []
         try:
             for f in todo:
                 states.append(self._open_part(cache, f))
@@ -340,18 +344,23 @@ class Downloader:
                 ranges.sort(key=lambda r: not first(r[0].file, r[1]))
             batch = max(1, min(64, len(small) // (self.cfg.concurrency * 4)))
             for i in range(0, len(small), batch):
-                futures.append(pool.submit(self._fetch_files, small[i:i + batch]))
+                self._submit(self._fetch_files, small[i:i + batch])
             for state in states:
                 if state.resumable and not state.todo_ranges():
-                    futures.append(pool.submit(self._finalize, state))  # all written before an interruption
-            futures.extend(pool.submit(self._fetch_range, state, lo, hi) for state, lo, hi in ranges)
-            self._wait(futures)
+                    self._submit(self._finalize, state)  # all written before an interruption
+            for state, lo, hi in ranges:
+                self._submit(self._fetch_range, state, lo, hi)
+            self._wait()
+            with self._tasks_lock:
+                states = list(self._states)
             left = [s.file.key for s in states if not s.committed]
             if left:  # stopped between reads: every task ended, not every file
                 raise self._error("cancelled" if self.cancel.is_set() else "stopped before every file was whole",
                                   file=", ".join(left[:3]) + (" ..." if len(left) > 3 else ""))
         except BaseException as exc:
             self._abort.set()
+            with self._tasks_lock:
+                states = list(self._states)
             for state in states:
                 state.close()  # after this no write lands, even from an abandoned read
             discard = (isinstance(exc, SourceChanged) or (isinstance(exc, DownloadError) and not exc.resumable)
@@ -375,11 +384,24 @@ class Downloader:
         full = " (disk full)" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else ""
         return self._error(f"cannot write to the cache{full}: {describe(exc)}", file=key, cause=exc, bad_bytes=True)
 
-    def _wait(self, futures: list[cf.Future[None]]) -> None:
+    def _submit(self, fn: Callable[..., None], *args: Any) -> None:
+        """Run ``fn(*args)`` on the attempt's pool; :meth:`_wait` waits for it too."""
+        assert self._pool is not None
+        with self._tasks_lock:
+            self._futures.append(self._pool.submit(fn, *args))
+
+    def _wait(self) -> None:
+        """Wait for every task of the attempt, those submitted meanwhile included."""
         deadline = watched_from = looked = time.monotonic()
         deadline += self.cfg.timeout_s
-        pending = set(futures)
-        while pending:
+        pending: set[cf.Future[None]] = set()
+        seen = 0
+        while True:
+            with self._tasks_lock:  # a task adds its follow-ups before it ends: none is missed
+                pending.update(self._futures[seen:])
+                seen = len(self._futures)
+            if not pending:
+                return
             done, pending = cf.wait(pending, timeout=POLL_S, return_when=cf.FIRST_EXCEPTION)
             for fut in done:
                 if fut.exception() is not None:
@@ -481,8 +503,9 @@ class Downloader:
             raise self._write_error(exc, f.key) from exc
         checked = state.origin
         if checked is not None and (got is None or not checked.matches(got)):
-            raise self._error(f"{checked.label} mismatch: the origin states {checked.value}, the bytes give {got}",
-                              file=f.key, bad_bytes=True, mismatch=True)
+            self._read_again(state, self._error(f"{checked.label} mismatch: the origin states {checked.value}, "
+                                                f"the bytes give {got}", file=f.key, bad_bytes=True, mismatch=True))
+            return
         state.verified = checked.label if checked is not None else "size"
         if not state.close():
             return  # aborted meanwhile
@@ -501,6 +524,35 @@ class Downloader:
         state.committed = True
         if state.resumable:
             state.cache.drop_state(f)
+
+    def _read_again(self, state: _FileState, mismatch: DownloadError) -> None:
+        """A file's bytes differ from the origin's checksum: they are dropped, and the file is read again
+        from the origin, once (a flip on the way heals); twice raises ``mismatch``. Only this file:
+        the other files' reads go on, so none of their bytes crosses the origin link twice."""
+        f = state.file
+        if not state.close():
+            return  # aborted meanwhile
+        state.cache.drop_part(f)  # the bad bytes are never kept
+        with self._tasks_lock:
+            again = f.key not in self._rereads
+            if again:
+                self._rereads.append(f.key)
+                self._from_origin.add(f.key)
+        if not again:
+            raise mismatch
+        if self._stopped():
+            return
+        _log.warning("checksum mismatch: reading the file again from the origin", node_id=self.node_id,
+                     source=self.source.uri, file=f.key, error=str(mismatch))
+        fresh = _FileState(state.cache, f, self._part, None)
+        with self._tasks_lock:
+            self._states[self._states.index(state)] = fresh
+        self.progress.grow(f.size)
+        if fresh.resumable:
+            for lo, hi in fresh.ranges:
+                self._submit(self._fetch_range, fresh, lo, hi)
+        else:
+            self._submit(self._fetch_files, [fresh])
 
 
 class _FileState:

@@ -151,6 +151,32 @@ def test_connection_reset_and_short_read_are_retried(s3_model: tuple[str, Path],
     assert digest(tmp_path / "m") == digest(local)
 
 
+def test_a_flipped_byte_reads_that_one_file_again_and_every_other_byte_once(s3_server: S3Server,
+                                                                            tmp_path: Path) -> None:
+    """A small file's flipped byte is healed by reading that file again from the origin while the
+    weights' two ranges go on: no read of theirs is abandoned and made again (bytes that would cross
+    the origin link twice, those the proxy had pushed before the client hung up uncounted by it)."""
+    local = tmp_path / "src"
+    sizes = write_model_files(local, {"model.safetensors": (1 << 20) + 340_024, "tokenizer.json": 14_301})
+    prefix = f"flip-{next(_ids)}"
+    s3_server.upload_dir(local, "models", prefix)
+    # Slow enough that the weights' ranges are still being read when the tokenizer's checksum fails.
+    proxy = FaultProxy(s3_server.endpoint, rate_mb_s=4.0).start()
+    try:
+        proxy.add(Fault(kind="corrupt", match=f"{prefix}/tokenizer.json", after_bytes=999, count=1))
+        src = source(proxy.endpoint, f"s3://models/{prefix}")
+        files = src.list_files()
+        listing = proxy.bytes_sent  # the listing's XML; a HEAD has no body
+        result = Downloader(src, tmp_path / "m", cfg()).run(files)
+    finally:
+        proxy.stop()
+    assert proxy.injected == [f"corrupt:/models/{prefix}/tokenizer.json"] and result.rereads == ("tokenizer.json",)
+    assert digest(tmp_path / "m") == digest(local)
+    # By the download's account and at the origin link alike: every file once, the tokenizer twice.
+    assert result.bytes == sum(sizes.values()) + sizes["tokenizer.json"]
+    assert proxy.bytes_sent - listing == result.bytes
+
+
 def test_stalled_endpoint_fails_within_the_stall_bound(s3_model: tuple[str, Path], fault_proxy: FaultProxy,
                                                        tmp_path: Path) -> None:
     uri, local = s3_model

@@ -19,7 +19,8 @@ import pytest
 
 from eventbus import HandlerSet
 from node_init import AfterInit, BeforeEngineInit, BeforeInit, CallbackCtx, DownloadProgress, NodeReport
-from node_init.testing import AZURITE_KEY, FaultProxy, write_model_files
+from node_init.cluster import units_of
+from node_init.testing import AZURITE_KEY, Fault, FaultProxy, write_model_files
 
 MB = 1 << 20
 SPREAD3 = {"bundles": [{"CPU": 1}] * 3, "strategy": "STRICT_SPREAD"}
@@ -116,6 +117,11 @@ async def test_our_node_init_runs_in_rays_hooks_on_three_nodes_and_hands_ray_the
     s3_server.upload_dir(local_model, "models", prefix)
     proxy = FaultProxy(s3_server.endpoint).start()  # counts what crosses the origin link
     try:
+        files, listing = _listing(proxy, prefix)
+        sent_before = proxy.bytes_sent
+        # One byte of config.json flipped once, while the weights' ranges are being read: that node
+        # reads config.json again, and nothing else.
+        proxy.add(Fault(kind="corrupt", match=f"{prefix}/config.json", after_bytes=10, count=1))
         kwargs = {"handlers": ["tests.node_init.test_stock_path:record", "tests.node_init.hooks:veto_node1",
                                "tests.node_init.hooks:short_context_engine"],
                   "download": {"s3": s3(proxy.endpoint), "share": "auto", "part_size_mb": 1}}
@@ -139,8 +145,15 @@ async def test_our_node_init_runs_in_rays_hooks_on_three_nodes_and_hands_ray_the
             assert digest(Path(report.path)) == want
     assert engine_config.hf_model_id == callback.result.model_path
     assert Path(engine_config.hf_model_id).is_relative_to(ray_cluster.head.cache)  # the replica's node
-    total = sum(p.stat().st_size for p in local_model.rglob("*") if p.is_file())
-    assert proxy.bytes_sent < total + 512 * 1024  # the weights crossed the origin link once (listings aside)
+    sizes = {f.key: f.size for f in files}
+    shared = sum(hi - lo for _, _, lo, hi in units_of(files, MB))
+    # By the nodes' accounts: the shared ranges from the origin once across both fetching nodes, the
+    # rest (small files, a short last range) by each, the flipped file once more.
+    origin = sum(r.bytes - r.peer_bytes for r in reports)
+    assert sum(len(r.rereads) for r in reports) == 1 and proxy.injected
+    assert origin == shared + 2 * (sum(sizes.values()) - shared) + sizes["config.json"]
+    sent = proxy.bytes_sent - sent_before
+    assert sent == origin + 3 * listing  # what crossed the origin link: that, and each node's listing
     # The handler's engine argument reached Ray's engine config, which Ray reads next.
     assert config.engine_kwargs["max_model_len"] == 128 and engine_config.engine_kwargs["max_model_len"] == 128
     names = [type(e).__name__ for e in seen]
@@ -154,6 +167,17 @@ async def test_our_node_init_runs_in_rays_hooks_on_three_nodes_and_hands_ray_the
     copy = clone.get_or_create_callback()
     assert copy is not callback and copy._bus is None and copy.result is None and not copy.ctx.run_init_node
     assert clone.engine_kwargs["max_model_len"] == 128
+
+
+def _listing(proxy: FaultProxy, prefix: str) -> tuple[list[Any], int]:
+    """The files of ``s3://models/<prefix>``, and the body bytes one listing of it sends through ``proxy``
+    (a HEAD has no body)."""
+    from node_init import Bounds, S3Config
+    from node_init.download import S3Source
+
+    before = proxy.bytes_sent
+    files = S3Source(f"s3://models/{prefix}", S3Config(**s3(proxy.endpoint)), bounds=Bounds()).list_files()
+    return files, proxy.bytes_sent - before
 
 
 def store(kind: str, servers: dict[str, Any], local: Path) -> tuple[str, dict[str, Any]]:
