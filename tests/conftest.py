@@ -35,6 +35,8 @@ if TYPE_CHECKING:
 REPO = Path(__file__).resolve().parent.parent
 # vLLM on CPU: a small KV cache (GB) is plenty for the tiny test models.
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+#: The session Ray cluster's nodes' ``VLLM_CPU_KVCACHE_SPACE`` (see ``ray_cluster``).
+CLUSTER_KV_GIB = "2"
 # The AWS credential chain must never query the instance metadata address from a test, nor Google's
 # the GCE metadata server (google-auth reads NO_GCE_CHECK; its host, if asked anyway, is a closed port).
 os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
@@ -168,11 +170,14 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayCluster
     # Serve module holds two applications while a third deploys (3 + 3 + 3 on the head: the stock one's
     # other bundles fill node1 and node2), so the head has room for all three.
     specs = [("head", 10), ("node1", 1), ("node2", 1)]
+    # The nodes' own KV cache size differs from the 1 GiB every example writes: an example whose setting
+    # does not reach its engine shows 2 GiB in vLLM's log instead of passing on the session's value.
+    kv = {"VLLM_CPU_KVCACHE_SPACE": CLUSTER_KV_GIB}
     cluster = Cluster(
         initialize_head=True,
         head_node_args={
             "num_cpus": specs[0][1], "resources": {"head": 1},
-            "env_vars": {"NODE_INIT_CACHE_DIR": str(root / "head"), "NODE_NAME": "head"},
+            "env_vars": {"NODE_INIT_CACHE_DIR": str(root / "head"), "NODE_NAME": "head", **kv},
             "include_dashboard": False,
             # Export metrics every second, so tests read them back from Prometheus promptly.
             # Faster node-death detection, for the node-removal fault.
@@ -182,7 +187,7 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayCluster
     )
     for name, cpus in specs[1:]:
         cluster.add_node(num_cpus=cpus, resources={name: 1},
-                         env_vars={"NODE_INIT_CACHE_DIR": str(root / name), "NODE_NAME": name})
+                         env_vars={"NODE_INIT_CACHE_DIR": str(root / name), "NODE_NAME": name, **kv})
     cluster.wait_for_nodes()
     ray.init(address=cluster.address, log_to_driver=False, logging_level="WARNING")
     os.environ["NODE_INIT_CACHE_DIR"] = str(root / "head")  # the driver lives on the head node

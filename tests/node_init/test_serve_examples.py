@@ -97,6 +97,22 @@ def app_of(example: Path) -> dict[str, Any]:
     return dict(app)
 
 
+def replica_env(app: dict[str, Any]) -> dict[str, str]:
+    """The variables an example writes for its replica: Ray Serve LLM gives the replica its
+    ``LLMConfig``'s ``runtime_env`` over the application's (the ``env_vars`` replaced, not merged)."""
+    (llm,) = app["args"]["llm_configs"]
+    own = (llm.get("runtime_env") or {}).get("env_vars")
+    return dict(own if own is not None else app.get("runtime_env", {}).get("env_vars", {}))
+
+
+def assert_kv_cache_reached_the_engine(app: dict[str, Any], logs: str) -> None:
+    """The KV cache size the example sets is what vLLM used (the test cluster's nodes carry another)."""
+    gib = replica_env(app).get("VLLM_CPU_KVCACHE_SPACE")
+    assert gib, "a CPU example sets VLLM_CPU_KVCACHE_SPACE where its replica reads it"
+    used = {float(g) for g in re.findall(r"Explicitly set \((\d+(?:\.\d+)?)/", logs)}  # vLLM's CPU worker
+    assert used == {float(gib)}, used
+
+
 def wait_for(name: str, *wanted: str) -> Any:
     from ray import serve
 
@@ -183,7 +199,8 @@ def test_the_overlapped_example_runs_exactly_as_its_comment_says(ray_cluster: An
     env_part, _, command = written.partition("serve run ")
     # A user's environment: not the test session's per-node cache root (its Ray would fill the session's
     # head cache), and the example's own cache empty, as on a fresh machine (it is the example's scratch).
-    env = {k: v for k, v in os.environ.items() if k not in ("NODE_INIT_CACHE_DIR", "NODE_NAME")}
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("NODE_INIT_CACHE_DIR", "NODE_NAME", "VLLM_CPU_KVCACHE_SPACE")}
     env.update(pair.split("=", 1) for pair in env_part.split())
     assert env.get("RAY_ADDRESS") == "local"
     cache = yaml.safe_load(example.read_text())["applications"][0]["args"]["llm_configs"][0][
@@ -214,6 +231,7 @@ def test_the_overlapped_example_runs_exactly_as_its_comment_says(ray_cluster: An
             run.stop(port=PORT)
     log = (tmp_path / "serve.log").read_text()
     assert "overlap=True" in log or '"overlap": true' in log, log[-3000:]
+    assert_kv_cache_reached_the_engine(app_of(example), log)
 
 
 @pytest.mark.parametrize("example", EXAMPLES, ids=[p.stem for p in EXAMPLES])
@@ -228,7 +246,8 @@ def _run_and_restart_warm(example: Path, run: list[str], cluster_address: str) -
     app = app_of(example)
     (llm,) = app["args"]["llm_configs"]
     model = llm["model_loading_config"]["model_id"]
-    event_log = app.get("runtime_env", {}).get("env_vars", {}).get("NODE_INIT_EVENT_LOG")
+    event_log = replica_env(app).get("NODE_INIT_EVENT_LOG")
+    overlapped = str(llm.get("server_cls", "")).endswith("OverlappedLLMServer")
     seen_before = len(list(read_events(event_log))) if event_log and Path(event_log).exists() else 0
     before = log_sizes()
     # Our flow (an event log to read) is started twice: the second start finds the node's cache warm.
@@ -247,13 +266,15 @@ def _run_and_restart_warm(example: Path, run: list[str], cluster_address: str) -
     # Our bus's line for a failed handler (handlers.timing on a warm cache, among others), as Ray workers
     # render it (JSON) or a console would; vLLM's own "output_handler failed" at shutdown is not ours.
     assert not re.search(r'"event": "handler failed"|\] handler failed\s', logs)
+    assert_kv_cache_reached_the_engine(app, logs)
     if event_log:
         inits = [e for e in list(read_events(event_log))[seen_before:] if isinstance(e, AfterInit)]
         assert len(inits) == 2
         assert all(r.bytes == 0 and r.cached_bytes > 0 for r in inits[1].reports)
         # What the overlapped example's comment says the user sees: a boot on dummy weights during the
-        # download, then the weights in place; the warm restart boots plainly on the cache.
-        assert inits[0].overlap and {"overlap", "weights_load"} <= set(inits[0].timings)
+        # download, then the weights in place; the warm restart boots plainly on the cache. On the stock
+        # path Ray boots the engine after our node init: no overlap.
+        assert inits[0].overlap == overlapped and ({"overlap", "weights_load"} <= set(inits[0].timings)) == overlapped
         assert not inits[1].overlap
 
 
