@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from node_init.testing import Fault, FaultProxy, S3Server, build_tiny_llama
+from tests._origin import s3_listing
 
 pytestmark = [pytest.mark.engine, pytest.mark.ray]
 ENGINE_KWARGS = {"dtype": "float32", "max_model_len": 256, "enforce_eager": True}
@@ -71,17 +72,6 @@ def records(log: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
 
 
-def listing_bytes(proxy: FaultProxy, uri: str) -> int:
-    """The body bytes one listing of ``uri`` sends through ``proxy``."""
-    from node_init import Bounds, S3Config
-    from node_init.download import S3Source
-
-    before = proxy.bytes_sent
-    S3Source(uri, S3Config(endpoint_url=proxy.endpoint, access_key_id="testing", secret_access_key="testing"),
-             bounds=Bounds()).list_files()
-    return proxy.bytes_sent - before
-
-
 @pytest.fixture(scope="module")
 def stock_app(serve_port: int, s3_server: S3Server, tiny: dict[str, str],
               tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
@@ -93,7 +83,7 @@ def stock_app(serve_port: int, s3_server: S3Server, tiny: dict[str, str],
     root = tmp_path_factory.mktemp("stock")
     log, events = root / "events.jsonl", root / "event-log.jsonl"
     proxy = FaultProxy(s3_server.endpoint).start()
-    listing = listing_bytes(proxy, tiny["s3"])
+    _, listing = s3_listing(proxy, tiny["s3"])
     sent_before = proxy.bytes_sent
     proxy.add(Fault(kind="corrupt", match="serve-tiny/tokenizer.json", after_bytes=999, count=1))
     # A fresh node as far as vLLM's caches go: the replica's model-info cache starts empty.

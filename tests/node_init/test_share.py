@@ -41,6 +41,7 @@ from node_init.cluster import (
 from node_init.download import RemoteFile
 from node_init.testing import FaultProxy, S3Server, iter_files, write_model_files
 from tests._configs import node_config
+from tests._origin import s3_listing
 from tests._prometheus import label, scrape
 from tests.conftest import RayCluster
 
@@ -184,6 +185,8 @@ async def test_three_nodes_take_the_model_once_from_the_source(ray_cluster: RayC
     proxy = FaultProxy(s3_server.endpoint).start()  # counts what crosses the origin link
     bus = Recorder()
     try:
+        _, listing = s3_listing(proxy, shared_model["uri"])
+        sent_before = proxy.bytes_sent
         cfg = config(shared_model, proxy.endpoint, ("handlers.timing:handlers",), share=share)
         result = await initialize_node(cfg, bus=bus)
         await result.close()
@@ -209,7 +212,7 @@ async def test_three_nodes_take_the_model_once_from_the_source(ray_cluster: RayC
         assert all(r.peer_bytes > 0 for r in result.reports)  # each node took ranges from the others
     else:
         assert origin == 3 * total and all(r.peer_bytes == 0 for r in result.reports)
-    assert origin <= proxy.bytes_sent <= origin + 256 * 1024  # the proxy saw it too (plus listings)
+    assert proxy.bytes_sent - sent_before == origin + 3 * listing  # the proxy saw it too, and each node's listing
     want = digest(shared_model["local"])
     for node in ray_cluster.nodes:  # the same verified cache as a plain download
         assert digest(node.cache / cfg.model_id) == want
@@ -229,6 +232,8 @@ async def test_nodes_that_need_less_than_their_peers_guessed_still_give_one_veri
     that needs them, once, and nobody waits out a bound for them."""
     proxy = FaultProxy(s3_server.endpoint).start()
     try:
+        _, listing = s3_listing(proxy, shared_model["uri"])
+        sent_before = proxy.bytes_sent
         cfg = config(shared_model, proxy.endpoint, (f"tests.node_init.hooks:{handler}",), share="auto")
         with anyio.fail_after(60):
             result = await initialize_node(cfg)
@@ -250,8 +255,9 @@ async def test_nodes_that_need_less_than_their_peers_guessed_still_give_one_veri
         assert next(r for r in result.reports if by_id[r.node_id].name == "node1").vetoed
     else:  # only the replica's node needs the weights: nothing to share, all of it from the origin
         assert len(full) == 1 and full[0].peer_bytes == 0
-    # Nothing crossed the origin link twice (a wrong guess costs no bytes), listings aside.
-    assert proxy.bytes_sent <= sum(r.bytes - r.peer_bytes for r in result.reports) + 256 * 1024
+    # Nothing crossed the origin link twice (a wrong guess costs no bytes): what the nodes counted, and
+    # each node's listing.
+    assert proxy.bytes_sent - sent_before == sum(r.bytes - r.peer_bytes for r in result.reports) + 3 * listing
 
 
 @pytest.mark.ray

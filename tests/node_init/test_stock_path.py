@@ -21,6 +21,7 @@ from eventbus import HandlerSet
 from node_init import AfterInit, BeforeEngineInit, BeforeInit, CallbackCtx, DownloadProgress, NodeReport
 from node_init.cluster import units_of
 from node_init.testing import AZURITE_KEY, Fault, FaultProxy, write_model_files
+from tests._origin import s3_listing
 
 MB = 1 << 20
 SPREAD3 = {"bundles": [{"CPU": 1}] * 3, "strategy": "STRICT_SPREAD"}
@@ -117,7 +118,7 @@ async def test_our_node_init_runs_in_rays_hooks_on_three_nodes_and_hands_ray_the
     s3_server.upload_dir(local_model, "models", prefix)
     proxy = FaultProxy(s3_server.endpoint).start()  # counts what crosses the origin link
     try:
-        files, listing = _listing(proxy, prefix)
+        files, listing = s3_listing(proxy, f"s3://models/{prefix}")
         sent_before = proxy.bytes_sent
         # One byte of config.json flipped once, while the weights' ranges are being read: that node
         # reads config.json again, and nothing else.
@@ -167,17 +168,6 @@ async def test_our_node_init_runs_in_rays_hooks_on_three_nodes_and_hands_ray_the
     copy = clone.get_or_create_callback()
     assert copy is not callback and copy._bus is None and copy.result is None and not copy.ctx.run_init_node
     assert clone.engine_kwargs["max_model_len"] == 128
-
-
-def _listing(proxy: FaultProxy, prefix: str) -> tuple[list[Any], int]:
-    """The files of ``s3://models/<prefix>``, and the body bytes one listing of it sends through ``proxy``
-    (a HEAD has no body)."""
-    from node_init import Bounds, S3Config
-    from node_init.download import S3Source
-
-    before = proxy.bytes_sent
-    files = S3Source(f"s3://models/{prefix}", S3Config(**s3(proxy.endpoint)), bounds=Bounds()).list_files()
-    return files, proxy.bytes_sent - before
 
 
 def store(kind: str, servers: dict[str, Any], local: Path) -> tuple[str, dict[str, Any]]:
