@@ -83,7 +83,11 @@ def stock_app(serve_port: int, s3_server: S3Server, tiny: dict[str, str],
     root = tmp_path_factory.mktemp("stock")
     log, events = root / "events.jsonl", root / "event-log.jsonl"
     proxy = FaultProxy(s3_server.endpoint).start()
-    _, listing = s3_listing(proxy, tiny["s3"])
+    try:
+        _, listing = s3_listing(proxy, tiny["s3"])
+    except BaseException:
+        proxy.stop()
+        raise
     sent_before = proxy.bytes_sent
     proxy.add(Fault(kind="corrupt", match="serve-tiny/tokenizer.json", after_bytes=999, count=1))
     # A fresh node as far as vLLM's caches go: the replica's model-info cache starts empty.
