@@ -167,7 +167,7 @@ async def _callback_way(uri: str, endpoint: str) -> dict[str, Any]:
     assert not callback.ctx.run_init_node  # Ray's own download never runs
     await callback.run_callback("on_after_node_init")
     engine_config: Any = config.get_engine_config()
-    kwargs = {k: v for k, v in config.engine_kwargs.items()}
+    kwargs = dict(config.engine_kwargs)
     out = await _plain_boot(str(engine_config.actual_hf_model_id), kwargs, t0)
     timings = callback.result.timings
     download_start = t0 + timings.get("before_init", 0.0) + timings.get("placement", 0.0)

@@ -24,9 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from _common import RESULTS, markdown_table, median, write_outputs
-from _origin_link import QUIET_S, origin_link_cluster, quiet_cluster
+from _origin_link import QUIET_S, REPO, origin_link_cluster, quiet_cluster
 
-REPO = Path(__file__).resolve().parent.parent
 NODES = (1, 2, 4)
 LINKS = ("per-node", "shared")
 SHARES = ("off", "auto")

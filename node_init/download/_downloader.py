@@ -180,9 +180,6 @@ class Downloader:
         first: Callable[[RemoteFile, int], bool] | None = None,
     ) -> None:
         self.source = source
-        # Files whose bytes differed from the origin's checksum: read again from the origin itself, not
-        # through a view that may hand back the same bad bytes (a peer's, a holder's).
-        self._from_origin: set[str] = set()
         self._first = first
         self.dest = dest
         self.cfg = cfg
@@ -200,7 +197,9 @@ class Downloader:
         self._pool: _DaemonPool | None = None
         self._futures: list[cf.Future[None]] = []
         self._states: list[_FileState] = []
-        self._rereads: list[str] = []  # files read again after a checksum mismatch, over every attempt
+        # Files read again after a checksum mismatch, over every attempt: from the origin itself, not
+        # through a view that may hand back the same bad bytes (a peer's, a holder's).
+        self._rereads: list[str] = []
 
     def _error(self, message: str, *, file: str | None = None, cause: BaseException | None = None,
                bad_bytes: bool = False, mismatch: bool = False) -> DownloadError:
@@ -212,7 +211,7 @@ class Downloader:
 
     def _source_for(self, key: str) -> Source:
         """The source to read ``key`` from: the origin behind a peers' or holders' view after a mismatch."""
-        if key in self._from_origin:
+        if key in self._rereads:
             from_origin = getattr(self.source, "from_origin", None)  # a view: peers, holders
             return from_origin() if from_origin is not None else self.source  # type: ignore[no-any-return]
         return self.source
@@ -351,17 +350,13 @@ class Downloader:
             for state, lo, hi in ranges:
                 self._submit(self._fetch_range, state, lo, hi)
             self._wait()
-            with self._tasks_lock:
-                states = list(self._states)
             left = [s.file.key for s in states if not s.committed]
             if left:  # stopped between reads: every task ended, not every file
                 raise self._error("cancelled" if self.cancel.is_set() else "stopped before every file was whole",
                                   file=", ".join(left[:3]) + (" ..." if len(left) > 3 else ""))
         except BaseException as exc:
             self._abort.set()
-            with self._tasks_lock:
-                states = list(self._states)
-            for state in states:
+            for state in states:  # self._states: a file read again is swapped in place
                 state.close()  # after this no write lands, even from an abandoned read
             discard = (isinstance(exc, SourceChanged) or (isinstance(exc, DownloadError) and not exc.resumable)
                        or not isinstance(exc, Exception))
@@ -537,7 +532,6 @@ class Downloader:
             again = f.key not in self._rereads
             if again:
                 self._rereads.append(f.key)
-                self._from_origin.add(f.key)
         if not again:
             raise mismatch
         if self._stopped():
@@ -548,11 +542,8 @@ class Downloader:
         with self._tasks_lock:
             self._states[self._states.index(state)] = fresh
         self.progress.grow(f.size)
-        if fresh.resumable:
-            for lo, hi in fresh.ranges:
-                self._submit(self._fetch_range, fresh, lo, hi)
-        else:
-            self._submit(self._fetch_files, [fresh])
+        for lo, hi in fresh.ranges:  # one range for a file too small to resume
+            self._submit(self._fetch_range, fresh, lo, hi)
 
 
 class _FileState:
